@@ -1,0 +1,57 @@
+# metapt: the README names every target here.
+#   make run    set up .venv, prepare the embedded assets, run the default profile end to end
+#   make test   set up .venv with dev tools, run the test suite
+#   make lint   ruff + mypy
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+PROFILE ?= default
+STAMP := $(VENV)/.metapt-installed
+DEVSTAMP := $(VENV)/.metapt-dev-installed
+
+# Telemetry off, servers on loopback (see README, "Offline and private by default").
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export DO_NOT_TRACK ?= true
+export MLFLOW_DISABLE_TELEMETRY ?= true
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION ?= false
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install dev run test lint assets clean-cache
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+# torch first and by exact version: pip then takes the CPU wheel where one is on local disk.
+$(STAMP): pyproject.toml constraints.txt | $(PY)
+	$(PIP) install --quiet "torch==2.13.0"
+	$(PIP) install --quiet -c constraints.txt -e .
+	touch $@
+
+$(DEVSTAMP): $(STAMP)
+	$(PIP) install --quiet -c constraints.txt -e ".[dev]"
+	touch $@
+
+install: $(STAMP)
+
+dev: $(DEVSTAMP)
+
+assets: $(STAMP)
+	$(VENV)/bin/metapt assets
+
+run: $(STAMP)
+	$(VENV)/bin/metapt run --profile $(PROFILE)
+
+test: $(DEVSTAMP)
+	$(PY) -m pytest -q -ra
+
+lint: $(DEVSTAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+clean-cache:
+	$(VENV)/bin/metapt cache clear
