@@ -1,0 +1,117 @@
+"""Load a frozen backbone (decoder-only or encoder-decoder) by hub name or local folder."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    PreTrainedModel,
+)
+
+from metapt_core.config import BackboneConfig, BackboneKind
+from metapt_core.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_CACHE: dict[tuple[Any, ...], Backbone] = {}
+_LOCK = threading.Lock()
+
+
+@dataclass
+class Backbone:
+    """A frozen model, its tokenizer, and what kind of model it is."""
+
+    model: PreTrainedModel
+    tokenizer: Any
+    kind: BackboneKind  # CAUSAL or SEQ2SEQ, never AUTO
+    name: str  # what the user asked for (hub name, path or builtin id)
+    device: torch.device
+
+
+def choose_device(requested: str) -> torch.device:
+    """``auto`` -> the first CUDA device when one is present, else the CPU."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("backbone.device", requested, "CUDA is not available on this machine")
+    return torch.device(requested)
+
+
+def resolve_name(name_or_path: str, assets_dir: Path | None) -> str:
+    """Map ``builtin:...`` names to prepared asset folders; anything else is returned as is."""
+    if name_or_path.startswith("builtin:"):
+        from metapt_core.assets import resolve_model
+
+        if assets_dir is None:
+            raise ConfigError("backbone.name_or_path", name_or_path, "a builtin model needs assets_dir")
+        return str(resolve_model(name_or_path, assets_dir))
+    return name_or_path
+
+
+def load_backbone(cfg: BackboneConfig, assets_dir: Path | None = None) -> Backbone:
+    """Load (once per process) and freeze the backbone named by ``cfg``.
+
+    The model is put in eval mode with ``requires_grad=False`` on every parameter; only soft
+    prompts are ever trained. ``trust_remote_code`` is off unless the config asks for it.
+    """
+    device = choose_device(cfg.device)
+    key = (cfg.name_or_path, cfg.kind, cfg.dtype, str(device), cfg.trust_remote_code, cfg.revision,
+           str(assets_dir))
+    with _LOCK:
+        if key in _CACHE:
+            return _CACHE[key]
+        path = resolve_name(cfg.name_or_path, assets_dir)
+        local = Path(path).expanduser()
+        if (local.is_absolute() or path.startswith(".")) and not local.exists():
+            raise ConfigError("backbone.name_or_path", cfg.name_or_path, "no such folder")
+        extra: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
+        if cfg.revision:
+            extra["revision"] = cfg.revision
+        try:
+            hf_config = AutoConfig.from_pretrained(path, **extra)
+        except (OSError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError("backbone.name_or_path", cfg.name_or_path, f"is not a loadable model ({first[:160]})") from None
+        kind = cfg.kind
+        if kind is BackboneKind.AUTO:
+            kind = BackboneKind.SEQ2SEQ if getattr(hf_config, "is_encoder_decoder", False) else BackboneKind.CAUSAL
+        auto_cls = AutoModelForSeq2SeqLM if kind is BackboneKind.SEQ2SEQ else AutoModelForCausalLM
+        log.info("loading backbone %s (%s, %s) on %s", cfg.name_or_path, kind.value, cfg.dtype, device)
+        try:
+            model = auto_cls.from_pretrained(path, dtype=_DTYPES[cfg.dtype], **extra)
+            tokenizer = AutoTokenizer.from_pretrained(path, **extra)
+        except (OSError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError("backbone.name_or_path", cfg.name_or_path, f"could not be loaded ({first[:160]})") from None
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model.requires_grad_(False)
+        model.eval()
+        model.to(device)
+        backbone = Backbone(model=model, tokenizer=tokenizer, kind=kind, name=cfg.name_or_path, device=device)
+        _CACHE[key] = backbone
+        return backbone
+
+
+def clear_cache() -> None:
+    """Forget the backbones loaded in this process."""
+    with _LOCK:
+        _CACHE.clear()
+
+
+def torch_threads_from_env() -> None:
+    """Honour ``METAPT_TORCH_THREADS`` (useful when several workers share a small machine)."""
+    value = os.environ.get("METAPT_TORCH_THREADS")
+    if value:
+        torch.set_num_threads(int(value))

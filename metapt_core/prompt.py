@@ -1,0 +1,131 @@
+"""Soft prompts: initialisation, safetensors storage, and export as a peft adapter.
+
+A prompt is a float32 tensor ``[P, d]``: P virtual tokens of the backbone's embedding width d.
+On disk it is a folder with ``prompt.safetensors`` (tensor ``prompt``) and ``prompt.json``
+(backbone, length, dim, how it was made).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from metapt_core.config import BackboneKind, PromptConfig, PromptInit
+from metapt_core.errors import ConfigError, DataError
+from metapt_core.store import atomic_path
+
+if TYPE_CHECKING:
+    from metapt_core.lm import PromptModel
+
+PROMPT_FILE = "prompt.safetensors"
+META_FILE = "prompt.json"
+VOCAB_SAMPLE_RANGE = 5000  # Lester et al. 2021 sample from the 5,000 most common tokens
+
+
+def init_prompt(model: PromptModel, cfg: PromptConfig, generator: torch.Generator | None = None) -> Tensor:
+    """A new prompt ``[P, d]`` (float32, on CPU) per ``cfg.init``.
+
+    - RANDOM: ``theta ~ N(0, sigma^2)``, sigma the std of the embedding matrix (so the prompt
+      has the scale of real token embeddings).
+    - SAMPLE_VOCAB: rows ``E[t_i]`` for P token ids drawn uniformly from the first
+      ``min(5000, V)`` non-special ids (BPE vocabularies are roughly frequency-ordered).
+    - TEXT: embeddings of ``cfg.init_text``, tiled or cut to P tokens.
+    - FILE: a saved prompt (its length and width must match).
+    """
+    emb = model.embedding_matrix.detach().float().cpu()
+    vocab, dim = emb.shape
+    length = cfg.length
+    if cfg.init is PromptInit.RANDOM:
+        return torch.randn((length, dim), generator=generator) * emb.std()
+    if cfg.init is PromptInit.SAMPLE_VOCAB:
+        special = set(getattr(model.tokenizer, "all_special_ids", []) or [])
+        pool = torch.tensor([i for i in range(min(VOCAB_SAMPLE_RANGE, vocab)) if i not in special])
+        picks = pool[torch.randint(len(pool), (length,), generator=generator)]
+        return emb[picks].clone()
+    if cfg.init is PromptInit.TEXT:
+        ids = model.tokenizer(cfg.init_text, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise ConfigError("prompt.init_text", cfg.init_text, "tokenises to nothing")
+        reps = math.ceil(length / len(ids))
+        return emb[torch.tensor((ids * reps)[:length])].clone()
+    prompt, _ = load_prompt(cfg.init_file)
+    if tuple(prompt.shape) != (length, dim):
+        raise ConfigError("prompt.init_file", cfg.init_file, f"holds a prompt of shape {tuple(prompt.shape)}, expected {(length, dim)}")
+    return prompt
+
+
+def save_prompt(folder: str | Path, prompt: Tensor, meta: dict[str, Any]) -> Path:
+    """Write ``prompt`` ``[P, d]`` and its metadata to ``folder`` atomically."""
+    if prompt.dim() != 2:
+        raise ValueError(f"a prompt is [P, d], got shape {tuple(prompt.shape)}")
+    info = dict(meta)
+    info.update(length=int(prompt.shape[0]), dim=int(prompt.shape[1]), format="metapt-prompt-v1")
+    with atomic_path(folder) as tmp:
+        tmp.mkdir(parents=True)
+        save_file({"prompt": prompt.detach().float().cpu().contiguous()}, str(tmp / PROMPT_FILE))
+        (tmp / META_FILE).write_text(json.dumps(info, indent=2, sort_keys=True, default=str) + "\n")
+    return Path(folder)
+
+
+def load_prompt(folder: str | Path) -> tuple[Tensor, dict[str, Any]]:
+    """Read a prompt folder (or a ``.safetensors`` file); never unpickles anything.
+
+    Raises:
+        DataError: missing or corrupt files, or a tensor that is not ``[P, d]``.
+    """
+    path = Path(folder)
+    file = path if path.suffix == ".safetensors" else path / PROMPT_FILE
+    if not file.is_file():
+        raise DataError("prompt.init_file", str(folder), "no prompt.safetensors there")
+    try:
+        tensors = load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise DataError("prompt.init_file", str(folder), f"corrupt prompt file ({str(exc).splitlines()[0][:80]})") from None
+    prompt = tensors.get("prompt")
+    if prompt is None or prompt.dim() != 2 or not torch.isfinite(prompt).all():
+        raise DataError("prompt.init_file", str(folder), "holds no finite [P, d] tensor named 'prompt'")
+    meta: dict[str, Any] = {}
+    meta_file = file.parent / META_FILE
+    if meta_file.is_file():
+        try:
+            meta = json.loads(meta_file.read_text("utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise DataError("prompt.init_file", str(folder), "prompt.json is not valid JSON") from None
+    return prompt.float(), meta
+
+
+def export_peft(prompt: Tensor, model: PromptModel, base_model_name_or_path: str, folder: str | Path) -> Path:
+    """Write ``prompt`` as a peft prompt-tuning adapter that ``PeftModel.from_pretrained`` loads.
+
+    The adapter prepends the same P vectors to the (encoder) input embeddings, so it gives the
+    same class scores as :class:`~metapt_core.lm.PromptModel` with ``prompt``.
+    """
+    config = model.model.config
+    seq2seq = model.kind is BackboneKind.SEQ2SEQ
+    adapter_config = {
+        "peft_type": "PROMPT_TUNING",
+        "task_type": "SEQ_2_SEQ_LM" if seq2seq else "CAUSAL_LM",
+        "base_model_name_or_path": base_model_name_or_path,
+        "num_virtual_tokens": int(prompt.shape[0]),
+        "token_dim": int(prompt.shape[1]),
+        "num_transformer_submodules": 1,
+        "num_attention_heads": int(getattr(config, "num_attention_heads", getattr(config, "num_heads", 1))),
+        "num_layers": int(getattr(config, "num_hidden_layers", getattr(config, "num_layers", 1))),
+        "prompt_tuning_init": "RANDOM",
+        "prompt_tuning_init_text": None,
+        "tokenizer_name_or_path": None,
+        "inference_mode": True,
+        "revision": None,
+    }
+    with atomic_path(folder) as tmp:
+        tmp.mkdir(parents=True)
+        (tmp / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2) + "\n")
+        save_file({"prompt_embeddings": prompt.detach().float().cpu().contiguous()}, str(tmp / "adapter_model.safetensors"))
+    return Path(folder)

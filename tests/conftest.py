@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny offline backbones, the prepared embedded assets, quiet telemetry."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random LlamaForCausalLM with a BPE tokenizer trained on the fly."""
+    from metapt_core.tiny import make_tiny_llama
+
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_t5_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random T5ForConditionalGeneration with sentinel tokens."""
+    from metapt_core.tiny import make_tiny_t5
+
+    return make_tiny_t5(tmp_path_factory.mktemp("tiny-t5"))
+
+
+@pytest.fixture(scope="session")
+def assets_dir() -> Path:
+    """The embedded assets, prepared once (``$METAPT_ASSETS_DIR`` or ``.metapt/assets``)."""
+    from metapt_core.assets import prepare_assets
+
+    root = Path(os.environ.get("METAPT_ASSETS_DIR", REPO / ".metapt" / "assets"))
+    prepare_assets(root)
+    return root
