@@ -1,0 +1,224 @@
+"""Pure grid-cell functions: tune and evaluate the cells of one split in one batched pass.
+
+The orchestration layer calls :func:`run_cell_group` once per group of
+:func:`~metapt_core.fewshot.grid.group_cells` (or :func:`run_cells` for a whole list); nothing
+here knows about Prefect, retries or tracking.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import Tensor
+
+from metapt_core.config import InitMethod, PipelineConfig, PromptInit, TaskSpec
+from metapt_core.errors import ConfigError, DataError
+from metapt_core.fewshot.grid import Cell, group_cells
+from metapt_core.fewshot.sampling import sample_split
+from metapt_core.fewshot.tuning import evaluate, tune_prompts
+from metapt_core.lm import EncodedBatch, PromptModel, TaskFormat
+from metapt_core.prompt import init_prompt
+
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass
+class CellResult:
+    """The outcome of one grid cell (plain data, JSON-ready through :meth:`to_dict`).
+
+    ``wall_seconds`` is the group's wall time divided by the cells trained together in it
+    (``group_size``), so sums over cells stay the real total.
+    """
+
+    cell_id: str
+    task: str
+    init: str
+    shots: int
+    seed: int
+    split_seed: int
+    train_seed: int
+    split_id: str  # fingerprint of the split's row ids: equal for every init of a split
+    test_accuracy: float
+    test_macro_f1: float
+    n_test: int
+    n_train: int
+    n_dev: int
+    dev_accuracy: float | None
+    dev_macro_f1: float | None
+    best_step: int
+    wall_seconds: float
+    group_size: int
+    history: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def task_spec(cfg: PipelineConfig, name: str) -> TaskSpec:
+    """The configured task called ``name``."""
+    for spec in cfg.tasks:
+        if spec.name == name:
+            return spec
+    raise ConfigError(
+        "tasks", name, f"no such task (known: {', '.join(t.name for t in cfg.tasks)})"
+    )
+
+
+def load_task_split(tasks_dir: str | Path, task: str, split: str) -> pd.DataFrame:
+    """Rows of ``<tasks_dir>/<task>/<split>.parquet`` (written by the ingest stage)."""
+    path = Path(tasks_dir) / task / f"{split}.parquet"
+    if not path.is_file():
+        raise DataError(f"tasks[{task}].{split}", str(path), "file not found")
+    frame = pd.read_parquet(path)
+    for column in ("row_id", "text", "label_id"):
+        if column not in frame.columns:
+            raise DataError(f"tasks[{task}].{split}", str(path), f"has no {column!r} column")
+    return frame
+
+
+def encode_rows(model: PromptModel, rows: pd.DataFrame, fmt: TaskFormat) -> EncodedBatch:
+    """Encode a rows frame with its gold ``label_id``."""
+    return model.encode(
+        rows["text"].astype(str).tolist(), rows["label_id"].astype(int).tolist(), fmt
+    )
+
+
+def initial_prompt(
+    model: PromptModel, cell: Cell, init_prompts: Mapping[InitMethod, Tensor], cfg: PipelineConfig
+) -> Tensor:
+    """The starting prompt ``[P, d]`` of a cell.
+
+    Random and sampled-vocabulary prompts are drawn with a generator seeded by
+    ``cell.init_seed``; PPT and MetaPT prompts are taken from ``init_prompts``.
+    """
+    if cell.init in (InitMethod.RANDOM, InitMethod.SAMPLE_VOCAB):
+        how = PromptInit.RANDOM if cell.init is InitMethod.RANDOM else PromptInit.SAMPLE_VOCAB
+        generator = torch.Generator().manual_seed(cell.init_seed)
+        return init_prompt(model, dataclasses.replace(cfg.prompt, init=how), generator)
+    if cell.init not in init_prompts:
+        raise ConfigError("grid.inits", cell.init.value, "no pre-trained prompt was given for it")
+    return init_prompts[cell.init].detach().float().cpu()
+
+
+def run_cell_group(
+    model: PromptModel,
+    cells: Sequence[Cell],
+    tasks_dir: str | Path,
+    init_prompts: Mapping[InitMethod, Tensor],
+    cfg: PipelineConfig,
+) -> list[CellResult]:
+    """Tune and evaluate cells that share one split, training all their prompts together.
+
+    Args:
+        model: the frozen prompt model.
+        cells: cells with the same (task, shots, seed) (see ``group_cells``).
+        tasks_dir: the ingest output holding ``<task>/{train,test}.parquet``.
+        init_prompts: loaded ``[P, d]`` prompts of the pre-trained initialisations (PPT, MetaPT).
+        cfg: the pipeline settings (``fewshot``, ``prompt``, ``tasks``).
+
+    Returns:
+        One result per cell, in input order.
+    """
+    if not cells:
+        return []
+    keys = {cell.split_key for cell in cells}
+    if len(keys) != 1:
+        raise ValueError(f"a cell group must share (task, shots, seed), got {sorted(keys)}")
+    first = cells[0]
+    start = time.perf_counter()
+    spec = task_spec(cfg, first.task)
+    fmt = TaskFormat.of(spec.template, spec.verbalizer, name=spec.name)
+    split = sample_split(
+        load_task_split(tasks_dir, first.task, "train"),
+        spec.classes,
+        first.shots,
+        first.split_seed,
+        cfg.fewshot.dev_per_class,
+    )
+    train_batch = encode_rows(model, split.train_rows, fmt)
+    dev_batch = None if split.dev_rows is None else encode_rows(model, split.dev_rows, fmt)
+    test_batch = encode_rows(model, load_task_split(tasks_dir, first.task, "test"), fmt)
+
+    starts = [initial_prompt(model, cell, init_prompts, cfg) for cell in cells]
+    shapes = {tuple(p.shape) for p in starts}
+    if len(shapes) != 1:
+        raise ConfigError(
+            "prompt.length",
+            cfg.prompt.length,
+            f"initial prompts of {first.task} differ in shape: {sorted(shapes)}",
+        )
+    trained, history = tune_prompts(
+        model, torch.stack(starts), train_batch, cfg.fewshot, first.train_seed, dev_batch
+    )
+    tests = [
+        evaluate(model, trained[m], test_batch, cfg.fewshot.eval_batch_size)
+        for m in range(len(cells))
+    ]
+    per_cell = (time.perf_counter() - start) / len(cells)
+
+    results = []
+    for m, cell in enumerate(cells):
+        best_dev = history.best_dev[m]
+        results.append(
+            CellResult(
+                cell_id=cell.cell_id,
+                task=cell.task,
+                init=cell.init.value,
+                shots=cell.shots,
+                seed=cell.seed,
+                split_seed=cell.split_seed,
+                train_seed=cell.train_seed,
+                split_id=split.split_id,
+                test_accuracy=tests[m]["accuracy"],
+                test_macro_f1=tests[m]["macro_f1"],
+                n_test=int(tests[m]["n"]),
+                n_train=len(split.train_rows),
+                n_dev=0 if split.dev_rows is None else len(split.dev_rows),
+                dev_accuracy=None if best_dev is None else best_dev["accuracy"],
+                dev_macro_f1=None if best_dev is None else best_dev["macro_f1"],
+                best_step=history.best_step[m],
+                wall_seconds=per_cell,
+                group_size=len(cells),
+                history=history.for_prompt(m),
+            )
+        )
+    return results
+
+
+def run_cells(
+    model: PromptModel,
+    cells: Sequence[Cell],
+    tasks_dir: str | Path,
+    init_prompts: Mapping[InitMethod, Tensor],
+    cfg: PipelineConfig,
+    progress: Progress | None = None,
+) -> list[CellResult]:
+    """Run cells group by group in this process (batched when ``grid.batch_prompts``)."""
+    groups = group_cells(cells, batched=cfg.grid.batch_prompts)
+    results: list[CellResult] = []
+    for i, group in enumerate(groups):
+        results.extend(run_cell_group(model, group, tasks_dir, init_prompts, cfg))
+        if progress is not None:
+            progress(i + 1, len(groups), group[0].cell_id)
+    return results
+
+
+def zero_shot(
+    model: PromptModel, task: TaskSpec, tasks_dir: str | Path, batch_size: int = 32
+) -> dict[str, float]:
+    """Test accuracy and macro-F1 of the backbone with no prompt (a ``[0, d]`` prompt).
+
+    Returns:
+        ``{"accuracy", "macro_f1", "n"}`` on the task's full test split.
+    """
+    fmt = TaskFormat.of(task.template, task.verbalizer, name=task.name)
+    test_batch = encode_rows(model, load_task_split(tasks_dir, task.name, "test"), fmt)
+    empty = torch.zeros((0, model.embed_dim), dtype=torch.float32)
+    return evaluate(model, empty, test_batch, batch_size)

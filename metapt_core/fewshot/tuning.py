@@ -1,0 +1,214 @@
+"""Few-shot prompt tuning of several prompts at once, and their evaluation.
+
+The backbone is frozen, so a batch may carry a different prompt on every row: M prompts that
+train on the same task share one forward and one backward pass. Each prompt draws its own
+minibatches from its own seeded generator and the loss is the sum over prompts of each
+prompt's mean loss, so the gradient of prompt m is exactly the gradient it would get alone;
+Adam is element-wise, so its state does not couple the prompts either. Prompt m's trajectory is
+therefore the same whether it trains alone or batched with others (up to float rounding).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from metapt_core.config import FewShotConfig
+from metapt_core.errors import DataError
+from metapt_core.fewshot.metrics import classification_metrics
+
+
+class Batch(Protocol):
+    """What the tuner needs of an encoded batch (``metapt_core.lm.EncodedBatch``)."""
+
+    @property
+    def labels(self) -> Tensor | None: ...
+
+    def __len__(self) -> int: ...
+
+    def select(self, indices: Any) -> Any: ...
+
+
+class PromptScorer(Protocol):
+    """What the tuner needs of a model (``metapt_core.lm.PromptModel``)."""
+
+    def class_scores(self, prompt: Tensor, batch: Any) -> Tensor: ...
+
+    def loss(self, prompt: Tensor, batch: Any) -> Tensor: ...
+
+
+class MinibatchSampler:
+    """Epoch-wise shuffled minibatches of row indices from one seeded generator.
+
+    Args:
+        n_rows: rows to draw from.
+        batch_size: rows per minibatch (at most ``n_rows``).
+        seed: the generator's seed.
+    """
+
+    def __init__(self, n_rows: int, batch_size: int, seed: int) -> None:
+        self.n_rows = n_rows
+        self.batch_size = min(batch_size, n_rows)
+        self.generator = torch.Generator().manual_seed(seed)
+        self._order = torch.empty(0, dtype=torch.long)
+        self._pos = 0
+
+    def next(self) -> Tensor:
+        """The next minibatch: LongTensor[batch_size] of distinct row indices."""
+        if self._pos + self.batch_size > len(self._order):
+            # A new epoch: rows left over from the last one are dropped so that every minibatch
+            # holds distinct rows and has the same size (equal group sizes keep the loss sum exact).
+            self._order = torch.randperm(self.n_rows, generator=self.generator)
+            self._pos = 0
+        out = self._order[self._pos : self._pos + self.batch_size]
+        self._pos += self.batch_size
+        return out
+
+
+@dataclass
+class TuneHistory:
+    """What happened while tuning M prompts.
+
+    Attributes:
+        train_loss: per step, the mean over prompts of each prompt's minibatch loss.
+        dev: per prompt, a list of ``(step, accuracy, macro_f1)`` dev evaluations.
+        best_step: per prompt, the step whose prompt was kept (the last step without a dev set).
+        best_dev: per prompt, the kept prompt's dev metrics (None without a dev set).
+    """
+
+    train_loss: list[float] = field(default_factory=list)
+    dev: list[list[tuple[int, float, float]]] = field(default_factory=list)
+    best_step: list[int] = field(default_factory=list)
+    best_dev: list[dict[str, float] | None] = field(default_factory=list)
+
+    def for_prompt(self, m: int) -> dict[str, Any]:
+        """Plain data of prompt m's part of the history."""
+        return {
+            "train_loss": list(self.train_loss),
+            "dev": [list(t) for t in self.dev[m]] if self.dev else [],
+            "best_step": self.best_step[m],
+            "best_dev": self.best_dev[m],
+        }
+
+
+def tune_prompts(
+    model: PromptScorer,
+    init_prompts: Tensor,
+    train_batch: Batch,
+    cfg: FewShotConfig,
+    train_seeds: int | Sequence[int],
+    dev_batch: Batch | None = None,
+) -> tuple[Tensor, TuneHistory]:
+    """Tune M soft prompts on one task for ``cfg.steps`` Adam steps, in one batched pass.
+
+    Each step, prompt m draws ``b = min(cfg.batch_size, N)`` rows with its own generator; the
+    M minibatches are concatenated into one batch of M*b rows with a prompt per row, and
+
+        L = sum_m (1/b) sum_{i in batch_m} CE(scores(p_m, x_i), y_i) = M * mean over all rows,
+
+    so dL/dp_m is prompt m's own mean-loss gradient. With a dev set, every ``cfg.eval_every``
+    steps and at the last step each prompt is scored on it and the best (accuracy, then
+    macro-F1; earliest on ties) is kept.
+
+    Args:
+        model: a frozen prompt model (``loss``/``class_scores`` accept ``[P, d]`` or ``[B, P, d]``).
+        init_prompts: starting prompts, [M, P, d].
+        train_batch: the encoded few-shot training rows (N rows).
+        cfg: the few-shot settings (steps, batch_size, lr, eval_every, eval_batch_size).
+        train_seeds: one seed for all prompts, or one per prompt (length M).
+        dev_batch: encoded dev rows for model selection, or None.
+
+    Returns:
+        ``(trained [M, P, d], history)``; trained prompts are detached float tensors.
+    """
+    if init_prompts.dim() != 3:
+        raise ValueError(f"init_prompts must be [M, P, d], got shape {tuple(init_prompts.shape)}")
+    n_prompts = init_prompts.shape[0]
+    seeds = [train_seeds] * n_prompts if isinstance(train_seeds, int) else list(train_seeds)
+    if len(seeds) != n_prompts:
+        raise ValueError(f"got {len(seeds)} train seeds for {n_prompts} prompts")
+    n_rows = len(train_batch)
+    samplers = [MinibatchSampler(n_rows, cfg.batch_size, seed) for seed in seeds]
+    rows_per_prompt = samplers[0].batch_size
+    owner = torch.arange(n_prompts).repeat_interleave(rows_per_prompt)
+
+    prompts = init_prompts.detach().clone().float().requires_grad_(True)
+    optimizer = torch.optim.Adam([prompts], lr=cfg.lr)
+    history = TuneHistory(
+        dev=[[] for _ in range(n_prompts)],
+        best_step=[cfg.steps] * n_prompts,
+        best_dev=[None] * n_prompts,
+    )
+    best = prompts.detach().clone()
+    best_key = [(-math.inf, -math.inf)] * n_prompts
+
+    for step in range(1, cfg.steps + 1):
+        indices = torch.cat([sampler.next() for sampler in samplers])
+        batch = train_batch.select(indices)
+        if n_prompts == 1:
+            # One prompt: the shared-prompt path, which a causal backbone can run faster.
+            loss = model.loss(prompts[0], batch)
+        else:
+            loss = model.loss(prompts[owner], batch) * n_prompts
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        history.train_loss.append(float(loss.detach()) / n_prompts)
+
+        if dev_batch is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
+            current = prompts.detach()
+            for m in range(n_prompts):
+                scores = evaluate(model, current[m], dev_batch, cfg.eval_batch_size)
+                history.dev[m].append((step, scores["accuracy"], scores["macro_f1"]))
+                key = (scores["accuracy"], scores["macro_f1"])
+                if key > best_key[m]:
+                    best_key[m] = key
+                    best[m] = current[m]
+                    history.best_step[m] = step
+                    history.best_dev[m] = scores
+
+    trained = best if dev_batch is not None else prompts.detach().clone()
+    return trained, history
+
+
+@torch.no_grad()
+def predict(model: PromptScorer, prompt: Tensor, batch: Batch, batch_size: int) -> np.ndarray:
+    """Predicted class ids of every row of ``batch``, in chunks of ``batch_size`` rows.
+
+    Args:
+        prompt: [P, d] (P may be 0: no prompt).
+
+    Returns:
+        int64 array [B] of ``argmax_c class_scores``.
+    """
+    preds: list[np.ndarray] = []
+    for start in range(0, len(batch), batch_size):
+        idx = torch.arange(start, min(start + batch_size, len(batch)))
+        scores = model.class_scores(prompt, batch.select(idx))
+        preds.append(scores.argmax(dim=-1).cpu().numpy())
+    return np.concatenate(preds) if preds else np.zeros(0, dtype=np.int64)
+
+
+def evaluate(
+    model: PromptScorer, prompt: Tensor, batch: Batch, batch_size: int
+) -> dict[str, float]:
+    """Accuracy and macro-F1 of ``prompt`` on every row of ``batch``.
+
+    Args:
+        prompt: [P, d].
+        batch: encoded rows with gold ``labels`` [B].
+        batch_size: rows per forward pass.
+
+    Returns:
+        ``{"accuracy", "macro_f1", "n"}``.
+    """
+    if batch.labels is None:
+        raise DataError("labels", None, "evaluation needs labelled rows")
+    preds = predict(model, prompt, batch, batch_size)
+    return classification_metrics(batch.labels.cpu().numpy(), preds)

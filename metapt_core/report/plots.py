@@ -1,0 +1,97 @@
+"""Report figures (matplotlib, Agg backend): per-task bars and per-seed distributions."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from metapt_core.store import atomic_path  # noqa: E402
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _zero_line(ax: plt.Axes, x0: float, x1: float, value: float | None, labelled: bool) -> bool:
+    if value is None or not np.isfinite(value):
+        return labelled
+    # matplotlib leaves labels starting with "_" out of the legend: one legend entry in all
+    label = "_zero-shot" if labelled else "zero-shot"
+    ax.hlines(100 * value, x0, x1, colors="black", linestyles="dashed", linewidth=1.2, label=label)
+    return True
+
+
+def bar_plot(
+    summary: pd.DataFrame,
+    zero_shot: Mapping[str, float],
+    shots: int,
+    inits: Sequence[str],
+    path: Path,
+    metric: str = "accuracy",
+) -> Path:
+    """Grouped bars: per task (and the average), one bar per init of the mean over seeds, error
+    bars of one std across seeds, and a dashed line at the backbone's zero-shot score."""
+    part = summary[summary["shots"] == shots]
+    tasks = list(dict.fromkeys(part["task"]))
+    width = 0.8 / max(len(inits), 1)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(tasks) * max(1, len(inits)) * 0.45, 4.2))
+    labelled = False
+    for i, init in enumerate(inits):
+        rows = part[part["init"] == init].set_index("task")
+        means = [100 * rows.at[t, f"{metric}_mean"] if t in rows.index else np.nan for t in tasks]
+        stds = [100 * rows.at[t, f"{metric}_std"] if t in rows.index else np.nan for t in tasks]
+        xs = np.arange(len(tasks)) - 0.4 + width * (i + 0.5)
+        ax.bar(xs, means, width, yerr=np.nan_to_num(stds), capsize=3, label=init)
+    for j, task in enumerate(tasks):
+        labelled = _zero_line(ax, j - 0.45, j + 0.45, zero_shot.get(task), labelled)
+    ax.set_xticks(np.arange(len(tasks)), tasks)
+    ax.set_ylabel(f"test {metric} (%)")
+    ax.set_title(f"{metric} by task, k={shots} (mean +- std over seeds)")
+    ax.legend(fontsize=8, ncols=2)
+    _save(fig, path)
+    return path
+
+
+def seed_plot(
+    results: pd.DataFrame,
+    zero_shot: Mapping[str, float],
+    shots: int,
+    inits: Sequence[str],
+    path: Path,
+    metric: str = "accuracy",
+) -> Path:
+    """Box plots with every seed's score as a dot, per task and init: the spread across seeds."""
+    column = f"test_{metric}"
+    part = results[results["shots"] == shots]
+    tasks = sorted(part["task"].unique())
+    fig, axes = plt.subplots(
+        1, len(tasks), figsize=(1.0 + 0.7 * len(inits) * len(tasks), 4.2), squeeze=False
+    )
+    for ax, task in zip(axes[0], tasks):
+        data = [
+            100 * part[(part["task"] == task) & (part["init"] == i)][column].to_numpy(float)
+            for i in inits
+        ]
+        ax.boxplot(data, widths=0.5, showfliers=False)
+        for k, values in enumerate(data):
+            # evenly spread dots: deterministic, unlike random jitter
+            offsets = (
+                np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else np.zeros(len(values))
+            )
+            ax.plot(k + 1 + offsets, values, "o", markersize=4, alpha=0.8)
+        _zero_line(ax, 0.5, len(inits) + 0.5, zero_shot.get(task), False)
+        ax.set_xticks(np.arange(1, len(inits) + 1), inits, rotation=45, ha="right", fontsize=8)
+        ax.set_title(task)
+    axes[0][0].set_ylabel(f"test {metric} (%)")
+    fig.suptitle(f"{metric} per seed, k={shots} (dashed: zero-shot)")
+    _save(fig, path)
+    return path

@@ -1,0 +1,151 @@
+"""Grid cells on a tiny random Llama: batched = alone, deterministic, paired splits, zero-shot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from metapt_core.backbone import load_backbone
+from metapt_core.config import (
+    BackboneConfig,
+    FewShotConfig,
+    GridConfig,
+    InitMethod,
+    PipelineConfig,
+    PromptConfig,
+    ScoringConfig,
+    SourceConfig,
+    TaskSpec,
+)
+from metapt_core.errors import ConfigError
+from metapt_core.fewshot.cells import encode_rows, run_cell_group, run_cells, zero_shot
+from metapt_core.fewshot.grid import Cell, build_grid
+from metapt_core.fewshot.tuning import tune_prompts
+from metapt_core.lm import PromptModel, TaskFormat
+from metapt_core.tiny import CORPUS, make_tiny_llama
+
+POSITIVE = [
+    "the movie was good",
+    "i love this phone",
+    "an honest moving story",
+    "good music",
+    "great actors",
+]
+NEGATIVE = [
+    "a terrible film",
+    "bad acting",
+    "a boring plot",
+    "the battery is bad",
+    "terrible service",
+]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> PromptModel:
+    folder = make_tiny_llama(tmp_path_factory.mktemp("tiny") / "llama")
+    backbone = load_backbone(BackboneConfig(name_or_path=str(folder), device="cpu"))
+    return PromptModel(backbone, ScoringConfig(max_length=24))
+
+
+@pytest.fixture(scope="module")
+def tasks_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tasks")
+    (root / "toy").mkdir()
+    for split, reps in (("train", 3), ("test", 1)):
+        data = []
+        for r in range(reps):
+            for label_id, texts in ((0, NEGATIVE), (1, POSITIVE)):
+                for i, text in enumerate(texts):
+                    data.append(
+                        {
+                            "row_id": f"toy-{split}:{label_id}:{r}:{i}",
+                            "text": f"{text} {CORPUS[(i + r) % len(CORPUS)].split()[0]}",
+                            "label": ["negative", "positive"][label_id],
+                            "label_id": label_id,
+                            "source": "toy",
+                        }
+                    )
+        pd.DataFrame(data).to_parquet(root / "toy" / f"{split}.parquet")
+    return root
+
+
+def config(dev: int = 0, inits: list[InitMethod] | None = None) -> PipelineConfig:
+    return PipelineConfig(
+        tasks=[TaskSpec(name="toy", train=SourceConfig(name="toy", path="toy"))],
+        prompt=PromptConfig(length=3),
+        fewshot=FewShotConfig(
+            shots=[4],
+            seeds=[0, 1],
+            dev_per_class=dev,
+            steps=6,
+            batch_size=4,
+            lr=0.1,
+            eval_every=3,
+            eval_batch_size=8,
+        ),
+        grid=GridConfig(
+            inits=inits or [InitMethod.RANDOM, InitMethod.SAMPLE_VOCAB, InitMethod.PPT]
+        ),
+    )
+
+
+def pretrained(model: PromptModel) -> dict[InitMethod, torch.Tensor]:
+    g = torch.Generator().manual_seed(42)
+    return {InitMethod.PPT: torch.randn(3, model.embed_dim, generator=g) * 0.02}
+
+
+def test_batched_prompts_train_like_prompts_alone(model: PromptModel, tasks_dir: Path):
+    cfg = config()
+    fmt = TaskFormat.of("{text} It was {answer}.", ["bad", "good"])
+    rows = pd.read_parquet(tasks_dir / "toy" / "train.parquet")
+    batch = encode_rows(model, rows, fmt)
+    inits = torch.randn(3, 3, model.embed_dim, generator=torch.Generator().manual_seed(0)) * 0.05
+    seeds = [5, 6, 7]
+    batched, _ = tune_prompts(model, inits, batch, cfg.fewshot, seeds)
+    for m in range(3):
+        alone, _ = tune_prompts(model, inits[m : m + 1], batch, cfg.fewshot, seeds[m])
+        assert torch.allclose(batched[m], alone[0], atol=1e-5), (batched[m] - alone[0]).abs().max()
+        assert not torch.allclose(alone[0], inits[m], atol=1e-3)
+
+
+def test_group_equals_cells_one_by_one(model: PromptModel, tasks_dir: Path):
+    cfg = config(dev=2)
+    cells = [c for c in build_grid(cfg) if c.seed == 0]
+    together = run_cell_group(model, cells, tasks_dir, pretrained(model), cfg)
+    for cell, res in zip(cells, together):
+        (alone,) = run_cell_group(model, [cell], tasks_dir, pretrained(model), cfg)
+        assert alone.test_accuracy == pytest.approx(res.test_accuracy, abs=1e-9)
+        assert alone.best_step == res.best_step
+        assert res.group_size == 3 and alone.group_size == 1
+        assert res.n_dev == 4 and res.n_train == 8 and res.n_test == 10
+
+
+def test_cells_are_deterministic_and_paired(model: PromptModel, tasks_dir: Path):
+    cfg = config()
+    cells = build_grid(cfg)
+    first = run_cells(model, cells, tasks_dir, pretrained(model), cfg)
+    second = run_cells(model, cells, tasks_dir, pretrained(model), cfg)
+    strip = lambda r: {k: v for k, v in r.to_dict().items() if k != "wall_seconds"}  # noqa: E731
+    assert [strip(r) for r in first] == [strip(r) for r in second]
+    by_seed: dict[int, set[str]] = {}
+    for r in first:
+        by_seed.setdefault(r.seed, set()).add(r.split_id)
+    assert all(len(ids) == 1 for ids in by_seed.values())  # all inits of a seed: one split
+    assert by_seed[0] != by_seed[1]
+    assert {r.cell_id for r in first} == {c.cell_id for c in cells}
+
+
+def test_missing_pretrained_prompt_is_named(model: PromptModel, tasks_dir: Path):
+    cfg = config(inits=[InitMethod.METAPT_MAML])
+    with pytest.raises(ConfigError, match="grid.inits='metapt_maml'"):
+        run_cell_group(model, [Cell("toy", InitMethod.METAPT_MAML, 4, 0)], tasks_dir, {}, cfg)
+
+
+def test_zero_shot_scores_without_a_prompt(model: PromptModel, tasks_dir: Path):
+    spec = config().tasks[0]
+    out = zero_shot(model, spec, tasks_dir, batch_size=4)
+    assert out["n"] == 10 and 0.0 <= out["accuracy"] <= 1.0
+    assert out == zero_shot(model, spec, tasks_dir, batch_size=7)

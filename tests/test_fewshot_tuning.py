@@ -1,0 +1,135 @@
+"""Batched few-shot prompt tuning: equivalence with training alone, determinism, dev selection."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import f1_score
+
+from metapt_core.config import FewShotConfig
+from metapt_core.fewshot.metrics import classification_metrics
+from metapt_core.fewshot.tuning import MinibatchSampler, evaluate, tune_prompts
+
+
+@dataclass
+class ToyBatch:
+    """Rows of features with gold labels, shaped like an EncodedBatch."""
+
+    features: torch.Tensor  # [B, F]
+    labels: torch.Tensor  # [B]
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def select(self, indices: torch.Tensor) -> ToyBatch:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return ToyBatch(self.features[idx], self.labels[idx])
+
+
+class ToyModel:
+    """A frozen, nonlinear scorer with a per-row prompt: scores = tanh(x A + sum_p(P) B) W."""
+
+    def __init__(self, n_features: int = 6, dim: int = 5, n_classes: int = 3, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.A = torch.randn(n_features, 8, generator=g)
+        self.B = torch.randn(dim, 8, generator=g)
+        self.W = torch.randn(8, n_classes, generator=g)
+
+    def class_scores(self, prompt: torch.Tensor, batch: ToyBatch) -> torch.Tensor:
+        if prompt.dim() == 2:
+            prompt = prompt.unsqueeze(0).expand(len(batch), -1, -1)
+        hidden = torch.tanh(batch.features @ self.A + prompt.sum(1) @ self.B)
+        return hidden @ self.W
+
+    def loss(self, prompt: torch.Tensor, batch: ToyBatch) -> torch.Tensor:
+        return F.cross_entropy(self.class_scores(prompt, batch), batch.labels)
+
+
+def toy_data(n: int = 24, seed: int = 1) -> ToyBatch:
+    g = torch.Generator().manual_seed(seed)
+    features = torch.randn(n, 6, generator=g)
+    labels = torch.arange(n) % 3
+    return ToyBatch(features, labels)
+
+
+CFG = FewShotConfig(steps=12, batch_size=5, lr=0.05, eval_every=4, eval_batch_size=7)
+
+
+def test_sampler_is_seeded_and_batches_distinct_rows():
+    a = MinibatchSampler(10, 4, seed=3)
+    b = MinibatchSampler(10, 4, seed=3)
+    for _ in range(6):
+        x, y = a.next(), b.next()
+        assert torch.equal(x, y)
+        assert len(set(x.tolist())) == 4
+    assert MinibatchSampler(3, 8, 0).next().numel() == 3
+
+
+def test_batched_training_equals_training_alone():
+    model, data = ToyModel(), toy_data()
+    g = torch.Generator().manual_seed(5)
+    inits = torch.randn(3, 4, 5, generator=g) * 0.1
+    seeds = [11, 12, 13]
+    batched, _ = tune_prompts(model, inits, data, CFG, seeds)
+    for m in range(3):
+        alone, _ = tune_prompts(model, inits[m : m + 1], data, CFG, seeds[m])
+        assert torch.allclose(batched[m], alone[0], atol=1e-5), m
+        assert not torch.allclose(alone[0], inits[m], atol=1e-3)  # it did train
+
+
+def test_batched_training_with_dev_selection_equals_alone():
+    model, data, dev = ToyModel(), toy_data(), toy_data(12, seed=9)
+    inits = torch.randn(2, 4, 5, generator=torch.Generator().manual_seed(6)) * 0.1
+    batched, hist_b = tune_prompts(model, inits, data, CFG, [1, 2], dev_batch=dev)
+    for m in range(2):
+        alone, hist_a = tune_prompts(model, inits[m : m + 1], data, CFG, [1, 2][m], dev_batch=dev)
+        assert torch.allclose(batched[m], alone[0], atol=1e-5)
+        assert hist_b.best_step[m] == hist_a.best_step[0]
+        assert [s for s, _, _ in hist_b.dev[m]] == [4, 8, 12]
+
+
+def test_training_is_deterministic():
+    model, data = ToyModel(), toy_data()
+    inits = torch.zeros(2, 4, 5)
+    first, h1 = tune_prompts(model, inits, data, CFG, 7)
+    second, h2 = tune_prompts(model, inits, data, CFG, 7)
+    assert torch.equal(first, second)
+    assert h1.train_loss == h2.train_loss
+
+
+def test_training_reduces_the_loss():
+    model, data = ToyModel(), toy_data()
+    inits = torch.zeros(1, 4, 5)
+    trained, _ = tune_prompts(model, inits, data, FewShotConfig(steps=60, batch_size=8, lr=0.05), 0)
+    assert model.loss(trained[0], data) < model.loss(inits[0], data)
+
+
+def test_dev_selection_keeps_the_best_dev_prompt():
+    model, data, dev = ToyModel(), toy_data(), toy_data(12, seed=9)
+    inits = torch.zeros(1, 4, 5)
+    trained, hist = tune_prompts(model, inits, data, CFG, 0, dev_batch=dev)
+    best = max(hist.dev[0], key=lambda t: (t[1], t[2]))
+    assert hist.best_dev[0] is not None
+    assert hist.best_dev[0]["accuracy"] == pytest.approx(best[1])
+    assert evaluate(model, trained[0], dev, 5)["accuracy"] == pytest.approx(best[1])
+
+
+def test_metrics_match_sklearn_and_hand_values():
+    y_true = np.array([0, 0, 1, 1, 2, 2])
+    y_pred = np.array([0, 1, 1, 1, 2, 0])
+    out = classification_metrics(y_true, y_pred)
+    assert out["accuracy"] == pytest.approx(4 / 6)
+    # per class F1: c0 P=1/2 R=1/2 -> 1/2; c1 P=2/3 R=1 -> 0.8; c2 P=1 R=1/2 -> 2/3
+    assert out["macro_f1"] == pytest.approx((0.5 + 0.8 + 2 / 3) / 3)
+    assert out["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro"))
+    assert out["n"] == 6
+
+
+def test_evaluate_chunks_do_not_change_the_result():
+    model, data = ToyModel(), toy_data(23)
+    prompt = torch.randn(4, 5, generator=torch.Generator().manual_seed(2))
+    assert evaluate(model, prompt, data, 4) == evaluate(model, prompt, data, 100)
