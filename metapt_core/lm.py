@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from metapt_core.backbone import Backbone
-from metapt_core.config import BackboneKind, LossKind, ScoringConfig, ScoringMode
+from metapt_core.backbone import Backbone, load_backbone
+from metapt_core.config import BackboneKind, LossKind, PipelineConfig, ScoringConfig, ScoringMode
 from metapt_core.errors import ConfigError
 
 SENTINEL = "<extra_id_0>"
@@ -434,3 +434,9 @@ class PromptModel:
             return False
         scale = ref.abs().max().clamp_min(1.0)
         return bool(((ours - ref).abs().max() / scale) < 1e-3)
+
+
+def load_prompt_model(cfg: PipelineConfig) -> PromptModel:
+    """The frozen backbone of ``cfg`` (loaded once per process) wrapped for scoring."""
+    backbone = load_backbone(cfg.backbone, cfg.assets_path)
+    return PromptModel(backbone, cfg.scoring, autocast_bf16=cfg.backbone.autocast_bf16)

@@ -1,0 +1,286 @@
+"""MAML, first-order MAML and Reptile on a soft prompt, as pure functions.
+
+The soft prompt ``theta`` (``Tensor[P, d]``) is the only fast weight: the frozen backbone is
+reached through ``loss_fn(prompt, batch) -> scalar`` and is never copied (learn2learn's
+``maml_update`` idea with the prompt alone as the adapted parameter).
+
+Notation, for task ``i`` of a meta-batch of ``n`` tasks with support batch ``S_i`` and query
+batch ``Q_i``, inner learning rate ``alpha`` and ``k`` inner steps:
+
+    theta_i^(0) = theta
+    theta_i^(j+1) = theta_i^(j) - alpha * grad L_{S_i}(theta_i^(j))        (inner SGD)
+    theta'_i = theta_i^(k)
+
+Each algorithm returns a (pseudo-)gradient ``g`` so that one outer optimiser (Adam or SGD)
+serves all three: ``theta <- OuterOpt(theta, g)``.
+
+    MAML    g = d/dtheta (1/n) sum_i L_{Q_i}(theta'_i(theta))      (second order: through the
+                                                                  inner steps, Finn et al. 2017)
+    FOMAML  g = (1/n) sum_i grad L_{Q_i}(theta'_i)                 (Jacobian of theta' dropped)
+    Reptile g = beta * (theta - (1/n) sum_i phi_i)                 (Nichol et al. 2018)
+
+where ``phi_i`` is ``theta`` after ``k`` SGD steps on ``S_i`` followed by ``k`` SGD steps on
+``Q_i`` (both batches, so Reptile sees the same examples as MAML), and ``beta`` is
+``meta.reptile_step``. With outer SGD at rate ``eps`` this is Reptile's
+``theta <- theta + eps * beta * (mean_i phi_i - theta)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, NamedTuple, TypeVar
+
+import torch
+from torch import Tensor
+
+from metapt_core.config import MetaAlgorithm
+
+BatchT = TypeVar("BatchT")
+LossFn = Callable[[Tensor, Any], Tensor]
+
+
+@dataclass(frozen=True)
+class Episode(Generic[BatchT]):
+    """One task's support and query batches (disjoint rows of the same shard)."""
+
+    support: BatchT
+    query: BatchT
+    task_id: int = 0
+
+
+class MetaGradient(NamedTuple):
+    """A meta-gradient and the losses seen while computing it.
+
+    ``grad`` is ``Tensor[P, d]``; ``query_loss`` is the mean over tasks of the query loss at the
+    adapted prompt ``L_{Q_i}(theta'_i)``; ``support_loss`` the mean of ``L_{S_i}(theta)`` before
+    adaptation.
+    """
+
+    grad: Tensor
+    query_loss: float
+    support_loss: float
+
+
+class MetaGradientSum(NamedTuple):
+    """Per-task sums (not means) of a meta-gradient and its losses, for all-reduce."""
+
+    grad: Tensor
+    query_loss: float
+    support_loss: float
+    tasks: int
+
+
+@contextlib.contextmanager
+def second_order_attention(enabled: bool = True) -> Iterator[None]:
+    """Run SDPA attention on its math kernel, the one with a double backward.
+
+    The fused CPU flash and CUDA flash/efficient kernels raise "derivative for
+    ..._backward is not implemented" when differentiated twice, which second-order MAML does.
+    """
+    if not enabled:
+        yield
+        return
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel(SDPBackend.MATH):
+        yield
+
+
+def inner_adapt(
+    prompt: Tensor,
+    support: Any,
+    loss_fn: LossFn,
+    inner_lr: float,
+    steps: int,
+    create_graph: bool,
+) -> Tensor:
+    """Adapt a prompt to one batch by plain SGD: ``theta <- theta - alpha * grad L(theta)``.
+
+    Args:
+        prompt: ``Tensor[P, d]`` requiring grad (a leaf, or a function of the meta-parameters
+            when ``create_graph``).
+        support: the batch the inner loss is computed on.
+        loss_fn: ``loss_fn(prompt, batch) -> Tensor[]``.
+        inner_lr: ``alpha``.
+        steps: number of SGD steps ``k``.
+        create_graph: keep the graph of each step, so the result is differentiable in
+            ``prompt`` through the inner gradients (second-order MAML). Without it each step
+            starts from a detached copy.
+
+    Returns:
+        The adapted prompt ``theta'``, ``Tensor[P, d]``, requiring grad.
+    """
+    adapted = prompt if prompt.requires_grad else prompt.detach().requires_grad_(True)
+    for _ in range(steps):
+        loss = loss_fn(adapted, support)
+        (grad,) = torch.autograd.grad(loss, adapted, create_graph=create_graph)
+        adapted = adapted - inner_lr * grad
+        if not create_graph:
+            adapted = adapted.detach().requires_grad_(True)
+    return adapted
+
+
+def maml_task_loss(
+    prompt: Tensor,
+    episode: Episode[Any],
+    loss_fn: LossFn,
+    inner_lr: float,
+    inner_steps: int,
+    create_graph: bool = True,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The query loss after adapting on the support: ``L_Q(theta'(theta))``.
+
+    Args:
+        prompt: the meta-parameters ``theta``, ``Tensor[P, d]`` requiring grad.
+        episode: the task's support and query batches.
+        loss_fn: ``loss_fn(prompt, batch) -> Tensor[]``.
+        inner_lr: ``alpha``.
+        inner_steps: ``k``.
+        create_graph: True for MAML (the query loss is differentiable in ``theta`` through
+            the inner steps); False for FOMAML (the adapted prompt is a fresh leaf).
+
+    Returns:
+        ``(query_loss, support_loss, adapted)``: the query loss at ``theta'``, the detached
+        support loss at ``theta`` (before adaptation) and ``theta'`` itself (``Tensor[P, d]``).
+    """
+    adapted = prompt if prompt.requires_grad else prompt.detach().requires_grad_(True)
+    support_loss = torch.zeros((), device=prompt.device)
+    for step in range(inner_steps):
+        loss = loss_fn(adapted, episode.support)
+        if step == 0:
+            support_loss = loss.detach()
+        (grad,) = torch.autograd.grad(loss, adapted, create_graph=create_graph)
+        adapted = adapted - inner_lr * grad
+        if not create_graph:
+            adapted = adapted.detach().requires_grad_(True)
+    return loss_fn(adapted, episode.query), support_loss, adapted
+
+
+def reptile_adapt(
+    prompt: Tensor, episode: Episode[Any], loss_fn: LossFn, inner_lr: float, inner_steps: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Reptile's inner trajectory: ``k`` SGD steps on the support, then ``k`` on the query.
+
+    Returns:
+        ``(phi, query_loss, support_loss)``: the adapted prompt ``phi`` (``Tensor[P, d]``,
+        detached), the query loss at its first visit (after the ``k`` support steps, so the
+        same quantity MAML reports) and the support loss at ``theta``.
+    """
+    phi = prompt.detach().requires_grad_(True)
+    first_loss: dict[str, Tensor] = {}
+    for which, batch in (("support", episode.support), ("query", episode.query)):
+        for step in range(inner_steps):
+            loss = loss_fn(phi, batch)
+            if step == 0:
+                first_loss[which] = loss.detach()
+            (grad,) = torch.autograd.grad(loss, phi)
+            phi = (phi - inner_lr * grad).detach().requires_grad_(True)
+    return phi.detach(), first_loss["query"], first_loss["support"]
+
+
+def task_meta_gradient(
+    prompt: Tensor,
+    episode: Episode[Any],
+    loss_fn: LossFn,
+    algorithm: MetaAlgorithm,
+    inner_lr: float,
+    inner_steps: int,
+    reptile_step: float = 1.0,
+) -> tuple[Tensor, float, float]:
+    """One task's term of the meta-gradient (see the module docstring for the equations).
+
+    Args:
+        prompt: ``theta``, ``Tensor[P, d]`` (its own grad state is ignored).
+
+    Returns:
+        ``(grad, query_loss, support_loss)`` with ``grad`` a detached ``Tensor[P, d]``.
+    """
+    algorithm = MetaAlgorithm(algorithm)
+    theta = prompt.detach().requires_grad_(True)
+    if algorithm is MetaAlgorithm.MAML:
+        with second_order_attention():
+            query_loss, support_loss, _ = maml_task_loss(
+                theta, episode, loss_fn, inner_lr, inner_steps, create_graph=True
+            )
+            (grad,) = torch.autograd.grad(query_loss, theta)
+    elif algorithm is MetaAlgorithm.FOMAML:
+        query_loss, support_loss, adapted = maml_task_loss(
+            theta, episode, loss_fn, inner_lr, inner_steps, create_graph=False
+        )
+        # The adapted prompt is a leaf: this is grad L_Q at theta', not through it.
+        (grad,) = torch.autograd.grad(query_loss, adapted)
+    else:
+        phi, query_loss, support_loss = reptile_adapt(
+            theta, episode, loss_fn, inner_lr, inner_steps
+        )
+        grad = reptile_step * (theta.detach() - phi)
+    return grad.detach(), float(query_loss.detach()), float(support_loss)
+
+
+def meta_gradient_sum(
+    prompt: Tensor,
+    episodes: Sequence[Episode[Any]],
+    loss_fn: LossFn,
+    algorithm: MetaAlgorithm,
+    inner_lr: float,
+    inner_steps: int,
+    reptile_step: float = 1.0,
+) -> MetaGradientSum:
+    """The sum over tasks of the per-task meta-gradient terms and losses.
+
+    Tasks are differentiated one at a time, so memory holds one task's graph, not the
+    meta-batch's. Sums (not means) let data-parallel ranks all-reduce and then divide by the
+    total task count.
+
+    Returns:
+        :class:`MetaGradientSum` with ``grad`` ``Tensor[P, d]`` (zeros when no episodes).
+    """
+    grad_sum = torch.zeros_like(prompt, dtype=prompt.dtype).detach()
+    query_sum = 0.0
+    support_sum = 0.0
+    for episode in episodes:
+        grad, query_loss, support_loss = task_meta_gradient(
+            prompt, episode, loss_fn, algorithm, inner_lr, inner_steps, reptile_step
+        )
+        grad_sum += grad
+        query_sum += query_loss
+        support_sum += support_loss
+    return MetaGradientSum(grad_sum, query_sum, support_sum, len(episodes))
+
+
+def meta_gradient(
+    prompt: Tensor,
+    episodes: Sequence[Episode[Any]],
+    loss_fn: LossFn,
+    algorithm: MetaAlgorithm,
+    inner_lr: float,
+    inner_steps: int,
+    reptile_step: float = 1.0,
+) -> MetaGradient:
+    """The meta-gradient of a meta-batch, averaged over its tasks.
+
+    MAML: ``g = d/dtheta (1/n) sum_i L_{Q_i}(theta'_i(theta))``; FOMAML:
+    ``g = (1/n) sum_i grad L_{Q_i}(theta'_i)``; Reptile: ``g = beta (theta - (1/n) sum_i phi_i)``
+    (module docstring). The result is meant for ``prompt.grad`` before an outer optimiser step.
+
+    Args:
+        prompt: ``theta``, ``Tensor[P, d]``.
+        episodes: the meta-batch, one :class:`Episode` per task (non-empty).
+        loss_fn: ``loss_fn(prompt, batch) -> Tensor[]``, differentiable twice for MAML.
+        algorithm: which meta-learner.
+        inner_lr: ``alpha``.
+        inner_steps: ``k``.
+        reptile_step: ``beta`` (Reptile only).
+
+    Returns:
+        :class:`MetaGradient` ``(grad: Tensor[P, d], query_loss, support_loss)``.
+    """
+    if not episodes:
+        raise ValueError("meta_gradient needs at least one episode")
+    total = meta_gradient_sum(
+        prompt, episodes, loss_fn, algorithm, inner_lr, inner_steps, reptile_step
+    )
+    n = total.tasks
+    return MetaGradient(total.grad / n, total.query_loss / n, total.support_loss / n)

@@ -1,0 +1,68 @@
+"""Episodes: disjoint, class-balanced, deterministic; validation rows held out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_meta_fixtures import CLASSES, write_shards
+
+from metapt_core.errors import DataError
+from metapt_core.meta.episodes import (
+    TRAIN_STREAM,
+    load_tasks,
+    rng_for,
+    sample_episode,
+    sample_meta_batch,
+    validation_episodes,
+)
+
+
+def test_support_and_query_are_disjoint_and_balanced() -> None:
+    labels = np.array([0] * 10 + [1] * 10 + [2] * 3)
+    rows = np.arange(len(labels))
+    for step in range(20):
+        support, query = sample_episode(labels, rows, 6, 6, rng_for(0, TRAIN_STREAM, step))
+        assert len(support) == 6 and len(query) == 6
+        assert not set(support) & set(query)
+        assert sorted(np.bincount(labels[support], minlength=3)) == [2, 2, 2]
+        # Query: class 2 has one row left at most... balanced as far as the rows allow.
+        counts = np.bincount(labels[query], minlength=3)
+        assert counts.max() - counts[:2].min() <= 3
+
+
+def test_episodes_deterministic_per_step(tmp_path: Path) -> None:
+    tasks = load_tasks(write_shards(tmp_path / "s"), CLASSES, 0.2, 6, seed=0)
+    a = sample_meta_batch(tasks, 3, 3, 3, rng_for(0, TRAIN_STREAM, 5))
+    b = sample_meta_batch(tasks, 3, 3, 3, rng_for(0, TRAIN_STREAM, 5))
+    c = sample_meta_batch(tasks, 3, 3, 3, rng_for(0, TRAIN_STREAM, 6))
+    assert [(e.task_index, e.support.tolist(), e.query.tolist()) for e in a] == [
+        (e.task_index, e.support.tolist(), e.query.tolist()) for e in b
+    ]
+    assert [e.support.tolist() for e in a] != [e.support.tolist() for e in c]
+    assert len({e.task_index for e in a}) == 3  # distinct tasks while there are enough
+
+
+def test_validation_rows_are_held_out(tmp_path: Path) -> None:
+    tasks = load_tasks(write_shards(tmp_path / "s"), CLASSES, 0.2, 6, seed=0)
+    for task in tasks:
+        assert len(task.val_rows) == 6  # max(ceil(0.2 * 30), 6)
+        assert not set(task.train_rows) & set(task.val_rows)
+        assert len(task.train_rows) + len(task.val_rows) == len(task.labels)
+    for episode in sample_meta_batch(tasks, 4, 3, 3, rng_for(0, TRAIN_STREAM, 1)):
+        held = set(tasks[episode.task_index].val_rows)
+        assert not held & (set(episode.support) | set(episode.query))
+    for episode in validation_episodes(tasks, 5, 3, 3, seed=0):
+        held = set(tasks[episode.task_index].val_rows)
+        assert set(episode.support) | set(episode.query) <= held
+
+
+def test_bad_shards_are_refused(tmp_path: Path) -> None:
+    root = write_shards(tmp_path / "s", rows_per_shard=5)
+    with pytest.raises(DataError, match="support"):
+        load_tasks(root, CLASSES, 0.2, 6, seed=0)
+    with pytest.raises(DataError, match="pool.classes"):
+        load_tasks(write_shards(tmp_path / "t"), ["a", "b"], 0.2, 6, seed=0)
+    with pytest.raises(DataError, match="manifest"):
+        load_tasks(tmp_path / "missing", CLASSES, 0.2, 6, seed=0)

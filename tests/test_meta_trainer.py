@@ -1,0 +1,165 @@
+"""The meta-pretraining loop on the toy prompt model: outputs, exact resume, frozen backbone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from test_meta_fixtures import small_config, write_shards
+
+from metapt_core.config import MetaAlgorithm
+from metapt_core.meta.checkpoint import checkpoint_dir, load_checkpoint
+from metapt_core.meta.toy import ToyPromptModel
+from metapt_core.meta.trainer import meta_pretrain
+from metapt_core.prompt import load_prompt
+
+
+def _toy() -> ToyPromptModel:
+    return ToyPromptModel(embed_dim=6, n_classes=3, seed=1, dtype=torch.float32)
+
+
+def _init(model: ToyPromptModel) -> torch.Tensor:
+    return model.initial_prompt(3, torch.Generator().manual_seed(0))
+
+
+class Crash(RuntimeError):
+    pass
+
+
+@pytest.mark.parametrize("algorithm", list(MetaAlgorithm))
+def test_meta_pretrain_writes_prompt_and_history(tmp_path: Path, algorithm: MetaAlgorithm) -> None:
+    shards = write_shards(tmp_path / "shards")
+    model = _toy()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = small_config(meta_steps=4)
+    seen: list[int] = []
+    out = tmp_path / "out"
+    result = meta_pretrain(
+        shards,
+        cfg,
+        algorithm,
+        model,
+        out,
+        progress=lambda d, t, m: seen.append(d),
+        initial_prompt=_init(model),
+    )
+    prompt, meta = load_prompt(out)
+    assert prompt.shape == (3, 6)
+    assert not torch.equal(prompt, _init(model))  # it trained
+    assert meta["algorithm"] == algorithm.value
+    history = json.loads((out / "history.json").read_text())
+    assert [h["step"] for h in history] == [0, 1, 2, 3, 4]
+    assert "val_loss" in history[0] and "val_acc" in history[2] and "val_loss" in history[4]
+    assert all(h["query_loss"] > 0 for h in history[1:])
+    assert seen == [1, 2, 3, 4]
+    assert result.metrics["examples_seen"] == 4 * 4 * 6
+    assert result.ref.is_valid()
+    assert not checkpoint_dir(out).exists()  # scratch removed, never inside the artifact
+    assert sorted(p.name for p in out.iterdir()) == [
+        "history.json",
+        "prompt.json",
+        "prompt.safetensors",
+    ]
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+@pytest.mark.parametrize("algorithm", [MetaAlgorithm.MAML, MetaAlgorithm.REPTILE])
+def test_resume_after_crash_is_bit_identical(tmp_path: Path, algorithm: MetaAlgorithm) -> None:
+    shards = write_shards(tmp_path / "shards")
+    model = _toy()
+    cfg = small_config(meta_steps=7, checkpoint_every=2, val_every=3)
+    whole = meta_pretrain(
+        shards, cfg, algorithm, model, tmp_path / "a", initial_prompt=_init(model)
+    )
+
+    def crash_at_5(done: int, total: int, message: str) -> None:
+        if done == 5:
+            raise Crash("simulated failure")
+
+    out = tmp_path / "b"
+    with pytest.raises(Crash):
+        meta_pretrain(
+            shards, cfg, algorithm, model, out, progress=crash_at_5, initial_prompt=_init(model)
+        )
+    assert not out.exists()
+    state = load_checkpoint(checkpoint_dir(out), _fingerprint_of(checkpoint_dir(out)))
+    assert state is not None and state.step == 4
+    resumed = meta_pretrain(shards, cfg, algorithm, model, out, initial_prompt=_init(model))
+    assert torch.equal(load_prompt(out)[0], load_prompt(tmp_path / "a")[0])
+    assert resumed.history == whole.history
+
+
+def test_checkpoint_of_other_settings_is_ignored(tmp_path: Path) -> None:
+    shards = write_shards(tmp_path / "shards")
+    model = _toy()
+    cfg = small_config(meta_steps=5, checkpoint_every=2)
+
+    def crash_at_3(done: int, total: int, message: str) -> None:
+        if done == 3:
+            raise Crash("simulated failure")
+
+    out = tmp_path / "b"
+    with pytest.raises(Crash):
+        meta_pretrain(
+            shards,
+            cfg,
+            MetaAlgorithm.FOMAML,
+            model,
+            out,
+            progress=crash_at_3,
+            initial_prompt=_init(model),
+        )
+    other = small_config(meta_steps=5, checkpoint_every=2, inner_lr=0.1)
+    steps: list[int] = []
+    meta_pretrain(
+        shards,
+        other,
+        MetaAlgorithm.FOMAML,
+        model,
+        out,
+        initial_prompt=_init(model),
+        progress=lambda d, t, m: steps.append(d),
+    )
+    assert steps == [1, 2, 3, 4, 5]  # started over
+
+
+def test_no_resume_starts_over(tmp_path: Path) -> None:
+    shards = write_shards(tmp_path / "shards")
+    model = _toy()
+    cfg = small_config(meta_steps=4, checkpoint_every=1)
+
+    def crash_at_3(done: int, total: int, message: str) -> None:
+        if done == 3:
+            raise Crash("simulated failure")
+
+    out = tmp_path / "b"
+    with pytest.raises(Crash):
+        meta_pretrain(
+            shards,
+            cfg,
+            MetaAlgorithm.FOMAML,
+            model,
+            out,
+            progress=crash_at_3,
+            initial_prompt=_init(model),
+        )
+    steps: list[int] = []
+    meta_pretrain(
+        shards,
+        cfg,
+        MetaAlgorithm.FOMAML,
+        model,
+        out,
+        initial_prompt=_init(model),
+        resume=False,
+        progress=lambda d, t, m: steps.append(d),
+    )
+    assert steps == [1, 2, 3, 4]
+
+
+def _fingerprint_of(folder: Path) -> str:
+    payload = torch.load(folder / "last.pt", weights_only=True)
+    return str(payload["fingerprint"])
