@@ -2,6 +2,8 @@
 #   make run    set up .venv, prepare the embedded assets, run the default profile end to end
 #   make test   set up .venv with dev tools, run the test suite
 #   make lint   ruff + mypy
+#   make serve  Prefect + MLflow servers on 127.0.0.1 and the deployments (make stop, make ui)
+#   make bench  every benchmark at full size (make bench-quick: small sizes, < 10 min on 2 cores)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -19,7 +21,7 @@ export MLFLOW_SERVER_ENABLE_JOB_EXECUTION ?= false
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install dev run test lint assets clean-cache
+.PHONY: install dev run test lint assets clean-cache serve stop ui bench bench-quick
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -55,3 +57,18 @@ lint: $(DEVSTAMP)
 
 clean-cache:
 	$(VENV)/bin/metapt cache clear
+
+serve: $(STAMP)
+	$(PY) -m deployments.services start
+
+stop:
+	$(PY) -m deployments.services stop
+
+ui:
+	$(PY) -m deployments.services ui
+
+bench: $(STAMP)
+	$(PY) benchmarks/run_all.py
+
+bench-quick: $(STAMP)
+	$(PY) benchmarks/run_all.py --quick

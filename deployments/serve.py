@@ -1,0 +1,63 @@
+"""Serve every deployment from one long-lived process (started by ``make serve``).
+
+    PREFECT_API_URL=http://127.0.0.1:4200/api python -m deployments.serve
+
+Deployments: ``metapt/full-pipeline`` and ``metapt-<stage>/<stage>`` for ingest, embed, cluster,
+meta-pretrain and evaluate; all take ``profile``, ``config_file``, ``overrides``, ``refresh``:
+
+    prefect deployment run metapt/full-pipeline -p profile=smoke --watch
+    prefect deployment run metapt-cluster/cluster -p profile=smoke -p overrides='["cluster.n_clusters=4"]' --watch
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import deployments  # noqa: F401  (environment defaults)
+
+FULL_PIPELINE = "full-pipeline"
+STAGE_DEPLOYMENTS = ("ingest", "embed", "cluster", "meta-pretrain", "evaluate")
+
+
+def build_deployments() -> list[Any]:
+    """The runner deployments, entry points given as module paths (independent of the cwd)."""
+    from prefect.deployments.runner import EntrypointType
+
+    from flows.cluster import cluster_flow
+    from flows.embed import embed_flow
+    from flows.evaluate import evaluate_flow
+    from flows.ingest import ingest_flow
+    from flows.metapt import metapt_flow
+    from flows.pretrain import meta_pretrain_flow
+
+    stage_flows = dict(
+        zip(
+            STAGE_DEPLOYMENTS,
+            (ingest_flow, embed_flow, cluster_flow, meta_pretrain_flow, evaluate_flow),
+        )
+    )
+    options: dict[str, Any] = {"entrypoint_type": EntrypointType.MODULE_PATH, "tags": ["metapt"]}
+    built = [
+        metapt_flow.to_deployment(
+            name=FULL_PIPELINE,
+            description="The whole MetaPT pipeline, cached stage by stage.",
+            **options,
+        )
+    ]
+    for name, stage_flow in stage_flows.items():
+        built.append(
+            stage_flow.to_deployment(
+                name=name, description=f"The {name} stage (upstream stages cached).", **options
+            )
+        )
+    return built
+
+
+def main() -> None:
+    from prefect import serve
+
+    serve(*build_deployments(), pause_on_shutdown=False)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""The ``metapt`` command.
+
+    metapt run --profile smoke                       # the whole pipeline, cached stage by stage
+    metapt run --profile smoke --set cluster.n_clusters=4 --refresh cluster
+    metapt config --profile default                  # print the resolved configuration
+    metapt assets                                    # prepare the embedded assets
+    metapt report RUN_ID                             # reprint a run's report from MLflow
+    metapt cache clear [STAGE]                       # drop stored stage outputs
+
+Configuration errors print ``error: <message>`` and exit with status 2 before any work starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from flows import env
+from metapt_core.config import PipelineConfig, dump_yaml
+from metapt_core.errors import MetaptError
+
+EXIT_CONFIG = 2
+
+
+def _config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", default="default", help="smoke, default or paper")
+    parser.add_argument("--config", default="", help="a YAML file merged over the profile")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one setting, e.g. cluster.n_clusters=4 (repeatable)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="metapt", description=__doc__.splitlines()[0] if __doc__ else ""
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run the pipeline")
+    _config_args(run)
+    run.add_argument(
+        "--refresh",
+        action="append",
+        default=[],
+        metavar="STAGE",
+        help="recompute a stage even if stored: ingest, embed, cluster, meta-pretrain, evaluate, all",
+    )
+    config = commands.add_parser("config", help="print the resolved configuration")
+    _config_args(config)
+    assets = commands.add_parser("assets", help="prepare the embedded assets")
+    _config_args(assets)
+    report = commands.add_parser("report", help="reprint a run's report from MLflow")
+    report.add_argument("run_id", help="MLflow run id or Prefect flow run id of a pipeline run")
+    _config_args(report)
+    cache = commands.add_parser("cache", help="manage the stage cache")
+    cache_commands = cache.add_subparsers(dest="cache_command", required=True)
+    clear = cache_commands.add_parser("clear", help="remove stored stage outputs")
+    clear.add_argument("stage", nargs="?", default=None)
+    _config_args(clear)
+    return parser
+
+
+def _resolve(args: argparse.Namespace) -> PipelineConfig:
+    from flows.context import resolve_config
+
+    return resolve_config(args.profile, args.config, args.overrides)
+
+
+def _hints() -> str:
+    return (
+        "MLflow and Prefect UIs: `make serve` (servers on 127.0.0.1 and the deployments), "
+        "then `make ui`; `make stop` stops them."
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from tasks.stage import expand_refresh
+
+    cfg = _resolve(args)
+    expand_refresh(args.refresh)  # unknown stage names fail here, before any work
+    from metapt_core.validate import preflight
+
+    preflight(cfg, cfg.assets_path)  # files, columns, labels, model, k and shots: before any work
+    print("# resolved configuration\n" + dump_yaml(cfg), flush=True)
+    env.use_ephemeral_prefect(cfg.work_path)
+    from flows.metapt import metapt_flow
+    from tasks.cache import StageOutcome  # noqa: F401  (import before the flow starts)
+
+    refs = metapt_flow(
+        profile=args.profile,
+        config_file=args.config,
+        overrides=args.overrides,
+        refresh=args.refresh,
+    )
+    report = Path(refs["report"]["path"])
+    md = next(iter(sorted(report.rglob("report.md"))), None) if report.is_dir() else None
+    print("\n# results\n" + (md.read_text("utf-8") if md else f"(report at {report})"))
+    print(
+        f"MLflow run: {refs['mlflow_run_id']['id']}  (reprint: metapt report {refs['mlflow_run_id']['id']})"
+    )
+    print(_hints())
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    print(dump_yaml(_resolve(args)), end="")
+    return 0
+
+
+def cmd_assets(args: argparse.Namespace) -> int:
+    cfg = _resolve(args)
+    from tasks.core import core
+
+    def progress(done: int, total: int, message: str) -> None:
+        print(f"assets: {done}/{total} {message}", flush=True)
+
+    paths = core("metapt_core.assets:prepare_assets")(cfg.assets_path, progress=progress)
+    print(f"assets ready under {cfg.assets_path}: {paths}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    cfg = _resolve(args)
+    from tasks.tracking import FLOW_RUN_TAG, Tracker
+
+    tracker = Tracker.open(cfg)
+    client = tracker.client
+    try:
+        run = client.get_run(args.run_id)
+    except Exception:
+        found = client.search_runs(
+            [tracker.experiment_id],
+            f"tags.`{FLOW_RUN_TAG}` = '{args.run_id}' and tags.`metapt.kind` = 'pipeline'",
+        )
+        if not found:
+            raise MetaptError(
+                f"run_id={args.run_id!r}: no such MLflow run or Prefect flow run"
+            ) from None
+        run = found[0]
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = client.download_artifacts(run.info.run_id, "results", tmp)
+        except Exception:
+            raise MetaptError(f"run_id={args.run_id!r}: this run has no results") from None
+        reports = sorted(Path(local).rglob("report.md"))
+        if not reports:
+            raise MetaptError(f"run_id={args.run_id!r}: this run has no report.md")
+        print(reports[0].read_text("utf-8"), end="")
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    cfg = _resolve(args)
+    from tasks.cache import clear
+    from tasks.stage import REFRESH_GROUPS
+
+    stages = list(REFRESH_GROUPS.get(args.stage, (args.stage,))) if args.stage else [None]
+    removed = [path for stage in stages for path in clear(cfg.work_path, stage)]
+    for path in removed:
+        print(f"removed {path}")
+    if not removed:
+        print("nothing to remove")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "config": cmd_config, "assets": cmd_assets, "report": cmd_report}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``metapt`` console script."""
+    args = build_parser().parse_args(argv)
+    handler = cmd_cache if args.command == "cache" else COMMANDS[args.command]
+    try:
+        return handler(args)
+    except MetaptError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""Open a pipeline run: resolve the config, connect MLflow, create (or join) the parent run."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
+
+from flows.env import WORK_DIR_ENV
+from metapt_core.config import PipelineConfig, dump_yaml, load_config
+from metapt_core.store import ArtifactRef, atomic_write_text
+from tasks.stage import RunContext, expand_refresh
+from tasks.tracking import FLOW_RUN_TAG, KIND_TAG, Tracker
+
+Refs = dict[str, dict[str, str]]
+
+
+def as_list(value: list[str] | str | None) -> list[str]:
+    """A deployment parameter given as a list, one string, or nothing."""
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+def resolve_config(
+    profile: str, config_file: str = "", overrides: list[str] | str | None = None
+) -> PipelineConfig:
+    """The checked config; ``$METAPT_WORK_DIR`` (set by ``make serve``) is a default work_dir."""
+    pre = [f"work_dir={os.environ[WORK_DIR_ENV]}"] if os.environ.get(WORK_DIR_ENV) else []
+    return load_config(profile, config_file or None, pre + as_list(overrides))
+
+
+def current_flow_run() -> tuple[str, str]:
+    """(id, name) of the Prefect flow run we are in, or empty strings."""
+    try:
+        from prefect.runtime import flow_run
+
+        return str(flow_run.id or ""), str(flow_run.name or "")
+    except Exception:
+        return "", ""
+
+
+@contextlib.contextmanager
+def pipeline_run(
+    flow_name: str,
+    profile: str,
+    config_file: str,
+    overrides: list[str] | str | None,
+    refresh: list[str] | str | None,
+    parent_run_id: str,
+) -> Iterator[RunContext]:
+    """The context of one flow: joins ``parent_run_id`` or creates the MLflow parent run.
+
+    The parent run is tagged with the Prefect flow run id and holds the resolved configuration
+    (params and ``config/config.yaml``); it is also saved as ``<work_dir>/runs/<id>/config.yaml``.
+    """
+    cfg = resolve_config(profile, config_file, overrides)
+    forced = expand_refresh(as_list(refresh))
+    flow_run_id, flow_run_name = current_flow_run()
+    tracker = Tracker.open(cfg)
+    owner = not parent_run_id
+    if owner:
+        parent_run_id = tracker.start_run(
+            f"{flow_name}-{flow_run_name}" if flow_run_name else flow_name,
+            tags={
+                FLOW_RUN_TAG: flow_run_id,
+                KIND_TAG: "pipeline",
+                "metapt.flow": flow_name,
+                "metapt.profile": profile,
+                "metapt.overrides": " ".join(as_list(overrides)),
+                "metapt.refresh": " ".join(as_list(refresh)),
+            },
+            parent_run_id="",
+        )
+        tracker.log_config(parent_run_id, cfg)
+        atomic_write_text(
+            cfg.work_path / "runs" / (flow_run_id or parent_run_id) / "config.yaml", dump_yaml(cfg)
+        )
+    ctx = RunContext(
+        cfg=cfg,
+        tracker=replace(tracker, parent_run_id=parent_run_id),
+        refresh=forced,
+        flow_run_id=flow_run_id,
+    )
+    try:
+        yield ctx
+    except BaseException:
+        if owner:
+            tracker.end(parent_run_id, ok=False)
+        raise
+    if owner:
+        tracker.end(parent_run_id)
+
+
+def ref_dict(ref: ArtifactRef) -> dict[str, str]:
+    return ref.to_dict()
+
+
+def stage_kwargs(
+    profile: str,
+    config_file: str,
+    overrides: list[str] | str | None,
+    refresh: list[str] | str | None,
+    upstream: Refs,
+    ctx: RunContext,
+) -> dict[str, Any]:
+    """Parameters for an upstream stage flow called as a subflow of this one."""
+    return {
+        "profile": profile,
+        "config_file": config_file,
+        "overrides": as_list(overrides),
+        "refresh": as_list(refresh),
+        "upstream": upstream,
+        "mlflow_parent_run_id": ctx.tracker.parent_run_id,
+    }

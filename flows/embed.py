@@ -1,0 +1,33 @@
+"""Flow ``metapt-embed``: sentence-embed the pool (ingesting it first unless given).
+
+prefect deployment run metapt-embed/embed -p profile=smoke --watch
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from flows.context import Refs, pipeline_run, ref_dict, stage_kwargs
+from flows.ingest import ingest_flow
+from tasks.common import to_ref
+from tasks.embed import embed_task
+
+
+@flow(name="metapt-embed")
+def embed_flow(
+    profile: str = "default",
+    config_file: str = "",
+    overrides: list[str] | str | None = None,
+    refresh: list[str] | str | None = None,
+    upstream: Refs | None = None,
+    mlflow_parent_run_id: str = "",
+) -> Refs:
+    """Steps: (ingest) -> embeddings.npy + row_ids.parquet."""
+    with pipeline_run(
+        "embed", profile, config_file, overrides, refresh, mlflow_parent_run_id
+    ) as ctx:
+        refs = dict(upstream or {})
+        if "pool" not in refs:
+            refs = ingest_flow(**stage_kwargs(profile, config_file, overrides, refresh, refs, ctx))
+        out = embed_task(ctx, to_ref(refs["assets"]), to_ref(refs["pool"]))
+        return {**refs, "embed": ref_dict(out.ref)}

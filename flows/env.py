@@ -1,0 +1,59 @@
+"""Environment defaults for every entry point: telemetry off, offline, loopback only.
+
+Imported first by ``flows`` (hence by the ``metapt`` command) and by ``deployments``; every value
+is a default (``os.environ.setdefault``), so a user's own setting wins.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import tomllib
+
+DEFAULTS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "true",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "PREFECT_SERVER_API_HOST": "127.0.0.1",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "60",
+}
+# Set by deployments.services for the serve process; a default for the work_dir setting.
+WORK_DIR_ENV = "METAPT_WORK_DIR"
+
+
+def apply_defaults() -> None:
+    for key, value in DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+def prefect_api_configured() -> bool:
+    """True if PREFECT_API_URL is set in the environment or in the active Prefect profile."""
+    if os.environ.get("PREFECT_API_URL"):
+        return True
+    home = Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser()
+    profiles = Path(os.environ.get("PREFECT_PROFILES_PATH", home / "profiles.toml")).expanduser()
+    try:
+        data = tomllib.loads(profiles.read_text("utf-8"))
+    except (OSError, tomllib.TOMLDecodeError):
+        return False
+    active = os.environ.get("PREFECT_PROFILE") or data.get("active", "ephemeral")
+    return bool(data.get("profiles", {}).get(active, {}).get("PREFECT_API_URL"))
+
+
+def use_ephemeral_prefect(work_dir: Path) -> bool:
+    """Without a configured API, run Prefect against a temporary local server whose home is
+    ``<work_dir>/prefect`` (call before prefect is imported). Returns True if it did so."""
+    if prefect_api_configured():
+        return False
+    home = work_dir / "prefect"
+    home.mkdir(parents=True, exist_ok=True)  # sqlite cannot create the database's folder
+    os.environ["PREFECT_HOME"] = str(home)
+    os.environ.setdefault("PREFECT_SERVER_ALLOW_EPHEMERAL_MODE", "true")
+    return True
+
+
+apply_defaults()

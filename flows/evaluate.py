@@ -1,0 +1,118 @@
+"""Flow ``metapt-evaluate``: the few-shot grid (cells in a task runner) and the report.
+
+prefect deployment run metapt-evaluate/evaluate -p profile=smoke --watch
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from flows.context import Refs, pipeline_run, ref_dict, stage_kwargs
+from flows.pretrain import PROMPT_PREFIX, meta_pretrain_flow
+from metapt_core.config import GridConfig, TaskRunner
+from tasks.cache import StageOutcome
+from tasks.common import to_ref
+from tasks.evaluate import eval_group_task, report_task
+from tasks.progress import StageProgress, run_logger
+
+
+def make_task_runner(grid: GridConfig) -> Any:
+    """The task runner of the grid: threads by default, Dask when ``grid.dask_address`` is set."""
+    if grid.dask_address or grid.runner is TaskRunner.DASK:
+        from prefect_dask import DaskTaskRunner
+
+        if grid.dask_address:
+            return DaskTaskRunner(address=grid.dask_address)
+        return DaskTaskRunner(
+            cluster_kwargs={
+                "n_workers": grid.max_workers,
+                "dashboard_address": None,
+                "host": "127.0.0.1",
+            }
+        )
+    if grid.runner is TaskRunner.PROCESS:
+        from prefect.task_runners import ProcessPoolTaskRunner
+
+        return ProcessPoolTaskRunner(max_workers=grid.max_workers)
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    # sequential is a pool of one: the same failure isolation and retries
+    workers = 1 if grid.runner is TaskRunner.SEQUENTIAL else grid.max_workers
+    return ThreadPoolTaskRunner(max_workers=workers)
+
+
+@flow(name="metapt-evaluate")
+def evaluate_flow(
+    profile: str = "default",
+    config_file: str = "",
+    overrides: list[str] | str | None = None,
+    refresh: list[str] | str | None = None,
+    upstream: Refs | None = None,
+    mlflow_parent_run_id: str = "",
+) -> Refs:
+    """Steps: (ingest ... meta-pretrain) -> one task per (task, shots, seed) group -> report.
+
+    A failed group is retried ``grid.retries`` times, then reported as missing while the others
+    are kept.
+    """
+    with pipeline_run(
+        "evaluate", profile, config_file, overrides, refresh, mlflow_parent_run_id
+    ) as ctx:
+        refs = dict(upstream or {})
+        if "tasks" not in refs or not any(k.startswith(PROMPT_PREFIX) for k in refs):
+            refs = meta_pretrain_flow(
+                **stage_kwargs(profile, config_file, overrides, refresh, refs, ctx)
+            )
+        cfg = ctx.cfg
+        prompts = {
+            init.value: (to_ref(refs[PROMPT_PREFIX + init.value]) if init.is_pretrained else None)
+            for init in cfg.grid.inits
+        }
+        groups = [
+            (spec.name, shots, seed)
+            for spec in cfg.tasks
+            for shots in cfg.fewshot.shots
+            for seed in cfg.fewshot.seeds
+        ]
+        cell_task = eval_group_task.with_options(retries=cfg.grid.retries)
+        progress = StageProgress("evaluate", f"{len(groups)} groups")
+        done: list[StageOutcome] = []
+        failed: list[str] = []
+        with make_task_runner(cfg.grid) as runner:
+            futures = [
+                (
+                    f"{name}/k{shots}/s{seed}",
+                    runner.submit(
+                        cell_task,
+                        parameters={
+                            "ctx": ctx,
+                            "task_name": name,
+                            "shots": shots,
+                            "seed": seed,
+                            "assets": to_ref(refs["assets"]),
+                            "tasks_ref": to_ref(refs["tasks"]),
+                            "prompts": prompts,
+                        },
+                    ),
+                )
+                for name, shots, seed in groups
+            ]
+            for index, (label, future) in enumerate(futures, start=1):
+                future.wait()
+                state = future.state
+                if state.is_completed():
+                    done.append(future.result())
+                else:
+                    failed.append(label)
+                    run_logger().error("evaluate: group %s failed: %s", label, state.message)
+                progress(index, len(futures), label)
+        if not done:
+            raise RuntimeError(f"every evaluation group failed: {', '.join(failed)}")
+        report = report_task(ctx, done, failed)
+        return {
+            **refs,
+            "report": ref_dict(report.ref),
+            "mlflow_run_id": {"id": ctx.tracker.parent_run_id},
+        }

@@ -1,0 +1,36 @@
+"""Flow ``metapt-ingest``: prepare the assets, ingest the pool and the downstream tasks.
+
+prefect deployment run metapt-ingest/ingest -p profile=smoke --watch
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from flows.context import Refs, pipeline_run, ref_dict
+from tasks.assets import prepare_assets_task
+from tasks.ingest import ingest_pool_task, ingest_tasks_task
+
+
+@flow(name="metapt-ingest")
+def ingest_flow(
+    profile: str = "default",
+    config_file: str = "",
+    overrides: list[str] | str | None = None,
+    refresh: list[str] | str | None = None,
+    upstream: Refs | None = None,
+    mlflow_parent_run_id: str = "",
+) -> Refs:
+    """Steps: assets -> pool.parquet -> tasks/<task>/{train,test}.parquet."""
+    with pipeline_run(
+        "ingest", profile, config_file, overrides, refresh, mlflow_parent_run_id
+    ) as ctx:
+        assets = prepare_assets_task(ctx.cfg)
+        pool = ingest_pool_task(ctx, assets)
+        tasks = ingest_tasks_task(ctx, assets, pool.ref)
+        return {
+            **(upstream or {}),
+            "assets": ref_dict(assets),
+            "pool": ref_dict(pool.ref),
+            "tasks": ref_dict(tasks.ref),
+        }

@@ -1,0 +1,49 @@
+"""Flow ``metapt-meta-pretrain``: MetaPT prompts (one per meta-learner in the grid) and PPT.
+
+prefect deployment run metapt-meta-pretrain/meta-pretrain -p profile=smoke --watch
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from flows.cluster import cluster_flow
+from flows.context import Refs, pipeline_run, ref_dict, stage_kwargs
+from tasks.common import to_ref
+from tasks.meta import meta_pretrain_task
+from tasks.ppt import ppt_task
+
+PROMPT_PREFIX = "prompt:"
+
+
+@flow(name="metapt-meta-pretrain")
+def meta_pretrain_flow(
+    profile: str = "default",
+    config_file: str = "",
+    overrides: list[str] | str | None = None,
+    refresh: list[str] | str | None = None,
+    upstream: Refs | None = None,
+    mlflow_parent_run_id: str = "",
+) -> Refs:
+    """Steps: (ingest, embed, cluster) -> a prompt folder per pre-trained initialisation.
+
+    Returns the upstream refs plus ``prompt:<init>`` for each of ``ppt``, ``metapt_*`` in
+    ``grid.inits``.
+    """
+    with pipeline_run(
+        "meta-pretrain", profile, config_file, overrides, refresh, mlflow_parent_run_id
+    ) as ctx:
+        refs = dict(upstream or {})
+        if "shards" not in refs:
+            refs = cluster_flow(**stage_kwargs(profile, config_file, overrides, refresh, refs, ctx))
+        assets, shards = to_ref(refs["assets"]), to_ref(refs["shards"])
+        for init in ctx.cfg.grid.inits:
+            if not init.is_pretrained:
+                continue
+            algorithm = init.meta_algorithm
+            if algorithm is None:
+                out = ppt_task(ctx, assets, shards)
+            else:
+                out = meta_pretrain_task(ctx, algorithm, assets, shards)
+            refs[PROMPT_PREFIX + init.value] = ref_dict(out.ref)
+        return refs

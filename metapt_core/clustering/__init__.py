@@ -1,0 +1,280 @@
+"""Clustering the pre-training pool into auxiliary tasks (MetaPT's unsupervised split).
+
+``cluster_pool`` reads the pool and its embeddings, clusters them (k-means, UMAP + HDBSCAN, or
+LDA on bag-of-words), applies the noise policy and the small-cluster rule, and writes
+``shards/`` (one Parquet file per task plus ``manifest.json``) and ``diagnostics/``.
+
+Usage::
+
+    from metapt_core.clustering import cluster_pool, read_manifest, load_shard
+    result = cluster_pool(pool_ref, embed_ref, cfg, Path("out/cluster"))
+    manifest = read_manifest(result.shards_dir)
+    first = load_shard(result.shards_dir, manifest.shards[0])
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from metapt_core.clustering.density import NOISE, umap_hdbscan_labels
+from metapt_core.clustering.diagnostics import write_diagnostics
+from metapt_core.clustering.kmeans import kmeans_labels
+from metapt_core.clustering.merge import MergeReport, enforce_min_rows, renumber
+from metapt_core.clustering.select import choose_k, seeded_sample
+from metapt_core.clustering.shards import (
+    SHARDS_DIR,
+    ShardEntry,
+    ShardManifest,
+    load_shard,
+    read_manifest,
+    write_shards,
+)
+from metapt_core.clustering.terms import top_terms
+from metapt_core.clustering.topics import lda_labels
+from metapt_core.config import ClusterConfig, ClusterMethod, PipelineConfig
+from metapt_core.embedding import read_embeddings, read_pool
+from metapt_core.errors import ConfigError, DataError
+from metapt_core.store import ArtifactRef, atomic_path
+
+__all__ = [
+    "ClusterResult",
+    "MergeReport",
+    "ShardEntry",
+    "ShardManifest",
+    "cluster_labels",
+    "cluster_pool",
+    "load_shard",
+    "read_manifest",
+]
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, str], None]
+DIAGNOSTICS_DIR = "diagnostics"
+_STEPS = 5
+
+
+@dataclass
+class ClusterResult:
+    """The cluster stage's output: a reference to its shards folder and plain stats.
+
+    ``ref`` fingerprints ``out_dir/shards`` (what the meta-learners and PPT read), so a change
+    in the diagnostics alone does not invalidate them; ``diagnostics/`` sits next to it.
+    """
+
+    ref: ArtifactRef
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def shards_dir(self) -> Path:
+        """The shards folder (``manifest.json`` and ``shard_*.parquet``)."""
+        return Path(self.ref.path)
+
+    @property
+    def diagnostics_dir(self) -> Path:
+        """The diagnostics folder (sizes CSV, metrics JSON, top terms, UMAP PNG)."""
+        return Path(self.ref.path).parent / DIAGNOSTICS_DIR
+
+
+def _label_ids(pool: Any, classes: list[str]) -> np.ndarray:
+    """Class index of each row from its ``label`` (``-1`` when null or not a class)."""
+    if "label" not in pool.columns:
+        return np.full(len(pool), -1, dtype=np.int64)
+    index = {c: i for i, c in enumerate(classes)}
+    return np.asarray(
+        [index.get(v, -1) if isinstance(v, str) else -1 for v in pool["label"]], dtype=np.int64
+    )
+
+
+def cluster_labels(
+    vectors: np.ndarray, texts: list[str], cc: ClusterConfig
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Raw cluster labels of every row by ``cc.method``, before the small-cluster rule.
+
+    Args:
+        vectors: float32 ``[N, D]`` sentence embeddings.
+        texts: the ``N`` texts (LDA clusters these).
+        cc: clustering settings.
+
+    Returns:
+        (int64 labels ``[N]``, ``-1`` for noise dropped by the policy; info dict with ``k``,
+        ``k_scores`` when k was chosen automatically, ``noise`` and ``empty_docs``).
+    """
+    n = len(vectors)
+    info: dict[str, Any] = {"noise": 0, "empty_docs": 0, "k_scores": {}}
+    if cc.method is ClusterMethod.UMAP_HDBSCAN:
+        labels, info["noise"] = umap_hdbscan_labels(
+            vectors,
+            cc.umap_components,
+            cc.umap_neighbors,
+            cc.hdbscan_min_cluster_size,
+            cc.seed,
+            cc.noise_policy,
+            cc.hdbscan_selection,
+        )
+        info["k"] = int(len(np.unique(labels[labels != NOISE])))
+        return labels, info
+    k = cc.n_clusters
+    if k == 0:
+        sample = seeded_sample(n, cc.auto_k_sample, cc.seed)
+        if cc.method is ClusterMethod.KMEANS:
+
+            def fit(kk: int) -> np.ndarray:
+                return kmeans_labels(vectors[sample], kk, cc.seed, cc.minibatch_threshold)
+        else:
+
+            def fit(kk: int) -> np.ndarray:
+                return lda_labels(
+                    [texts[i] for i in sample], kk, cc.lda_vocab_size, cc.seed, vectors[sample]
+                )[0]
+
+        k, scores = choose_k(vectors[sample], cc.k_min, cc.k_max, fit)
+        info["k_scores"] = scores
+        log.info("cluster: auto-k chose k=%d from [%d, %d]", k, cc.k_min, cc.k_max)
+    if k > n:
+        raise ConfigError("cluster.n_clusters", k, f"exceeds the {n} rows of the pool")
+    info["k"] = k
+    if cc.method is ClusterMethod.KMEANS:
+        return kmeans_labels(vectors, k, cc.seed, cc.minibatch_threshold), info
+    labels, info["empty_docs"] = lda_labels(texts, k, cc.lda_vocab_size, cc.seed, vectors)
+    return labels, info
+
+
+def cluster_pool(
+    pool_ref: ArtifactRef,
+    embed_ref: ArtifactRef,
+    cfg: PipelineConfig,
+    out_dir: str | Path,
+    progress: Progress | None = None,
+) -> ClusterResult:
+    """Cluster the pool into auxiliary tasks and write shards and diagnostics.
+
+    Args:
+        pool_ref: the ingested pool (``pool.parquet`` or its folder).
+        embed_ref: the embedding folder of the same pool (same rows, same order).
+        cfg: the pipeline settings (``cluster``, ``pool.classes``, ``min_rows_per_class()``).
+        out_dir: the stage's folder, written atomically (``shards/`` and ``diagnostics/``).
+        progress: called as ``progress(done, total, message)``.
+
+    Returns:
+        ``ClusterResult`` whose ``ref`` fingerprints ``out_dir/shards``; ``stats`` holds ``n_rows``,
+        ``n_clusters``, ``noise``, dropped/merged counts, ``silhouette``, ``davies_bouldin``,
+        ``sizes``.
+
+    Raises:
+        DataError: embeddings and pool disagree, the pool is unlabelled, or fewer than two
+            usable clusters remain.
+    """
+    start = time.perf_counter()
+    cc = cfg.cluster
+    classes = list(cfg.pool.classes)
+    pool = read_pool(pool_ref)
+    vectors, row_ids = read_embeddings(embed_ref)
+    if row_ids != pool["row_id"].astype(str).tolist():
+        raise DataError(
+            "embed_ref", embed_ref.path, "row ids differ from pool.parquet's (re-run embed)"
+        )
+    label_ids = _label_ids(pool, classes)
+    if not (label_ids >= 0).any():
+        raise DataError(
+            "pool.classes", classes, "no pool row has one of these labels; tasks need labels"
+        )
+    texts = pool["text"].astype(str).tolist()
+    n = len(pool)
+
+    def step(done: int, message: str) -> None:
+        if progress:
+            progress(done, _STEPS, message)
+
+    step(0, f"clustering {n} rows with {cc.method.value}")
+    labels, info = cluster_labels(vectors, texts, cc)
+    found = int(len(np.unique(labels[labels != NOISE])))
+    noise_dropped = int((labels == NOISE).sum())
+    log.info("cluster: %s gave %d clusters over %d rows", cc.method.value, found, n)
+
+    step(1, "applying the small-cluster rule")
+    min_rows = cfg.min_rows_per_class()
+    labels, report = enforce_min_rows(
+        labels, label_ids, len(classes), min_rows, vectors, cc.small_cluster_policy
+    )
+    labels = renumber(labels)
+    log.info(
+        "cluster: small-cluster rule (%s, >= %d rows per class): %d merged (%d rows), %d dropped (%d rows)",
+        cc.small_cluster_policy.value,
+        min_rows,
+        len(report.merged),
+        report.merged_rows,
+        len(report.dropped),
+        report.dropped_rows,
+    )
+
+    step(2, "finding top terms")
+    terms = top_terms(texts, labels, cc.top_terms)
+    sizes = [int((labels == c).sum()) for c in range(int(labels.max()) + 1)]
+    counts: dict[str, Any] = {
+        "n_rows": n,
+        "n_clusters": len(sizes),
+        "n_clusters_found": found,
+        "k": info["k"],
+        "noise": int(info["noise"]),
+        "noise_policy": cc.noise_policy.value if cc.method is ClusterMethod.UMAP_HDBSCAN else None,
+        "dropped_noise_rows": noise_dropped,
+        "merged_clusters": len(report.merged),
+        "merged_rows": report.merged_rows,
+        "dropped_clusters": len(report.dropped),
+        "dropped_small_rows": report.dropped_rows,
+        "empty_docs": int(info["empty_docs"]),
+        "k_scores": {str(k): round(v, 5) for k, v in info["k_scores"].items()},
+        "sizes": sizes,
+    }
+
+    out = Path(out_dir)
+    with atomic_path(out) as tmp:
+        step(3, "writing shards")
+        manifest = write_shards(
+            tmp / SHARDS_DIR,
+            pool,
+            labels,
+            classes,
+            cc.method.value,
+            {"noise": noise_dropped, "small_clusters": report.dropped_rows},
+            terms,
+        )
+        step(4, "writing diagnostics")
+        metrics = write_diagnostics(
+            tmp / DIAGNOSTICS_DIR,
+            vectors,
+            labels,
+            label_ids,
+            classes,
+            terms,
+            cc.method.value,
+            cc.seed,
+            extra=counts,
+            scatter_sample=cc.scatter_sample,
+            metrics_sample=cc.metrics_sample,
+        )
+    step(_STEPS, "done")
+    stats = {
+        **counts,
+        "silhouette": metrics["silhouette"],
+        "davies_bouldin": metrics["davies_bouldin"],
+    }
+    stats["seconds"] = round(time.perf_counter() - start, 2)
+    log.info(
+        "cluster: %d shards, %d of %d rows kept (noise dropped %d, small clusters dropped %d) in %.1f s",
+        len(manifest.shards),
+        manifest.n_rows,
+        n,
+        noise_dropped,
+        report.dropped_rows,
+        stats["seconds"],
+    )
+    return ClusterResult(ref=ArtifactRef.of(out / SHARDS_DIR), stats=stats)

@@ -1,0 +1,165 @@
+"""The artifact store is the stage cache: one content-addressed folder per stage computation.
+
+A stage's key is the sha256 of (stage name, code version, the settings the stage reads, the
+sha256 of every upstream artifact). Its output lives in ``<work_dir>/artifacts/<stage>/<key[:16]>/``:
+``out/`` (the folder handed to the core function) and ``record.json`` (the output reference,
+stats, and the MLflow run that computed it). A record is trusted only if the artifact it points
+to still matches its fingerprint, so a deleted or altered artifact is recomputed. The folder is
+built in a scratch folder and renamed into place, so a failure leaves the previous state.
+
+Prefect's own result cache is not used for stages: it would skip the task body (and with it the
+MLflow trace of a cache hit), hash only the task's source, and trust a result whose artifact was
+deleted. The store key covers all of this and is shared by every process and flow run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from metapt_core.store import ArtifactRef, atomic_write_json, scratch_dir, stable_hash
+
+RECORD = "record.json"
+OUT = "out"
+
+
+@dataclass(frozen=True)
+class StageOutcome:
+    """What a stage task returns: a reference to its output and plain data for tracking."""
+
+    stage: str
+    key: str
+    ref: ArtifactRef
+    stats: dict[str, Any] = field(default_factory=dict)
+    cached: bool = False
+    source_run_id: str = ""  # the MLflow run that computed this output
+    seconds: float = 0.0  # compute time of the run that computed it
+    run_id: str = ""  # the MLflow run of this pipeline run that shows it (computed or cached)
+
+
+def stage_key(stage: str, code: str, settings: Any, upstream: dict[str, ArtifactRef]) -> str:
+    """sha256 of what determines a stage's output: its code, its settings, its inputs' content."""
+    return stable_hash(
+        {
+            "stage": stage,
+            "code": code,
+            "settings": settings,
+            "upstream": {name: ref.sha256 for name, ref in sorted(upstream.items())},
+        }
+    )
+
+
+def artifacts_root(work_dir: str | os.PathLike[str]) -> Path:
+    return Path(work_dir).expanduser().resolve() / "artifacts"
+
+
+def stage_folder(work_dir: str | os.PathLike[str], stage: str, key: str) -> Path:
+    """The content-addressed folder of one stage computation."""
+    return artifacts_root(work_dir) / stage / key[:16]
+
+
+def lookup(work_dir: str | os.PathLike[str], stage: str, key: str) -> StageOutcome | None:
+    """The stored outcome for ``key`` if its record exists and its artifact is intact, else None."""
+    folder = stage_folder(work_dir, stage, key)
+    record_file = folder / RECORD
+    if not record_file.is_file():
+        return None
+    try:
+        record = json.loads(record_file.read_text("utf-8"))
+        if record.get("key") != key:
+            return None
+        ref = ArtifactRef(path=str(folder / record["ref"]["rel"]), sha256=record["ref"]["sha256"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    if not ref.is_valid():
+        return None
+    return StageOutcome(
+        stage=stage,
+        key=key,
+        ref=ref,
+        stats=record.get("stats", {}),
+        cached=True,
+        source_run_id=record.get("source_run_id", ""),
+        seconds=float(record.get("seconds", 0.0)),
+    )
+
+
+def _relative(ref: ArtifactRef, root: Path) -> str:
+    path = Path(ref.path).resolve()
+    try:
+        return path.relative_to(root.resolve()).as_posix()
+    except ValueError:
+        raise ValueError(f"stage output {ref.path!r} is outside its folder {str(root)!r}") from None
+
+
+class PendingStage:
+    """A stage computation in progress in a scratch folder; :meth:`commit` moves it into place."""
+
+    def __init__(self, work_dir: str | os.PathLike[str], stage: str, key: str) -> None:
+        self.stage = stage
+        self.key = key
+        self.final = stage_folder(work_dir, stage, key)
+        self.scratch = scratch_dir(self.final.parent)
+        self.out_dir = self.scratch / OUT
+        self.out_dir.mkdir()
+        self.started = time.monotonic()
+
+    def commit(
+        self, ref: ArtifactRef, stats: dict[str, Any], source_run_id: str, extra: dict[str, Any]
+    ) -> StageOutcome:
+        """Record the finished output and rename the scratch folder onto the stage folder."""
+        seconds = time.monotonic() - self.started
+        rel = _relative(ref, self.scratch)
+        record = {
+            "key": self.key,
+            "stage": self.stage,
+            "ref": {"rel": rel, "sha256": ref.sha256},
+            "stats": stats,
+            "source_run_id": source_run_id,
+            "seconds": seconds,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **extra,
+        }
+        atomic_write_json(self.scratch / RECORD, record)
+        if self.final.exists():
+            aside = self.final.with_name(f"{self.final.name}.old-{os.getpid()}-{time.time_ns()}")
+            os.replace(self.final, aside)
+            os.replace(self.scratch, self.final)
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.replace(self.scratch, self.final)
+        return StageOutcome(
+            stage=self.stage,
+            key=self.key,
+            ref=ArtifactRef(path=str(self.final / rel), sha256=ref.sha256),
+            stats=stats,
+            cached=False,
+            source_run_id=source_run_id,
+            seconds=seconds,
+            run_id=source_run_id,
+        )
+
+    def abort(self) -> None:
+        """Remove the scratch folder (the stage folder, if any, is left as it was)."""
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def clear(work_dir: str | os.PathLike[str], stage: str | None = None) -> list[Path]:
+    """Remove the stored outputs of one stage (or all); returns the folders removed."""
+    root = artifacts_root(work_dir)
+    targets = (
+        [root / stage]
+        if stage
+        else ([p for p in root.iterdir() if p.is_dir()] if root.is_dir() else [])
+    )
+    removed = []
+    for target in targets:
+        if target.is_dir():
+            shutil.rmtree(target)
+            removed.append(target)
+    return removed

@@ -1,0 +1,68 @@
+"""Helpers shared by the stage tasks: the Prefect task options, assets, refs as plain data."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from metapt_core.config import PipelineConfig, to_dict
+from metapt_core.store import ArtifactRef, stable_hash
+from tasks.core import core
+
+# Stage tasks are cached by the artifact store (see tasks.cache), not by Prefect's result cache.
+TASK_OPTIONS: dict[str, Any] = {"persist_result": False, "log_prints": True}
+
+_backbones: dict[str, Any] = {}
+_backbone_lock = threading.Lock()
+
+
+def no_cache() -> Any:
+    from prefect.cache_policies import NO_CACHE
+
+    return NO_CACHE
+
+
+def to_ref(value: ArtifactRef | dict[str, str]) -> ArtifactRef:
+    """An ArtifactRef from itself or its plain dict (as flows pass it between each other)."""
+    return value if isinstance(value, ArtifactRef) else ArtifactRef(**value)
+
+
+def assets_ref(cfg: PipelineConfig) -> ArtifactRef:
+    """A fingerprint of the prepared assets: their manifests (which hold their content hashes)."""
+    root = cfg.assets_path
+    manifests = (
+        {p.parent.name: p.read_text("utf-8") for p in sorted(root.glob("*/manifest.json"))}
+        if root.is_dir()
+        else {}
+    )
+    return ArtifactRef(path=str(root), sha256=stable_hash(manifests))
+
+
+def asset_paths(cfg: PipelineConfig) -> Any:
+    """The asset folders handed to the core ingest functions."""
+    from metapt_core.assets import AssetPaths
+
+    return AssetPaths.under(cfg.assets_path)
+
+
+def get_backbone(cfg: PipelineConfig) -> Any:
+    """The frozen backbone, loaded once per process and shared by the stages that compute.
+
+    Only stages that actually compute call this, so a fully cached run never loads the model.
+    """
+    key = stable_hash(
+        {
+            "backbone": to_dict(cfg.backbone),
+            "scoring": to_dict(cfg.scoring),
+            "assets": str(cfg.assets_path),
+        }
+    )
+    with _backbone_lock:
+        if key not in _backbones:
+            _backbones[key] = core("metapt_core.lm:load_prompt_model")(cfg)
+        return _backbones[key]
+
+
+def read_text(path: Path) -> str:
+    return path.read_text("utf-8") if path.is_file() else ""

@@ -1,0 +1,36 @@
+"""Prefect task around ``metapt_core.embedding.embed_pool``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+
+from metapt_core.store import ArtifactRef
+from tasks.cache import StageOutcome
+from tasks.common import TASK_OPTIONS, no_cache
+from tasks.core import core
+from tasks.progress import StageProgress
+from tasks.stage import RunContext, StageSpec, core_output, execute_stage, settings_of
+
+CORE = "metapt_core.embedding:embed_pool"
+MODULES = ["metapt_core.embedding"]
+
+
+@task(name="embed", cache_policy=no_cache(), **TASK_OPTIONS)
+def embed_task(ctx: RunContext, assets: ArtifactRef, pool: ArtifactRef) -> StageOutcome:
+    """Sentence-embed every pool row into ``embeddings.npy`` (+ ``row_ids.parquet``)."""
+    cfg = ctx.cfg
+
+    def compute(out_dir: Path, progress: StageProgress) -> tuple[ArtifactRef, dict]:
+        result = core(CORE)(pool, cfg.embed, cfg.assets_path, out_dir, progress=progress)
+        return core_output(result)
+
+    spec = StageSpec(
+        stage="embed",
+        settings=settings_of(cfg, ["embed"]),
+        upstream={"assets": assets, "pool": pool},
+        modules=MODULES,
+        compute=compute,
+    )
+    return execute_stage(ctx, spec)

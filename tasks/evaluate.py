@@ -1,0 +1,213 @@
+"""Prefect tasks around the evaluation grid (``metapt_core.fewshot``) and its report.
+
+A cell is (task, initialisation, shots, seed). Cells that share (task, shots, seed) form a group,
+trained together in one core call (one batched pass when ``grid.batch_prompts``); a group is one
+Prefect task, one store entry and one MLflow stage run, plus an MLflow child run per cell.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+
+from metapt_core.store import ArtifactRef, atomic_write_json, seal
+from tasks.cache import StageOutcome
+from tasks.common import TASK_OPTIONS, get_backbone, no_cache
+from tasks.core import core
+from tasks.progress import StageProgress
+from tasks.stage import RunContext, StageSpec, execute_stage, plain, result_stats, settings_of
+from tasks.tracking import CACHED_TAG, KIND_TAG, SOURCE_RUN_TAG, STAGE_TAG
+
+CELLS_CORE = "metapt_core.fewshot.stage:evaluate_group"
+REPORT_CORE = "metapt_core.report:build_report"
+CELL_MODULES = ["metapt_core.fewshot", "metapt_core.lm", "metapt_core.prompt"]
+REPORT_MODULES = ["metapt_core.report"]
+CELL_SETTINGS = [
+    "seed",
+    "fewshot",
+    "backbone",
+    "prompt",
+    "scoring",
+    "grid.zero_shot",
+    "grid.batch_prompts",
+]
+REPORT_SETTINGS = ["grid.bootstrap", "grid.ci_level", "grid.inits", "fewshot.shots"]
+CELL_PARAMS = ("task", "method", "shots", "seed", "split_seed")
+CELLS_FILE = "cells.json"
+
+
+def cell_dict(cell: Any, defaults: dict[str, Any]) -> dict[str, Any]:
+    """A core cell result (dict, dataclass or object with ``metrics``) as one flat plain dict."""
+    if isinstance(cell, dict):
+        data = dict(cell)
+    elif dataclasses.is_dataclass(cell) and not isinstance(cell, type):
+        data = dataclasses.asdict(cell)
+    else:
+        data = dict(vars(cell))
+    metrics = data.pop("metrics", None)
+    if isinstance(metrics, dict):
+        data.update(metrics)
+    if "method" not in data and "init" in data:
+        data["method"] = data["init"]  # MLflow's name for it; the report reads "init"
+    for key, value in defaults.items():
+        data.setdefault(key, value)
+    return plain(data)
+
+
+@task(name="evaluate-cells", cache_policy=no_cache(), **TASK_OPTIONS)
+def eval_group_task(
+    ctx: RunContext,
+    task_name: str,
+    shots: int,
+    seed: int,
+    assets: ArtifactRef,
+    tasks_ref: ArtifactRef,
+    prompts: dict[str, ArtifactRef | None],
+) -> StageOutcome:
+    """Few-shot tune and test every initialisation of one (task, shots, seed) group.
+
+    ``prompts`` maps each initialisation in ``grid.inits`` to its pre-trained prompt (None for
+    random and sample_vocab). Returns the group's outcome; ``stats["cells"]`` lists the cells.
+    """
+    cfg = ctx.cfg
+    spec_task = next(t for t in cfg.tasks if t.name == task_name)
+    defaults = {"task": task_name, "shots": shots, "seed": seed, "split_seed": spec_task.seed}
+
+    def compute(out_dir: Path, progress: StageProgress) -> tuple[ArtifactRef, dict[str, Any]]:
+        result = core(CELLS_CORE)(
+            cfg,
+            task_name,
+            tasks_ref,
+            shots,
+            seed,
+            prompts,
+            get_backbone(cfg),
+            out_dir,
+            progress=progress,
+        )
+        cells = getattr(result, "cells", result)
+        rows = [cell_dict(c, defaults) for c in cells]
+        if not (out_dir / CELLS_FILE).exists():
+            atomic_write_json(out_dir / CELLS_FILE, rows)
+        ref = getattr(result, "ref", None) or seal(out_dir)
+        stats = result_stats(result) if hasattr(result, "ref") else {}
+        return ref, {**stats, "cells": rows}
+
+    upstream: dict[str, ArtifactRef] = {"assets": assets, "tasks": tasks_ref}
+    upstream.update({f"prompt:{name}": ref for name, ref in prompts.items() if ref is not None})
+    spec = StageSpec(
+        stage="evaluate-cells",
+        settings={
+            **settings_of(cfg, CELL_SETTINGS),
+            "task": task_name,
+            "split_seed": spec_task.seed,
+            "shots": shots,
+            "cell_seed": seed,
+            "inits": sorted(prompts),
+        },
+        upstream=upstream,
+        modules=CELL_MODULES,
+        compute=compute,
+        run_name=f"evaluate-{task_name}-k{shots}-s{seed}",
+        params=defaults,
+    )
+    outcome = execute_stage(ctx, spec)
+    log_cells(ctx, outcome)
+    return outcome
+
+
+def log_cells(ctx: RunContext, outcome: StageOutcome) -> list[str]:
+    """One MLflow child run per cell, params task/method/shots/seed/split_seed, its metrics.
+
+    A cell served from the cache is logged again (same numbers), tagged with the run that
+    computed it, so every pipeline run holds the whole grid.
+    """
+    run_ids = []
+    for cell in outcome.stats.get("cells", []):
+        params = {k: cell.get(k) for k in CELL_PARAMS}
+        name = f"{cell.get('task')}/{cell.get('method')}/k{cell.get('shots')}/s{cell.get('seed')}"
+        tags = {
+            KIND_TAG: "cell",
+            STAGE_TAG: "evaluate-cells",
+            CACHED_TAG: str(outcome.cached).lower(),
+            SOURCE_RUN_TAG: outcome.source_run_id,
+            "prefect.flow_run_id": ctx.flow_run_id,
+        }
+        run_id = ctx.tracker.start_run(name, tags=tags, params=params)
+        ctx.tracker.log_stats(run_id, {k: v for k, v in cell.items() if k not in CELL_PARAMS})
+        ctx.tracker.end(run_id)
+        run_ids.append(run_id)
+    return run_ids
+
+
+@task(name="report", cache_policy=no_cache(), **TASK_OPTIONS)
+def report_task(ctx: RunContext, groups: list[StageOutcome], failed: list[str]) -> StageOutcome:
+    """Aggregate the cells (mean, spread, intervals) into ``results.csv``, ``report.md``, plots."""
+    cfg = ctx.cfg
+    cells = [cell for group in groups for cell in group.stats.get("cells", [])]
+
+    def compute(out_dir: Path, progress: StageProgress) -> tuple[ArtifactRef, dict[str, Any]]:
+        zero_shot: dict[str, float] = {}
+        for group in groups:
+            zero_shot.update(group.stats.get("zero_shot") or {})
+        result = core(REPORT_CORE)(cells, zero_shot, cfg, out_dir)
+        return result.ref, {**result_stats(result), "cells": len(cells), "failed_groups": failed}
+
+    spec = StageSpec(
+        stage="report",
+        settings={**settings_of(cfg, REPORT_SETTINGS), "failed": sorted(failed)},
+        upstream={f"group:{g.key[:16]}": g.ref for g in groups},
+        modules=REPORT_MODULES,
+        compute=compute,
+        artifacts=["."],
+    )
+    outcome = execute_stage(ctx, spec)
+    publish_report(ctx, outcome)
+    return outcome
+
+
+def report_files(outcome: StageOutcome) -> tuple[Path, Path]:
+    """(results.csv, report.md) of a report outcome (searched under its folder)."""
+    root = Path(outcome.ref.path)
+    root = root if root.is_dir() else root.parent
+
+    def find(name: str) -> Path:
+        hits = sorted(root.rglob(name))
+        return hits[0] if hits else root / name
+
+    return find("results.csv"), find("report.md")
+
+
+def publish_report(ctx: RunContext, outcome: StageOutcome) -> None:
+    """The results on the pipeline run (MLflow artifacts) and in the Prefect UI (table, markdown)."""
+    csv_file, md_file = report_files(outcome)
+    root = csv_file.parent
+    if ctx.tracker.parent_run_id and root.is_dir():
+        ctx.tracker.log_artifacts(ctx.tracker.parent_run_id, root, "results")
+    try:
+        from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+        if csv_file.is_file():
+            import csv
+
+            with open(csv_file, newline="", encoding="utf-8") as handle:
+                rows = list(csv.DictReader(handle))
+            create_table_artifact(rows, key="metapt-results", description="Few-shot results")
+        if md_file.is_file():
+            create_markdown_artifact(md_file.read_text("utf-8"), key="metapt-report")
+    except Exception:  # the UI is a view; never fail the pipeline for it
+        pass
+
+
+def load_cells(outcome: StageOutcome) -> list[dict[str, Any]]:
+    """The cells of a group outcome (from its stats, else from its ``cells.json``)."""
+    cells = outcome.stats.get("cells")
+    if isinstance(cells, list):
+        return cells
+    path = Path(outcome.ref.path)
+    file = path / CELLS_FILE if path.is_dir() else path.parent / CELLS_FILE
+    return json.loads(file.read_text("utf-8")) if file.is_file() else []

@@ -1,0 +1,39 @@
+"""Prefect task around ``metapt_core.ppt.ppt_pretrain`` (the PPT baseline's prompt)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+
+from metapt_core.store import ArtifactRef
+from tasks.cache import StageOutcome
+from tasks.common import TASK_OPTIONS, get_backbone, no_cache
+from tasks.core import core
+from tasks.progress import StageProgress
+from tasks.stage import RunContext, StageSpec, core_output, execute_stage, settings_of
+
+CORE = "metapt_core.ppt:ppt_pretrain"
+MODULES = ["metapt_core.ppt", "metapt_core.lm", "metapt_core.prompt"]
+# PPT's budget is matched to MetaPT's, so it reads the meta section too.
+SETTINGS = ["seed", "ppt", "meta", "backbone", "prompt", "scoring", "pool.classes", "pool.template", "pool.verbalizer"]
+
+
+@task(name="ppt", cache_policy=no_cache(), **TASK_OPTIONS)
+def ppt_task(ctx: RunContext, assets: ArtifactRef, shards: ArtifactRef) -> StageOutcome:
+    """Pre-train a prompt on the whole mixed pool (a prompt folder)."""
+    cfg = ctx.cfg
+
+    def compute(out_dir: Path, progress: StageProgress) -> tuple[ArtifactRef, dict]:
+        result = core(CORE)(shards, cfg, get_backbone(cfg), out_dir, progress=progress)
+        return core_output(result)
+
+    spec = StageSpec(
+        stage="ppt",
+        settings=settings_of(cfg, SETTINGS),
+        upstream={"assets": assets, "shards": shards},
+        modules=MODULES,
+        compute=compute,
+        artifacts=["."],
+    )
+    return execute_stage(ctx, spec)

@@ -1,0 +1,212 @@
+"""Run one stage through the store cache, with its MLflow child run and its progress.
+
+Every stage task calls :func:`execute_stage`: compute the key, serve a valid stored output (and
+record a child run tagged ``metapt.cached`` pointing at the run that computed it), or compute
+it in a scratch folder under a fresh child run and commit it to the store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from metapt_core.config import PipelineConfig, flatten, to_dict
+from metapt_core.store import ArtifactRef
+from tasks.cache import OUT, PendingStage, StageOutcome, lookup, stage_folder, stage_key
+from tasks.core import code_version
+from tasks.progress import StageProgress, run_logger
+from tasks.tracking import (
+    CACHED_TAG,
+    KEY_TAG,
+    KIND_TAG,
+    SOURCE_RUN_TAG,
+    STAGE_TAG,
+    Tracker,
+)
+
+# Bump to invalidate every stored stage output at once (e.g. after a change of record format).
+STORE_EPOCH = "1"
+
+# Names accepted by --refresh, mapped to the store stages they force.
+REFRESH_GROUPS: dict[str, tuple[str, ...]] = {
+    "ingest": ("ingest-pool", "ingest-tasks"),
+    "embed": ("embed",),
+    "cluster": ("cluster",),
+    "meta-pretrain": ("meta-pretrain", "ppt"),
+    "meta": ("meta-pretrain",),
+    "ppt": ("ppt",),
+    "evaluate": ("evaluate-cells", "report"),
+    "report": ("report",),
+    "all": (
+        "ingest-pool",
+        "ingest-tasks",
+        "embed",
+        "cluster",
+        "meta-pretrain",
+        "ppt",
+        "evaluate-cells",
+        "report",
+    ),
+}
+
+
+class CoreResult(Protocol):
+    ref: ArtifactRef
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every stage task needs to know about the pipeline run it belongs to."""
+
+    cfg: PipelineConfig
+    tracker: Tracker
+    refresh: frozenset[str] = frozenset()
+    flow_run_id: str = ""
+
+    def refreshes(self, store_stage: str) -> bool:
+        return store_stage in self.refresh
+
+
+def expand_refresh(names: Iterable[str]) -> frozenset[str]:
+    """Store stages forced by ``--refresh`` names.
+
+    Raises:
+        ConfigError: an unknown stage name.
+    """
+    from metapt_core.errors import ConfigError
+
+    forced: set[str] = set()
+    for name in names:
+        if name not in REFRESH_GROUPS:
+            raise ConfigError(
+                "--refresh", name, f"unknown stage (known: {', '.join(REFRESH_GROUPS)})"
+            )
+        forced.update(REFRESH_GROUPS[name])
+    return frozenset(forced)
+
+
+def settings_of(cfg: PipelineConfig, paths: Iterable[str]) -> dict[str, Any]:
+    """The config values at dotted ``paths`` (e.g. ``cluster``, ``meta.support_size``) as plain data."""
+    data = to_dict(cfg)
+    out: dict[str, Any] = {}
+    for path in paths:
+        node: Any = data
+        for part in path.split("."):
+            node = node[part]
+        out[path] = node
+    return out
+
+
+def plain(value: Any) -> Any:
+    """JSON-safe plain data (numpy scalars and arrays become Python numbers and lists)."""
+    return json.loads(json.dumps(value, default=_default))
+
+
+def _default(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, ArtifactRef):
+        return value.to_dict()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return str(value)
+
+
+def result_stats(result: Any) -> dict[str, Any]:
+    """The plain ``stats`` and ``metrics`` of a core result object (either may be missing)."""
+    stats: dict[str, Any] = {}
+    for name in ("stats", "metrics"):
+        value = getattr(result, name, None)
+        if isinstance(value, dict):
+            stats.update(value)
+    return plain(stats)
+
+
+@dataclass
+class StageSpec:
+    """One stage computation: what it is keyed on, how it computes, what it logs."""
+
+    stage: str  # store stage name (folder under artifacts/)
+    settings: dict[str, Any]
+    upstream: dict[str, ArtifactRef]
+    modules: list[str]  # core modules whose source is part of the key
+    compute: Callable[[Path, StageProgress], tuple[ArtifactRef, dict[str, Any]]]
+    artifacts: list[str] = field(default_factory=list)  # paths in out/ logged to MLflow
+    run_name: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    parent_run_id: str | None = None  # default: the pipeline run
+
+
+def execute_stage(ctx: RunContext, spec: StageSpec) -> StageOutcome:
+    """Serve ``spec`` from the store, or compute and store it; either way, trace it in MLflow."""
+    logger = run_logger()
+    # The wrapper's own module is part of the code version: it shapes what is stored too.
+    wrapper = getattr(spec.compute, "__module__", "") or ""
+    code = f"{STORE_EPOCH}:{code_version([*spec.modules, wrapper] if wrapper else spec.modules)}"
+    key = stage_key(spec.stage, code, spec.settings, spec.upstream)
+    tracker = ctx.tracker
+    name = spec.run_name or spec.stage
+    tags = {
+        STAGE_TAG: spec.stage,
+        KIND_TAG: "stage",
+        KEY_TAG: key,
+        "prefect.flow_run_id": ctx.flow_run_id,
+        **spec.tags,
+    }
+    params = {**flatten({"settings": plain(spec.settings)}), **spec.params}
+    work_dir = ctx.cfg.work_path
+    if not ctx.refreshes(spec.stage):
+        hit = lookup(work_dir, spec.stage, key)
+        if hit is not None:
+            run_id = tracker.start_run(
+                name,
+                tags={**tags, CACHED_TAG: "true", SOURCE_RUN_TAG: hit.source_run_id},
+                params=params,
+                parent_run_id=spec.parent_run_id,
+            )
+            tracker.log_stats(run_id, hit.stats)
+            tracker.end(run_id)
+            logger.info(
+                "%s: served from cache %s (computed by run %s)", name, key[:16], hit.source_run_id
+            )
+            return StageOutcome(**{**hit.__dict__, "run_id": run_id})
+    run_id = tracker.start_run(
+        name, tags={**tags, CACHED_TAG: "false"}, params=params, parent_run_id=spec.parent_run_id
+    )
+    pending = PendingStage(work_dir, spec.stage, key)
+    try:
+        logger.info("%s: computing (key %s)", name, key[:16])
+        ref, stats = spec.compute(pending.out_dir, StageProgress(name))
+        stats = plain(stats)
+        outcome = pending.commit(
+            ref,
+            stats,
+            source_run_id=run_id,
+            extra={"settings": plain(spec.settings), "flow_run_id": ctx.flow_run_id},
+        )
+    except BaseException:
+        pending.abort()
+        tracker.end(run_id, ok=False)
+        raise
+    tracker.set_tags(run_id, {SOURCE_RUN_TAG: run_id})
+    tracker.log_stats(run_id, {**stats, "stage_seconds": outcome.seconds})
+    out_root = stage_folder(work_dir, spec.stage, key) / OUT
+    for rel in spec.artifacts:
+        source = out_root / rel
+        target = Path(spec.stage) / (rel if source.is_dir() else Path(rel).parent)
+        tracker.log_artifacts(run_id, source, target.as_posix())
+    tracker.end(run_id)
+    logger.info("%s: done in %.1f s", name, outcome.seconds)
+    return outcome
+
+
+def core_output(result: Any) -> tuple[ArtifactRef, dict[str, Any]]:
+    """(ref, stats) of a core result object."""
+    return result.ref, result_stats(result)

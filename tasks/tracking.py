@@ -1,0 +1,179 @@
+"""MLflow tracking through an explicit client: one parent run per pipeline run, child runs below.
+
+The fluent API keeps the active run per thread, which tasks submitted to a task runner do not
+share, so every call here names its run id. The tracking URI is always absolute or a server.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from metapt_core.config import PipelineConfig, dump_yaml, flatten, to_dict
+from metapt_core.errors import ConfigError
+
+PARENT_TAG = "mlflow.parentRunId"
+RUN_NAME_TAG = "mlflow.runName"
+FLOW_RUN_TAG = "prefect.flow_run_id"
+KIND_TAG = "metapt.kind"  # pipeline | stage | cell
+STAGE_TAG = "metapt.stage"
+CACHED_TAG = "metapt.cached"
+SOURCE_RUN_TAG = "metapt.source_run_id"  # the run that computed a cached output
+KEY_TAG = "metapt.cache_key"
+
+_MAX_PARAM = 6000
+_clients: dict[str, Any] = {}
+_lock = threading.Lock()
+
+
+def resolve_tracking_uri(cfg: PipelineConfig) -> str:
+    """``tracking.mlflow_uri``, else ``$MLFLOW_TRACKING_URI``, else SQLite under the work dir.
+
+    Raises:
+        ConfigError: a relative SQLite path or a bare relative folder, which would resolve
+            against whatever folder a worker process happens to run in.
+    """
+    uri = cfg.tracking.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri:
+        db = cfg.work_path / "mlflow" / "mlflow.db"
+        db.parent.mkdir(parents=True, exist_ok=True)
+        return f"sqlite:///{db}"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        raise ConfigError("tracking.mlflow_uri", uri, "must be absolute (sqlite:////abs/mlflow.db)")
+    if "://" not in uri and not Path(uri).is_absolute():
+        raise ConfigError("tracking.mlflow_uri", uri, "must be an absolute path or a URL")
+    return uri
+
+
+def local_artifact_root(cfg: PipelineConfig, uri: str) -> str | None:
+    """Artifact location for a new experiment: under the work dir unless a server decides."""
+    if uri.startswith(("http://", "https://")):
+        return None
+    return (cfg.work_path / "mlflow" / "artifacts").as_uri()
+
+
+def client_for(uri: str) -> Any:
+    """One ``MlflowClient`` per tracking URI per process."""
+    from mlflow.tracking import MlflowClient
+
+    with _lock:
+        if uri not in _clients:
+            _clients[uri] = MlflowClient(tracking_uri=uri)
+        return _clients[uri]
+
+
+def _plain_params(params: dict[str, Any]) -> dict[str, str]:
+    return {k: str(v)[:_MAX_PARAM] for k, v in params.items()}
+
+
+def split_metrics(stats: dict[str, Any]) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Scalars and curves (lists of numbers, logged as step metrics) found in ``stats``."""
+    scalars: dict[str, float] = {}
+    curves: dict[str, list[float]] = {}
+    for key, value in flatten(stats).items():
+        if (
+            isinstance(value, bool)
+            or isinstance(value, int | float)
+            and math.isfinite(float(value))
+        ):
+            scalars[key] = float(value)
+        elif (
+            isinstance(value, list)
+            and value
+            and all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+        ):
+            curves[key] = [float(v) for v in value]
+    return scalars, curves
+
+
+@dataclass(frozen=True)
+class Tracker:
+    """Where a pipeline run is recorded: the tracking URI, the experiment, the parent run."""
+
+    uri: str
+    experiment_id: str
+    parent_run_id: str = ""
+
+    @classmethod
+    def open(cls, cfg: PipelineConfig) -> Tracker:
+        """Connect to the configured store and make sure the experiment exists."""
+        uri = resolve_tracking_uri(cfg)
+        client = client_for(uri)
+        experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+        if experiment is not None:
+            return cls(uri=uri, experiment_id=experiment.experiment_id)
+        try:
+            experiment_id = client.create_experiment(
+                cfg.tracking.experiment, artifact_location=local_artifact_root(cfg, uri)
+            )
+        except Exception:  # created meanwhile by a concurrent run
+            experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+            if experiment is None:
+                raise
+            experiment_id = experiment.experiment_id
+        return cls(uri=uri, experiment_id=experiment_id)
+
+    @property
+    def client(self) -> Any:
+        return client_for(self.uri)
+
+    def start_run(
+        self,
+        name: str,
+        tags: dict[str, str] | None = None,
+        params: dict[str, Any] | None = None,
+        parent_run_id: str | None = None,
+    ) -> str:
+        """Create a run (a child of ``parent_run_id``, default the pipeline run); its id."""
+        all_tags = {RUN_NAME_TAG: name, **(tags or {})}
+        parent = self.parent_run_id if parent_run_id is None else parent_run_id
+        if parent:
+            all_tags[PARENT_TAG] = parent
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
+        run_id: str = run.info.run_id
+        if params:
+            self.log_params(run_id, params)
+        return run_id
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in _plain_params(params).items()]
+        for start in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[start : start + 100])
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_stats(self, run_id: str, stats: dict[str, Any], prefix: str = "") -> None:
+        """Scalars as metrics, number lists (loss curves) as step metrics."""
+        from mlflow.entities import Metric
+
+        scalars, curves = split_metrics(stats)
+        now = int(time.time() * 1000)
+        metrics = [Metric(f"{prefix}{k}", v, now, 0) for k, v in scalars.items()]
+        for key, curve in curves.items():
+            metrics += [Metric(f"{prefix}{key}", v, now, step) for step, v in enumerate(curve)]
+        for start in range(0, len(metrics), 1000):
+            self.client.log_batch(run_id, metrics=metrics[start : start + 1000])
+
+    def log_config(self, run_id: str, cfg: PipelineConfig) -> None:
+        """The resolved configuration as params (flattened) and as ``config/config.yaml``."""
+        self.log_params(run_id, flatten(to_dict(cfg)))
+        self.client.log_text(run_id, dump_yaml(cfg), "config/config.yaml")
+
+    def log_artifacts(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+        if path.is_dir():
+            self.client.log_artifacts(run_id, str(path), artifact_path)
+        elif path.is_file():
+            self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def end(self, run_id: str, ok: bool = True) -> None:
+        self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")

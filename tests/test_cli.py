@@ -1,0 +1,50 @@
+"""The ``metapt`` command: config errors exit 2 with one line, config printing, cache clearing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flows.cli import main
+
+
+def test_config_error_is_one_line_and_status_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--profile", "smoke", "--set", "cluster.n_clusters=1"]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: cluster.n_clusters=1: must be 0 (auto) or >= 2\n"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "--profile", "nope"],
+        ["run", "--profile", "smoke", "--refresh", "bogus"],
+        ["run", "--profile", "smoke", "--config", "/does/not/exist.yaml"],
+        ["config", "--profile", "smoke", "--set", "cluster.unknown=3"],
+    ],
+)
+def test_bad_input_fails_before_work(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("error: ") and captured.err.count("\n") == 1
+    assert "resolved configuration" not in captured.out
+
+
+def test_config_prints_resolved_yaml(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["config", "--profile", "smoke", "--set", "cluster.n_clusters=5"]) == 0
+    out = capsys.readouterr().out
+    assert "profile: smoke" in out and "n_clusters: 5" in out
+
+
+def test_cache_clear_removes_one_stage(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for stage in ("cluster", "embed"):
+        (tmp_path / "artifacts" / stage / "abc").mkdir(parents=True)
+    assert (
+        main(["cache", "clear", "cluster", "--profile", "smoke", "--set", f"work_dir={tmp_path}"])
+        == 0
+    )
+    assert not (tmp_path / "artifacts" / "cluster").exists()
+    assert (tmp_path / "artifacts" / "embed").exists()
+    assert main(["cache", "clear", "--profile", "smoke", "--set", f"work_dir={tmp_path}"]) == 0
+    assert not (tmp_path / "artifacts" / "embed").exists()

@@ -1,0 +1,214 @@
+"""End to end through real servers: Prefect and MLflow on 127.0.0.1, the deployments served.
+
+Runs ``prefect deployment run metapt/full-pipeline`` (smoke profile) from a shell whose only
+Prefect setting is the profile ``make serve`` wrote, checks the MLflow runs, reruns it (every
+stage served from the cache, a fraction of the time), then changes the clustering's k (only
+cluster and its dependents recomputed). With the real core stages missing, the stand-ins of
+``test_orchestration_fakes`` are used (``METAPT_CORE_OVERRIDE``), each sleeping a few seconds.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+CORE = [
+    "metapt_core.data:ingest_pool",
+    "metapt_core.data:ingest_tasks",
+    "metapt_core.embedding:embed_pool",
+    "metapt_core.clustering:cluster_pool",
+    "metapt_core.meta:meta_pretrain",
+    "metapt_core.ppt:ppt_pretrain",
+    "metapt_core.lm:load_backbone",
+    "metapt_core.fewshot:run_cells",
+    "metapt_core.report:build_report",
+]
+STAGES = {
+    "ingest-pool",
+    "ingest-tasks",
+    "embed",
+    "cluster",
+    "ppt",
+    "meta-pretrain",
+    "evaluate-cells",
+    "report",
+}
+
+
+def real_core_available() -> bool:
+    for name in CORE:
+        module, attr = name.split(":")
+        try:
+            if not hasattr(importlib.import_module(module), attr):
+                return False
+        except ImportError:
+            return False
+    return True
+
+
+@pytest.fixture
+def served(tmp_path: Path):
+    """Servers and the serve process under tmp_path; always stopped."""
+    work = tmp_path / "work"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_TRACKING"))}
+    env.update(
+        PREFECT_HOME=str(tmp_path / "user-prefect-home"), PYTHONPATH=f"{REPO / 'tests'}:{REPO}"
+    )
+    overrides: list[str] = []
+    if real_core_available():
+        assets = REPO / ".metapt" / "assets"
+        if assets.is_dir():
+            overrides.append(f"assets_dir={assets}")
+    else:
+        env.update(
+            METAPT_CORE_OVERRIDE="test_orchestration_fakes",
+            METAPT_FAKE_LOG=str(tmp_path / "calls.log"),
+            METAPT_FAKE_SECONDS="4",
+        )
+    services = [sys.executable, "-m", "deployments.services"]
+    try:
+        subprocess.run(
+            [
+                *services,
+                "start",
+                "--work-dir",
+                str(work),
+                "--prefect-port",
+                "0",
+                "--mlflow-port",
+                "0",
+            ],
+            env=env,
+            cwd=REPO,
+            check=True,
+            timeout=400,
+        )
+        state = json.loads((work / "services" / "state.json").read_text())
+        yield env, state, overrides
+    finally:
+        subprocess.run([*services, "stop", "--work-dir", str(work)], env=env, cwd=REPO, timeout=120)
+
+
+def run_deployment(env: dict[str, str], overrides: list[str]) -> float:
+    """``prefect deployment run metapt/full-pipeline ... --watch``; its wall time in seconds."""
+    cmd = [
+        str(BIN / "prefect"),
+        "deployment",
+        "run",
+        "metapt/full-pipeline",
+        "-p",
+        "profile=smoke",
+        "-p",
+        f"overrides={json.dumps(overrides)}",
+        "--watch",
+    ]
+    start = time.monotonic()
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=1500)
+    seconds = time.monotonic() - start
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return seconds
+
+
+def pipeline_runs(client, experiment_id: str) -> list:
+    runs = client.search_runs(
+        [experiment_id],
+        "tags.`metapt.kind` = 'pipeline' and tags.`metapt.flow` = 'metapt'",
+        order_by=["attributes.start_time ASC"],
+    )
+    return list(runs)
+
+
+def children(client, experiment_id: str, parent_id: str) -> list:
+    return list(
+        client.search_runs(
+            [experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=1000
+        )
+    )
+
+
+def test_full_pipeline_served_cached_and_partially_recomputed(served) -> None:
+    from mlflow.tracking import MlflowClient
+
+    env, state, overrides = served
+    first = run_deployment(env, overrides)
+    client = MlflowClient(tracking_uri=state["mlflow_url"])
+    experiment = client.get_experiment_by_name("metapt")
+    assert experiment is not None
+    (parent,) = pipeline_runs(client, experiment.experiment_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["prefect.flow_run_id"]
+    assert parent.data.params["cluster.n_clusters"] == "3"
+    runs = children(client, experiment.experiment_id, parent.info.run_id)
+    stage_runs = [r for r in runs if r.data.tags.get("metapt.kind") == "stage"]
+    assert {r.data.tags["metapt.stage"] for r in stage_runs} == STAGES
+    assert all(r.data.tags["metapt.cached"] == "false" for r in stage_runs)
+    cells = [r for r in runs if r.data.tags.get("metapt.kind") == "cell"]
+    assert len(cells) == 3 * 1 * 2  # smoke: inits x shots x seeds (one task)
+    for cell in cells:
+        assert {"task", "method", "shots", "seed", "split_seed"} <= set(cell.data.params)
+        assert 0.0 <= cell.data.metrics["test_accuracy"] <= 1.0
+        assert "test_macro_f1" in cell.data.metrics
+    assert {c.data.params["method"] for c in cells} == {"random", "ppt", "metapt_maml"}
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"config", "results"} <= artifacts
+    computed_by = {r.data.tags["metapt.stage"] + r.info.run_name: r.info.run_id for r in stage_runs}
+
+    second = run_deployment(env, overrides)
+    parent2 = pipeline_runs(client, experiment.experiment_id)[-1]
+    runs2 = children(client, experiment.experiment_id, parent2.info.run_id)
+    stage_runs2 = [r for r in runs2 if r.data.tags.get("metapt.kind") == "stage"]
+    assert {r.data.tags["metapt.stage"] for r in stage_runs2} == STAGES
+    for run in stage_runs2:
+        assert run.data.tags["metapt.cached"] == "true", run.info.run_name
+        assert (
+            run.data.tags["metapt.source_run_id"]
+            == computed_by[run.data.tags["metapt.stage"] + run.info.run_name]
+        )
+    cells2 = [r for r in runs2 if r.data.tags.get("metapt.kind") == "cell"]
+    assert sorted(c.data.metrics["test_accuracy"] for c in cells2) == sorted(
+        c.data.metrics["test_accuracy"] for c in cells
+    )
+    print(f"first run {first:.1f} s, cached run {second:.1f} s ({second / first:.2f} of the first)")
+    assert second < 0.5 * first
+
+    run_deployment(env, [*overrides, "cluster.n_clusters=2"])
+    parent3 = pipeline_runs(client, experiment.experiment_id)[-1]
+    stage_runs3 = [
+        r
+        for r in children(client, experiment.experiment_id, parent3.info.run_id)
+        if r.data.tags.get("metapt.kind") == "stage"
+    ]
+    cached = {
+        r.data.tags["metapt.stage"]: r.data.tags["metapt.cached"] == "true" for r in stage_runs3
+    }
+    assert cached == {
+        "ingest-pool": True,
+        "ingest-tasks": True,
+        "embed": True,
+        "cluster": False,
+        "ppt": False,
+        "meta-pretrain": False,
+        "evaluate-cells": False,
+        "report": False,
+    }
+    report = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "report", parent3.info.run_id, "--profile", "smoke"],
+        env={**env, "MLFLOW_TRACKING_URI": state["mlflow_url"]},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert report.returncode == 0, report.stderr
+    assert "metapt_maml" in report.stdout
