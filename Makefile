@@ -20,6 +20,8 @@ export MLFLOW_DISABLE_TELEMETRY ?= true
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION ?= false
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
+# OpenMP threads that spin while waiting stall badly when anything else shares the 2 cores.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: install dev run test lint assets clean-cache serve stop ui bench bench-quick
 

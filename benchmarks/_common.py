@@ -343,3 +343,8 @@ def default_config() -> Any:
     from metapt_core.config import load_config
 
     return load_config("default")
+
+
+def short_name(name: str) -> str:
+    """A backbone's name for a table: the last path part, without ``builtin:``."""
+    return name.rstrip("/").split("/")[-1].removeprefix("builtin:")

@@ -28,6 +28,7 @@ from _common import (
     log,
     median,
     movie_snippets,
+    short_name,
 )
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -105,7 +106,7 @@ def run(mode: str) -> list[Row]:
     peak = peak_flops / min(times["peak"])  # a peak: the best repetition
     log(f"flops: step {step_flops / 1e9:.2f} GFLOP (forward {fwd_flops / 1e9:.2f}), "
         f"width {batch.input_ids.shape[1]}, threads {torch.get_num_threads()}")  # fmt: skip
-    label = f"{model.name.split('/')[-1]} B{len(batch)} P{cfg.prompt.length} {str(dtype).removeprefix('torch.')}"
+    label = f"{short_name(model.name)} B{len(batch)} P{cfg.prompt.length} {str(dtype).removeprefix('torch.')}"
     return [
         Row("3 hardware", "prompt-tuning step FLOP/s vs matmul peak", achieved / 1e9, peak / 1e9,
             "GFLOP/s", "", f"{label}; peak = mm {n}x{n} on {model.device.type}"),

@@ -60,7 +60,7 @@ def t5_large_config(vocab: int, tiny: bool) -> Any:
         decoder_start_token_id=0,
         pad_token_id=0,
         eos_token_id=1,
-        tie_word_embeddings=False,
+        tie_word_embeddings=True,  # as t5-large (v1.0) does
         **dims,
     )
 

@@ -39,6 +39,7 @@ from _common import (
     log,
     median,
     movie_snippets,
+    short_name,
 )
 
 from metapt_core.config import InitMethod
@@ -46,7 +47,7 @@ from metapt_core.config import InitMethod
 # (seeds, inits, steps, test rows, timed rounds)
 SIZES: dict[str, tuple[list[int], list[str], int, int, int]] = {
     "tiny": ([0, 1], ["random", "sample_vocab"], 2, 16, 2),
-    "quick": ([0, 1], ["random", "sample_vocab", "ppt"], 4, 32, 1),
+    "quick": ([0, 1], ["random", "ppt"], 3, 32, 1),
     "full": ([0, 1, 2], [], 0, 0, 2),  # empty / 0: the default profile's own
 }
 
@@ -118,7 +119,7 @@ def run(mode: str) -> list[Row]:
     warm = dataclasses.replace(cfg, fewshot=dataclasses.replace(cfg.fewshot, steps=1))
     run_cells(model, cells[:1], tasks_dir, pretrained, warm)
     log(f"grid: {len(cells)} cells in {len(group_cells(cells))} splits, {cfg.fewshot.steps} steps, "
-        f"{n_test} test rows, {model.name.split('/')[-1]}, {reps} round(s)")  # fmt: skip
+        f"{n_test} test rows, {short_name(model.name)}, {reps} round(s)")  # fmt: skip
     times = interleaved(
         {"cell by cell": sequential, "batched": batched, "parallel": parallel}, reps, warmup=0
     )

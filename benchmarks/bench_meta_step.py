@@ -33,6 +33,7 @@ from _common import (
     median,
     movie_snippets,
     peak_rss_delta,
+    short_name,
 )
 
 ARMS = ("plain", "maml", "fomaml", "reptile")
@@ -79,9 +80,7 @@ def build(mode: str, tmp: Path):  # type: ignore[no-untyped-def]
             prompt.grad = grad.to(prompt.dtype)
         optimizer.step()
 
-    shape = (
-        f"{model.name.split('/')[-1]} S{n_s}+Q{n_q} k={cfg.meta.inner_steps} P{cfg.prompt.length}"
-    )
+    shape = f"{short_name(model.name)} S{n_s}+Q{n_q} k={cfg.meta.inner_steps} P{cfg.prompt.length}"
     return model, step, shape
 
 

@@ -31,6 +31,7 @@ from _common import (
     log,
     median,
     movie_snippets,
+    short_name,
 )
 
 SIZES = {"tiny": (2, 16), "quick": (4, 64), "full": (10, 256)}  # (timed reps, eval rows)
@@ -123,7 +124,7 @@ def run(mode: str) -> list[Row]:
     eval_t = interleaved({"metapt": metapt_eval, "peft": peft_eval}, max(2, reps // 2))
     tr_ours, tr_peft = bsz / median(train_t["metapt"]), bsz / median(train_t["peft"])
     ev_ours, ev_peft = len(test) / median(eval_t["metapt"]), len(test) / median(eval_t["peft"])
-    shape = f"{model.name.split('/')[-1]} B{bsz} P{plen} L<={cfg.scoring.max_length}"
+    shape = f"{short_name(model.name)} B{bsz} P{plen} L<={cfg.scoring.max_length}"
     return [
         Row("1 prompt tuning", "train step throughput (metapt vs peft)", tr_ours, tr_peft,
             "examples/s", ">=1.3", f"{shape}, median of {reps}"),

@@ -58,9 +58,14 @@ def pipeline_run(
     """
     cfg = resolve_config(profile, config_file, overrides)
     forced = expand_refresh(as_list(refresh))
+    owner = not parent_run_id
+    if owner:
+        from metapt_core.validate import preflight_once
+
+        # Before any work or tracking: a bad setting fails the flow run with its one-line message.
+        preflight_once(cfg, cfg.assets_path)
     flow_run_id, flow_run_name = current_flow_run()
     tracker = Tracker.open(cfg)
-    owner = not parent_run_id
     if owner:
         parent_run_id = tracker.start_run(
             f"{flow_name}-{flow_run_name}" if flow_run_name else flow_name,

@@ -18,6 +18,9 @@ DEFAULTS = {
     "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
     "HF_HUB_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
+    # Spinning OpenMP workers stall torch 10x on a small machine when anything else runs
+    # (the Prefect server, MLflow); must be set before torch is imported.
+    "OMP_WAIT_POLICY": "PASSIVE",
     "PREFECT_SERVER_API_HOST": "127.0.0.1",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "60",
 }

@@ -323,14 +323,17 @@ def prepare_assets(
     return AssetPaths.under(root)
 
 
-def resolve_model(name_or_path: str, assets_dir: str | Path) -> str:
-    """Map ``builtin:<asset>`` to the prepared folder (preparing it if needed); else unchanged."""
+def resolve_model(name_or_path: str, assets_dir: str | Path, field: str = "backbone.name_or_path") -> str:
+    """Map ``builtin:<asset>`` to the prepared folder (preparing it if needed); else unchanged.
+
+    ``field`` names the setting in errors (``backbone.name_or_path`` or ``embed.model``).
+    """
     if not name_or_path.startswith(BUILTIN_PREFIX):
         return name_or_path
     name = name_or_path.removeprefix(BUILTIN_PREFIX)
     if name not in (SMOLLM2, MINILM):
         raise ConfigError(
-            "model",
+            field,
             name_or_path,
             f"unknown builtin model (known: {BUILTIN_PREFIX}{SMOLLM2}, {BUILTIN_PREFIX}{MINILM})",
         )

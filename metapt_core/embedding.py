@@ -84,7 +84,7 @@ def load_embedder(
 
     from metapt_core.assets import resolve_model  # lazy: assets is a sibling stage
 
-    path = resolve_model(model, assets_dir)
+    path = resolve_model(model, assets_dir, field="embed.model")
     dev = resolve_device(device)
     try:
         embedder = SentenceTransformer(path, device=dev)

@@ -117,11 +117,16 @@ def concat_batches(batches: Sequence[EncodedBatch]) -> EncodedBatch:
 class PromptModel:
     """A frozen backbone that scores classes behind a soft prompt.
 
+    ``accepts_grouped_prompts``: ``class_scores``/``loss`` take ``[M, P, d]`` prompts for a batch
+    whose rows are grouped by prompt (several prompts trained in one pass).
+
     Args:
         backbone: the loaded, frozen model and tokenizer.
         scoring: scoring mode, loss, prompt cache and maximum text length.
         autocast_bf16: run the backbone under bf16 autocast (CUDA only).
     """
+
+    accepts_grouped_prompts = True
 
     def __init__(self, backbone: Backbone, scoring: ScoringConfig | None = None, autocast_bf16: bool = False) -> None:
         self.backbone = backbone
@@ -233,8 +238,10 @@ class PromptModel:
         """Class scores ``[B, C]`` (float32) of ``batch`` behind ``prompt``.
 
         Args:
-            prompt: ``[P, d]`` shared by every row, or ``[B, P, d]`` one prompt per row;
-                ``P`` may be 0 (no prompt: zero-shot).
+            prompt: ``[P, d]`` shared by every row; ``[B, P, d]`` one prompt per row; or
+                ``[M, P, d]`` with ``B = M * r`` and rows grouped by prompt (rows ``m*r`` to
+                ``(m+1)*r - 1`` use prompt m). ``P`` may be 0 (no prompt: zero-shot). A causal
+                backbone computes each distinct prompt's keys and values once.
             batch: encoded rows.
         """
         with self._autocast():
@@ -279,13 +286,21 @@ class PromptModel:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    @staticmethod
+    def _groups(prompt: Tensor, batch_size: int) -> int:
+        """Rows per prompt: B for a shared ``[P, d]`` prompt, B/M for grouped ``[M, P, d]``."""
+        if prompt.dim() == 2:
+            return batch_size
+        if prompt.dim() != 3 or prompt.shape[0] == 0 or batch_size % prompt.shape[0] != 0:
+            raise ValueError(f"prompt of shape {tuple(prompt.shape)} does not fit a batch of {batch_size}")
+        return batch_size // int(prompt.shape[0])
+
     def _prompt_rows(self, prompt: Tensor, batch_size: int) -> Tensor:
-        """``[B, P, d]`` view of a shared ``[P, d]`` or per-row ``[B, P, d]`` prompt."""
+        """``[B, P, d]`` rows of a shared ``[P, d]``, grouped ``[M, P, d]`` or per-row prompt."""
+        per_prompt = self._groups(prompt, batch_size)
         if prompt.dim() == 2:
             return prompt.unsqueeze(0).expand(batch_size, -1, -1)
-        if prompt.dim() != 3 or prompt.shape[0] != batch_size:
-            raise ValueError(f"prompt of shape {tuple(prompt.shape)} does not fit a batch of {batch_size}")
-        return prompt
+        return prompt if per_prompt == 1 else prompt.repeat_interleave(per_prompt, dim=0)
 
     def _check_prompt(self, prompt: Tensor) -> Tensor:
         if prompt.shape[-1] != self.embed_dim:
@@ -308,11 +323,13 @@ class PromptModel:
             return out.last_hidden_state, 0
         ones = torch.ones((bsz, plen), dtype=attention_mask.dtype, device=attention_mask.device)
         full_mask = torch.cat([ones, attention_mask], dim=1)
-        if prompt.dim() == 2 and self.scoring.prompt_cache:
-            positions = torch.arange(plen, device=self.device).unsqueeze(0)
-            first = base(inputs_embeds=prompt.unsqueeze(0), position_ids=positions, use_cache=True)
+        per_prompt = self._groups(prompt, bsz)
+        if self.scoring.prompt_cache and per_prompt > 1:
+            distinct = prompt.unsqueeze(0) if prompt.dim() == 2 else prompt
+            positions = torch.arange(plen, device=self.device).unsqueeze(0).expand(distinct.shape[0], -1)
+            first = base(inputs_embeds=distinct, position_ids=positions, use_cache=True)
             cache = getattr(first, "cache", None) or first.past_key_values
-            cache.batch_repeat_interleave(bsz)
+            cache.batch_repeat_interleave(per_prompt)
             text_positions = (plen + torch.arange(width, device=self.device)).unsqueeze(0).expand(bsz, -1)
             out = base(
                 inputs_embeds=text,

@@ -461,10 +461,10 @@ def check_task(
 ) -> None:
     """Split one task as ingest does, check leakage into the pool and the few-shot demand."""
     from metapt_core.data import check_leakage
-    from metapt_core.data.ingest import _task_rows
+    from metapt_core.data.ingest import task_rows
 
     task = next(t for t in cfg.tasks if t.name == name)
-    train, test, _ = _task_rows(task, cfg, assets)  # labels, cleaning, empty classes/test
+    train, test, _ = task_rows(task, cfg, assets)  # labels, cleaning, empty classes/test
     if pool_texts is not None:
         check_leakage({name: test}, pool_texts)
     counts = train.label_counts(task.classes)
@@ -490,3 +490,22 @@ def check_shots(cfg: PipelineConfig, task: str, counts: dict[str, int]) -> None:
                 f"task {task!r} class {class_name!r} has {n} training rows, "
                 f"fewer than shots {shots} + dev {dev}",
             )
+
+
+_PASSED: set[str] = set()
+
+
+def preflight_once(cfg: PipelineConfig, assets_dir: Path | None) -> None:
+    """:func:`preflight`, skipped for a configuration already checked in this process.
+
+    The CLI checks before it starts the flow, and the flow checks again for runs started from a
+    deployment; in one process the second check is free.
+    """
+    from metapt_core.config import to_dict
+    from metapt_core.store import stable_hash
+
+    key = stable_hash({"cfg": to_dict(cfg), "assets": str(assets_dir)})
+    if key in _PASSED:
+        return
+    preflight(cfg, assets_dir)
+    _PASSED.add(key)

@@ -1,31 +1,22 @@
-"""Resolve a core function by name, lazily, with an optional override module for tests."""
+"""Resolve a core function by name, lazily, and fingerprint the source of core modules."""
 
 from __future__ import annotations
 
 import hashlib
 import importlib
 import importlib.util
-import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
-
-# A module whose attributes replace core functions of the same name (tests, dry runs).
-OVERRIDE_ENV = "METAPT_CORE_OVERRIDE"
 
 
 def core(qualname: str) -> Callable[..., Any]:
     """The function ``module:attr`` (e.g. ``metapt_core.clustering:cluster_pool``).
 
-    When ``$METAPT_CORE_OVERRIDE`` names a module that defines ``attr``, that one is used: this
-    is how the orchestration is exercised before (or without) the real core stages.
+    Imported on first use, so that a task module can be imported (and a fully cached run can
+    finish) without loading torch or the model code.
     """
     module_name, attr = qualname.split(":")
-    override = os.environ.get(OVERRIDE_ENV, "")
-    if override:
-        replacement = getattr(importlib.import_module(override), attr, None)
-        if replacement is not None:
-            return replacement  # type: ignore[no-any-return]
     return getattr(importlib.import_module(module_name), attr)  # type: ignore[no-any-return]
 
 
@@ -40,17 +31,13 @@ def _source_files(module_name: str) -> list[Path]:
 
 
 def code_version(modules: Iterable[str]) -> str:
-    """sha256 over the source files of ``modules`` (and the override module, if set).
+    """sha256 over the source files of ``modules``.
 
     A stage's cache key includes it, so editing the code of a stage recomputes that stage.
-    A module that does not exist yet hashes as its name.
+    A module that does not exist hashes as its name.
     """
-    names = list(modules)
-    override = os.environ.get(OVERRIDE_ENV, "")
-    if override:
-        names.append(override)
     digest = hashlib.sha256()
-    for name in sorted(set(names)):
+    for name in sorted(set(modules)):
         digest.update(name.encode() + b"\0")
         try:
             files = _source_files(name)

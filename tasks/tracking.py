@@ -166,8 +166,11 @@ class Tracker:
 
     def log_config(self, run_id: str, cfg: PipelineConfig) -> None:
         """The resolved configuration as params (flattened) and as ``config/config.yaml``."""
-        self.log_params(run_id, flatten(to_dict(cfg)))
-        self.client.log_text(run_id, dump_yaml(cfg), "config/config.yaml")
+        from metapt_core.validate import redact
+
+        # Preflight refuses secrets in settings; redaction is the second line of defence.
+        self.log_params(run_id, {k: redact(str(v)) for k, v in flatten(to_dict(cfg)).items()})
+        self.client.log_text(run_id, redact(dump_yaml(cfg)), "config/config.yaml")
 
     def log_artifacts(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
         if path.is_dir():

@@ -182,12 +182,12 @@ def _init_prompt(cfg: PipelineConfig) -> Action:
 
 
 def _few_shot_split(cfg: PipelineConfig) -> Action:
-    from metapt_core.data.ingest import _task_rows
+    from metapt_core.data.ingest import task_rows
     from metapt_core.fewshot.sampling import sample_split
 
     def run() -> object:
         task = cfg.tasks[0]
-        train, _, _ = _task_rows(task, cfg, None)
+        train, _, _ = task_rows(task, cfg, None)
         frame = pd.DataFrame({"row_id": train.row_id, "label_id": train.label_id})
         shots = max(cfg.fewshot.shots)
         return sample_split(frame, task.classes, shots, 0, cfg.fewshot.dev_per_class)

@@ -220,3 +220,19 @@ def test_peft_export_gives_same_scores(which: str, tiny_llama_path: Path, tiny_t
             logits = peft_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, decoder_input_ids=dec).logits
             theirs = logits[:, -1, first]
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+def test_grouped_prompts_equal_per_row_prompts(tiny_llama_path: Path, tiny_t5_path: Path) -> None:
+    """[M, P, d] with rows grouped by prompt == the same prompts repeated per row."""
+    for path in (tiny_llama_path, tiny_t5_path):
+        model = PromptModel(_backbone(path))
+        prompts = torch.stack([_prompt(model, seed=s) for s in (0, 1)]).requires_grad_()
+        batch = model.encode(TEXTS[:2] * 2, [1, 0, 1, 0], FMT)
+        grouped = model.class_scores(prompts, batch)
+        per_row = model.class_scores(prompts.repeat_interleave(2, dim=0), batch)
+        torch.testing.assert_close(grouped, per_row, atol=1e-5, rtol=1e-5)
+        (g_grouped,) = torch.autograd.grad(model.loss(prompts, batch), prompts)
+        (g_rows,) = torch.autograd.grad(model.loss(prompts.repeat_interleave(2, dim=0), batch), prompts)
+        torch.testing.assert_close(g_grouped, g_rows, atol=1e-6, rtol=1e-5)
+        with pytest.raises(ValueError, match="does not fit"):
+            model.class_scores(torch.stack([prompts[0]] * 3), batch)

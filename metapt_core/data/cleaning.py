@@ -107,7 +107,8 @@ def clean_texts(
     keep: list[int] = []
     out: list[str] = []
     for pos, raw in enumerate(texts):
-        text = "" if raw is None else str(raw)
+        # A missing value (None, or a float NaN from JSON/Parquet) is an empty text, never "nan".
+        text = "" if raw is None or (isinstance(raw, float) and raw != raw) else str(raw)
         if cfg.fix_encoding:
             fixed = fix_encoding(text)
             counts["fixed_encoding"] += fixed != text

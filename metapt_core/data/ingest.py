@@ -169,11 +169,11 @@ def load_rows(
         cleaning rule, ``sampled_out``, ``rows``, ``label_counts``.
     """
     ds = load_source(src, assets)
-    texts = ds[src.text_column]
+    texts = ds[src.text_column][:]  # materialise: datasets 5 columns are lazy per item
     ids = row_ids(src.name, texts)
     stats: dict[str, Any] = {"loaded": len(ds)}
     if src.label_column:
-        mapped = map_labels(ds[src.label_column], src, classes, where)
+        mapped = map_labels(ds[src.label_column][:], src, classes, where)
         keep, labels, label_ids = mapped.keep, mapped.labels, mapped.label_ids
         stats["unmapped"] = mapped.dropped
         stats["unmapped_keys"] = mapped.dropped_keys
@@ -312,7 +312,7 @@ def stratified_sample(labels: Sequence[int], k: int, seed: int) -> list[int]:
     return sorted(chosen)
 
 
-def _task_rows(
+def task_rows(
     task: TaskSpec, cfg: PipelineConfig, assets: AssetPaths | None
 ) -> tuple[Rows, Rows, dict[str, Any]]:
     """Train and test rows of one task and their stats."""
@@ -397,7 +397,7 @@ def ingest_tasks(
     start = time.perf_counter()
     built: dict[str, tuple[Rows, Rows, dict[str, Any]]] = {}
     for i, task in enumerate(cfg.tasks):
-        built[task.name] = _task_rows(task, cfg, assets)
+        built[task.name] = task_rows(task, cfg, assets)
         if progress is not None:
             progress(i + 1, len(cfg.tasks) + 1, f"task {task.name}")
     if pool_ref is None:

@@ -155,7 +155,9 @@ def tune_prompts(
             # One prompt: the shared-prompt path, which a causal backbone can run faster.
             loss = model.loss(prompts[0], batch)
         else:
-            loss = model.loss(prompts[owner], batch) * n_prompts
+            # Rows are grouped by prompt: a model that takes [M, P, d] runs each prompt once.
+            grouped = getattr(model, "accepts_grouped_prompts", False)
+            loss = model.loss(prompts if grouped else prompts[owner], batch) * n_prompts
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
