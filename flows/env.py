@@ -6,6 +6,7 @@ is a default (``os.environ.setdefault``), so a user's own setting wins.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -23,6 +24,8 @@ DEFAULTS = {
     "OMP_WAIT_POLICY": "PASSIVE",
     "PREFECT_SERVER_API_HOST": "127.0.0.1",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "60",
+    # The core's own log lines (training steps, "resuming from step N") reach the terminal and UI.
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "metapt_core",
 }
 # Set by deployments.services for the serve process; a default for the work_dir setting.
 WORK_DIR_ENV = "METAPT_WORK_DIR"
@@ -31,6 +34,14 @@ WORK_DIR_ENV = "METAPT_WORK_DIR"
 def apply_defaults() -> None:
     for key, value in DEFAULTS.items():
         os.environ.setdefault(key, value)
+
+
+def core_logging() -> None:
+    """Let the core's INFO lines through: Prefect attaches its handlers to the extra loggers but
+    leaves their level unset (WARNING, from the root logger)."""
+    core = logging.getLogger("metapt_core")
+    if core.level == logging.NOTSET:
+        core.setLevel(logging.INFO)
 
 
 def prefect_api_configured() -> bool:
@@ -59,4 +70,13 @@ def use_ephemeral_prefect(work_dir: Path) -> bool:
     return True
 
 
+def core_logging() -> None:
+    """Let the core's INFO lines through: Prefect attaches its handlers to the extra loggers but
+    leaves their level unset (WARNING, from the root logger)."""
+    core = logging.getLogger("metapt_core")
+    if core.level == logging.NOTSET:
+        core.setLevel(logging.INFO)
+
+
 apply_defaults()
+core_logging()

@@ -5,7 +5,13 @@ sha256 of every upstream artifact). Its output lives in ``<work_dir>/artifacts/<
 ``out/`` (the folder handed to the core function) and ``record.json`` (the output reference,
 stats, and the MLflow run that computed it). A record is trusted only if the artifact it points
 to still matches its fingerprint, so a deleted or altered artifact is recomputed. The folder is
-built in a scratch folder and renamed into place, so a failure leaves the previous state.
+built in ``<key[:16]>.partial/`` and renamed into place, so a failure leaves the previous state.
+
+Resume and concurrency: the computing process holds an exclusive lock on ``<key[:16]>.lock``
+(``flock``, released by the kernel even on SIGKILL), so a second process or flow run that needs
+the same output waits, then serves it from the store. The ``.partial`` folder is named by the key,
+not at random, so a run that was killed leaves its checkpoints (``out.ckpt/`` beside ``out/``,
+written by the pre-training loops) where the next run of the same key finds and resumes them.
 
 Prefect's own result cache is not used for stages: it would skip the task body (and with it the
 MLflow trace of a cache hit), hash only the task's source, and trust a result whose artifact was
@@ -14,18 +20,24 @@ deleted. The store key covers all of this and is shared by every process and flo
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metapt_core.store import ArtifactRef, atomic_write_json, scratch_dir, stable_hash
+from metapt_core.store import ArtifactRef, atomic_write_json, stable_hash
 
 RECORD = "record.json"
 OUT = "out"
+PARTIAL = ".partial"
+LOCK = ".lock"
+CHECKPOINT_SUFFIX = ".ckpt"  # folders kept in a .partial folder across a kill (resume)
 
 
 @dataclass(frozen=True)
@@ -63,6 +75,57 @@ def stage_folder(work_dir: str | os.PathLike[str], stage: str, key: str) -> Path
     return artifacts_root(work_dir) / stage / key[:16]
 
 
+def partial_folder(work_dir: str | os.PathLike[str], stage: str, key: str) -> Path:
+    """Where ``key`` is computed: stable, so a killed computation's checkpoints are found again."""
+    final = stage_folder(work_dir, stage, key)
+    return final.with_name(final.name + PARTIAL)
+
+
+@contextlib.contextmanager
+def stage_lock(
+    work_dir: str | os.PathLike[str],
+    stage: str,
+    key: str,
+    on_wait: Callable[[], None] | None = None,
+) -> Iterator[None]:
+    """Hold the exclusive lock of one stage computation (across processes and threads).
+
+    ``on_wait`` is called once if another holder makes us wait. The lock file is removed on
+    release; a waiter that then finds its file unlinked (or replaced) tries again, so two
+    holders can never hold different files of the same name.
+    """
+    final = stage_folder(work_dir, stage, key)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    path = final.with_name(final.name + LOCK)
+    waited = False
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if not waited and on_wait is not None:
+                    on_wait()
+                waited = True
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+        except BaseException:
+            os.close(fd)
+            raise
+        if same:
+            break
+        os.close(fd)  # the previous holder removed that file: lock the current one
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        os.close(fd)
+
+
 def lookup(work_dir: str | os.PathLike[str], stage: str, key: str) -> StageOutcome | None:
     """The stored outcome for ``key`` if its record exists and its artifact is intact, else None."""
     folder = stage_folder(work_dir, stage, key)
@@ -98,13 +161,20 @@ def _relative(ref: ArtifactRef, root: Path) -> str:
 
 
 class PendingStage:
-    """A stage computation in progress in a scratch folder; :meth:`commit` moves it into place."""
+    """A stage computation in progress in its ``.partial`` folder; :meth:`commit` moves it into place.
+
+    Create it only while holding :func:`stage_lock` for the key. Whatever a killed run left in
+    the folder is removed, except checkpoint folders (``*.ckpt``), which the core functions
+    resume from.
+    """
 
     def __init__(self, work_dir: str | os.PathLike[str], stage: str, key: str) -> None:
         self.stage = stage
         self.key = key
         self.final = stage_folder(work_dir, stage, key)
-        self.scratch = scratch_dir(self.final.parent)
+        self.scratch = partial_folder(work_dir, stage, key)
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        self.resumable = _clean_partial(self.scratch)
         self.out_dir = self.scratch / OUT
         self.out_dir.mkdir()
         self.started = time.monotonic()
@@ -145,8 +215,22 @@ class PendingStage:
         )
 
     def abort(self) -> None:
-        """Remove the scratch folder (the stage folder, if any, is left as it was)."""
-        shutil.rmtree(self.scratch, ignore_errors=True)
+        """Remove the partial output but keep checkpoints (the stage folder is left as it was)."""
+        if not _clean_partial(self.scratch):
+            shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def _clean_partial(folder: Path) -> list[str]:
+    """Empty a ``.partial`` folder except its checkpoint folders; their names."""
+    kept = []
+    for entry in sorted(folder.iterdir()) if folder.is_dir() else []:
+        if entry.is_dir() and entry.name.endswith(CHECKPOINT_SUFFIX):
+            kept.append(entry.name)
+        elif entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    return kept
 
 
 def clear(work_dir: str | os.PathLike[str], stage: str | None = None) -> list[Path]:

@@ -16,7 +16,15 @@ from typing import Any, Protocol
 
 from metapt_core.config import PipelineConfig, flatten, to_dict
 from metapt_core.store import ArtifactRef
-from tasks.cache import OUT, PendingStage, StageOutcome, lookup, stage_folder, stage_key
+from tasks.cache import (
+    OUT,
+    PendingStage,
+    StageOutcome,
+    lookup,
+    stage_folder,
+    stage_key,
+    stage_lock,
+)
 from tasks.core import code_version
 from tasks.progress import StageProgress, run_logger
 from tasks.tracking import (
@@ -162,27 +170,63 @@ def execute_stage(ctx: RunContext, spec: StageSpec) -> StageOutcome:
     }
     params = {**flatten({"settings": plain(spec.settings)}), **spec.params}
     work_dir = ctx.cfg.work_path
-    if not ctx.refreshes(spec.stage):
-        hit = lookup(work_dir, spec.stage, key)
+
+    def serve(hit: StageOutcome) -> StageOutcome:
+        run_id = tracker.start_run(
+            name,
+            tags={**tags, CACHED_TAG: "true", SOURCE_RUN_TAG: hit.source_run_id},
+            params=params,
+            parent_run_id=spec.parent_run_id,
+        )
+        tracker.log_stats(run_id, hit.stats)
+        tracker.end(run_id)
+        logger.info(
+            "%s: served from cache %s (computed by run %s)", name, key[:16], hit.source_run_id
+        )
+        return StageOutcome(**{**hit.__dict__, "run_id": run_id})
+
+    forced = ctx.refreshes(spec.stage)
+    hit = None if forced else lookup(work_dir, spec.stage, key)
+    if hit is not None:
+        return serve(hit)
+
+    def waiting() -> None:
+        logger.info("%s: waiting for another run computing %s", name, key[:16])
+
+    # One computation per key at a time, across processes: a second run waits, then serves.
+    with stage_lock(work_dir, spec.stage, key, on_wait=waiting):
+        hit = None if forced else lookup(work_dir, spec.stage, key)
         if hit is not None:
-            run_id = tracker.start_run(
-                name,
-                tags={**tags, CACHED_TAG: "true", SOURCE_RUN_TAG: hit.source_run_id},
-                params=params,
-                parent_run_id=spec.parent_run_id,
-            )
-            tracker.log_stats(run_id, hit.stats)
-            tracker.end(run_id)
-            logger.info(
-                "%s: served from cache %s (computed by run %s)", name, key[:16], hit.source_run_id
-            )
-            return StageOutcome(**{**hit.__dict__, "run_id": run_id})
+            return serve(hit)
+        return _compute(ctx, spec, key, name, tags, params)
+
+
+def _compute(
+    ctx: RunContext,
+    spec: StageSpec,
+    key: str,
+    name: str,
+    tags: dict[str, str],
+    params: dict[str, Any],
+) -> StageOutcome:
+    """Compute ``spec`` in its partial folder under a fresh child run and commit it."""
+    logger = run_logger()
+    tracker = ctx.tracker
+    work_dir = ctx.cfg.work_path
     run_id = tracker.start_run(
         name, tags={**tags, CACHED_TAG: "false"}, params=params, parent_run_id=spec.parent_run_id
     )
     pending = PendingStage(work_dir, spec.stage, key)
     try:
-        logger.info("%s: computing (key %s)", name, key[:16])
+        if pending.resumable:
+            logger.info(
+                "%s: computing (key %s), resuming from %s",
+                name,
+                key[:16],
+                ", ".join(pending.resumable),
+            )
+        else:
+            logger.info("%s: computing (key %s)", name, key[:16])
         ref, stats = spec.compute(pending.out_dir, StageProgress(name))
         stats = plain(stats)
         outcome = pending.commit(

@@ -1,15 +1,15 @@
-"""End to end through real servers: Prefect and MLflow on 127.0.0.1, the deployments served.
+"""End to end through real servers, with the real core: Prefect and MLflow on 127.0.0.1.
 
-Runs ``prefect deployment run metapt/full-pipeline`` (smoke profile) from a shell whose only
-Prefect setting is the profile ``make serve`` wrote, checks the MLflow runs, reruns it (every
-stage served from the cache, a fraction of the time), then changes the clustering's k (only
-cluster and its dependents recomputed). With the real core stages missing, the stand-ins of
-``test_orchestration_fakes`` are used (``METAPT_CORE_OVERRIDE``), each sleeping a few seconds.
+Starts the services the way ``make serve`` does (``deployments.services``; temporary Prefect
+home, work dir and MLflow store, free ports), runs ``prefect deployment run
+metapt/full-pipeline`` (smoke profile, the real SmolLM2 and data from the prepared assets) from a
+shell whose only Prefect setting is the profile ``make serve`` wrote, checks the MLflow runs,
+reruns it (every stage served from the cache, a fraction of the time), then changes the
+clustering's k (only cluster and its dependents recomputed). The services are always stopped.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import subprocess
@@ -23,17 +23,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-CORE = [
-    "metapt_core.data:ingest_pool",
-    "metapt_core.data:ingest_tasks",
-    "metapt_core.embedding:embed_pool",
-    "metapt_core.clustering:cluster_pool",
-    "metapt_core.meta:meta_pretrain",
-    "metapt_core.ppt:ppt_pretrain",
-    "metapt_core.lm:load_backbone",
-    "metapt_core.fewshot:run_cells",
-    "metapt_core.report:build_report",
-]
 STAGES = {
     "ingest-pool",
     "ingest-tasks",
@@ -46,36 +35,22 @@ STAGES = {
 }
 
 
-def real_core_available() -> bool:
-    for name in CORE:
-        module, attr = name.split(":")
-        try:
-            if not hasattr(importlib.import_module(module), attr):
-                return False
-        except ImportError:
-            return False
-    return True
-
-
 @pytest.fixture
-def served(tmp_path: Path):
+def served(tmp_path: Path, assets_dir: Path):
     """Servers and the serve process under tmp_path; always stopped."""
     work = tmp_path / "work"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLFLOW_TRACKING"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PREFECT_", "MLFLOW_TRACKING", "METAPT_"))
+    }
+    # A fresh user Prefect home: `services start` writes PREFECT_API_URL into its profile.
     env.update(
-        PREFECT_HOME=str(tmp_path / "user-prefect-home"), PYTHONPATH=f"{REPO / 'tests'}:{REPO}"
+        PREFECT_HOME=str(tmp_path / "user-prefect-home"),
+        OMP_WAIT_POLICY="PASSIVE",
+        PREFECT_RUNNER_POLL_FREQUENCY="1",
     )
-    overrides: list[str] = []
-    if real_core_available():
-        assets = REPO / ".metapt" / "assets"
-        if assets.is_dir():
-            overrides.append(f"assets_dir={assets}")
-    else:
-        env.update(
-            METAPT_CORE_OVERRIDE="test_orchestration_fakes",
-            METAPT_FAKE_LOG=str(tmp_path / "calls.log"),
-            METAPT_FAKE_SECONDS="4",
-        )
+    overrides = [f"assets_dir={assets_dir}", f"work_dir={work}"]
     services = [sys.executable, "-m", "deployments.services"]
     try:
         subprocess.run(
@@ -95,7 +70,7 @@ def served(tmp_path: Path):
             timeout=400,
         )
         state = json.loads((work / "services" / "state.json").read_text())
-        yield env, state, overrides
+        yield env, state, overrides, work
     finally:
         subprocess.run([*services, "stop", "--work-dir", str(work)], env=env, cwd=REPO, timeout=120)
 
@@ -140,7 +115,7 @@ def children(client, experiment_id: str, parent_id: str) -> list:
 def test_full_pipeline_served_cached_and_partially_recomputed(served) -> None:
     from mlflow.tracking import MlflowClient
 
-    env, state, overrides = served
+    env, state, overrides, work = served
     first = run_deployment(env, overrides)
     client = MlflowClient(tracking_uri=state["mlflow_url"])
     experiment = client.get_experiment_by_name("metapt")
@@ -181,6 +156,8 @@ def test_full_pipeline_served_cached_and_partially_recomputed(served) -> None:
     )
     print(f"first run {first:.1f} s, cached run {second:.1f} s ({second / first:.2f} of the first)")
     assert second < 0.5 * first
+    stored = {stage: len(list((work / "artifacts" / stage).glob("*/record.json"))) for stage in STAGES}
+    assert stored == {**dict.fromkeys(STAGES, 1), "evaluate-cells": 2}  # nothing stored twice
 
     run_deployment(env, [*overrides, "cluster.n_clusters=2"])
     parent3 = pipeline_runs(client, experiment.experiment_id)[-1]
@@ -201,6 +178,17 @@ def test_full_pipeline_served_cached_and_partially_recomputed(served) -> None:
         "meta-pretrain": False,
         "evaluate-cells": False,
         "report": False,
+    }
+    stored = {stage: len(list((work / "artifacts" / stage).glob("*/record.json"))) for stage in STAGES}
+    assert stored == {
+        "ingest-pool": 1,
+        "ingest-tasks": 1,
+        "embed": 1,
+        "cluster": 2,
+        "ppt": 2,
+        "meta-pretrain": 2,
+        "evaluate-cells": 4,
+        "report": 2,
     }
     report = subprocess.run(
         [sys.executable, "-m", "flows.cli", "report", parent3.info.run_id, "--profile", "smoke"],

@@ -1,5 +1,9 @@
 """The ``metapt`` flow against a real local Prefect API, with the core stand-ins.
 
+The stand-ins (``orchestration_standins``) replace the core functions in this process only, to
+unit-test the orchestration logic; the real core is exercised by the e2e, resume, concurrency
+and cache-integrity tests.
+
 Changing one stage's setting recomputes that stage and its dependents only; ``refresh``
 forces a stage; a failing grid group is retried and reported while the others are kept.
 """
@@ -23,8 +27,10 @@ def harness(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture
 def fakes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    import orchestration_standins
+
     log = tmp_path / "calls.log"
-    monkeypatch.setenv("METAPT_CORE_OVERRIDE", "test_orchestration_fakes")
+    orchestration_standins.install(monkeypatch)
     monkeypatch.setenv("METAPT_FAKE_LOG", str(log))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return log

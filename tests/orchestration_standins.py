@@ -1,18 +1,24 @@
-"""Small stand-ins for the core stage functions, to exercise the orchestration on its own.
+"""Small stand-ins for the core stage functions: for the orchestration unit tests only.
 
-Selected with ``METAPT_CORE_OVERRIDE=test_orchestration_fakes`` (``tests/`` on the path): every
-function here replaces the core function of the same name. Each call appends its stage name to
-``$METAPT_FAKE_LOG`` (so tests see what was recomputed, across processes) and sleeps
-``$METAPT_FAKE_SECONDS``. ``$METAPT_FAKE_FAIL`` names a cell group (``task/kN/sN``) that always
-fails. Outputs are deterministic functions of their inputs and settings.
+Not a test module (pytest does not collect it) and never used by the pipeline itself: the
+end-to-end, resume, concurrency and cache-integrity tests run the real core. The orchestration
+unit tests (cache keys, recomputation of dependents, retries) call :func:`install`, which
+monkeypatches the ``core`` resolver of every task module in-process so that each core function
+named here is replaced by its stand-in. Each call appends its stage name to
+``$METAPT_FAKE_LOG`` (so tests see what was recomputed) and sleeps ``$METAPT_FAKE_SECONDS``.
+``$METAPT_FAKE_FAIL`` names a cell group (``task/kN/sN``) that always fails. Outputs are
+deterministic functions of their inputs and settings.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +29,32 @@ import pandas as pd
 from metapt_core.store import ArtifactRef, atomic_write_json, atomic_write_text, seal
 
 Progress = Any
+
+# The task modules that resolve core functions through ``tasks.core.core``.
+TASK_MODULES = (
+    "tasks.assets",
+    "tasks.common",
+    "tasks.ingest",
+    "tasks.embed",
+    "tasks.cluster",
+    "tasks.meta",
+    "tasks.ppt",
+    "tasks.evaluate",
+)
+
+
+def resolve(qualname: str) -> Callable[..., Any]:
+    """The stand-in for core function ``module:attr`` if there is one, else the real one."""
+    from tasks.core import core
+
+    replacement = getattr(sys.modules[__name__], qualname.split(":")[1], None)
+    return replacement if callable(replacement) else core(qualname)
+
+
+def install(monkeypatch: Any) -> None:
+    """Use the stand-ins in this process (undone with ``monkeypatch``)."""
+    for name in TASK_MODULES:
+        monkeypatch.setattr(importlib.import_module(name), "core", resolve)
 
 
 @dataclass
@@ -120,7 +152,7 @@ def cluster_pool(
     return FakeResult(seal(out_dir), {"clusters": k, "silhouette": 0.1 * k})
 
 
-def load_backbone(cfg: Any) -> str:
+def load_prompt_model(cfg: Any) -> str:
     return "fake-backbone"
 
 
@@ -152,7 +184,7 @@ def ppt_pretrain(
     return FakeResult(seal(out_dir), {"train_loss": [0.9, 0.7, 0.6]})
 
 
-def run_cells(
+def evaluate_group(
     cfg: Any,
     task_name: str,
     tasks_ref: ArtifactRef,
@@ -184,7 +216,11 @@ def run_cells(
 
 
 def build_report(
-    cells: list[dict[str, Any]], cfg: Any, out_dir: Path, progress: Progress = None
+    cells: list[dict[str, Any]],
+    zero_shot: dict[str, float],
+    cfg: Any,
+    out_dir: Path,
+    progress: Progress = None,
 ) -> FakeResult:
     _called("report", progress)
     frame = pd.DataFrame(cells)

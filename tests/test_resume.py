@@ -1,0 +1,99 @@
+"""Interruption and resume with real processes: SIGKILL during meta-pretraining and during the grid.
+
+The rerun serves every finished stage and grid group from the store, continues meta-pretraining
+from its last checkpoint, and ends with the same results (and the same meta-learned prompt) as
+an uninterrupted run on CPU.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from smoke_runs import isolated_env, leftovers, records, results_table, run
+
+pytestmark = pytest.mark.slow
+
+UPSTREAM = ("ingest-pool", "ingest-tasks", "embed", "cluster", "ppt", "meta-pretrain")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory, assets_dir: Path) -> Path:
+    """The work dir of one uninterrupted smoke run."""
+    root = tmp_path_factory.mktemp("reference")
+    work = root / "work"
+    env = isolated_env(root / "home")
+    result = run(work, assets_dir, env, root / "run.log")
+    assert result.returncode == 0, result.output[-4000:]
+    print(f"uninterrupted smoke run: {result.seconds:.1f} s")
+    return work
+
+
+def sha_of(work: Path, stage: str) -> str:
+    (record,) = records(work)[stage]
+    ref = record["ref"]
+    assert isinstance(ref, dict)
+    return str(ref["sha256"])
+
+
+def test_kill_during_meta_pretraining_resumes_from_checkpoint(
+    reference: Path, tmp_path: Path, assets_dir: Path
+) -> None:
+    work, env = tmp_path / "work", isolated_env(tmp_path / "home")
+    # The progress line of step 2 comes after that step's checkpoint is written.
+    killed = run(
+        work,
+        assets_dir,
+        env,
+        tmp_path / "killed.log",
+        kill_when=lambda line: "meta-pretrain-maml: 2/3" in line,
+    )
+    assert killed.killed, killed.output[-4000:]
+    print(f"killed after {killed.seconds:.1f} s")
+    partial = list((work / "artifacts" / "meta-pretrain").glob("*.partial"))
+    assert len(partial) == 1 and (partial[0] / "out.ckpt" / "last.pt").is_file()
+    assert "meta-pretrain" not in records(work)  # nothing half-written is recorded
+
+    resumed = run(work, assets_dir, env, tmp_path / "resumed.log")
+    assert resumed.returncode == 0, resumed.output[-4000:]
+    print(f"resumed run: {resumed.seconds:.1f} s")
+    out = resumed.output
+    for name in ("ingest-pool", "ingest-tasks", "embed", "cluster", "ppt"):
+        assert f"{name}: served from cache" in out, name
+    assert "meta-pretrain-maml: computing" in out and "resuming from out.ckpt" in out
+    assert "metapt-maml: resuming from step 2 of 3" in out
+    assert "meta-pretrain-maml: 3/3" in out and "meta-pretrain-maml: 1/3" not in out
+    assert sha_of(work, "meta-pretrain") == sha_of(reference, "meta-pretrain")
+    assert results_table(work) == results_table(reference)
+    assert leftovers(work) == []
+
+
+def test_kill_during_grid_serves_finished_groups(
+    reference: Path, tmp_path: Path, assets_dir: Path
+) -> None:
+    work, env = tmp_path / "work", isolated_env(tmp_path / "home")
+    # The pre-training stages come from the reference's store (a copy): this run starts at the grid.
+    for stage in UPSTREAM:
+        shutil.copytree(reference / "artifacts" / stage, work / "artifacts" / stage)
+    killed = run(
+        work,
+        assets_dir,
+        env,
+        tmp_path / "killed.log",
+        kill_when=lambda line: "evaluate-mr-k2-s1: computing" in line,
+    )
+    assert killed.killed, killed.output[-4000:]
+    assert "evaluate-mr-k2-s0: done" in killed.output
+    assert len(records(work)["evaluate-cells"]) == 1 and "report" not in records(work)
+
+    resumed = run(work, assets_dir, env, tmp_path / "resumed.log")
+    assert resumed.returncode == 0, resumed.output[-4000:]
+    out = resumed.output
+    assert "evaluate-mr-k2-s0: served from cache" in out
+    assert "evaluate-mr-k2-s1: computing" in out and "report: computing" in out
+    for name in UPSTREAM[:-1]:
+        assert f"{name}: served from cache" in out, name
+    assert "meta-pretrain-maml: served from cache" in out
+    assert results_table(work) == results_table(reference)
+    assert leftovers(work) == []
