@@ -85,7 +85,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     expand_refresh(args.refresh)  # unknown stage names fail here, before any work
     from metapt_core.validate import preflight_once
 
-    preflight_once(cfg, cfg.assets_path)  # files, columns, labels, model, k and shots: before any work
+    preflight_once(
+        cfg, cfg.assets_path
+    )  # files, columns, labels, model, k and shots: before any work
     print("# resolved configuration\n" + dump_yaml(cfg), flush=True)
     env.use_ephemeral_prefect(cfg.work_path)
     from flows.metapt import metapt_flow

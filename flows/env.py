@@ -70,13 +70,5 @@ def use_ephemeral_prefect(work_dir: Path) -> bool:
     return True
 
 
-def core_logging() -> None:
-    """Let the core's INFO lines through: Prefect attaches its handlers to the extra loggers but
-    leaves their level unset (WARNING, from the root logger)."""
-    core = logging.getLogger("metapt_core")
-    if core.level == logging.NOTSET:
-        core.setLevel(logging.INFO)
-
-
 apply_defaults()
 core_logging()

@@ -323,7 +323,9 @@ def prepare_assets(
     return AssetPaths.under(root)
 
 
-def resolve_model(name_or_path: str, assets_dir: str | Path, field: str = "backbone.name_or_path") -> str:
+def resolve_model(
+    name_or_path: str, assets_dir: str | Path, field: str = "backbone.name_or_path"
+) -> str:
     """Map ``builtin:<asset>`` to the prepared folder (preparing it if needed); else unchanged.
 
     ``field`` names the setting in errors (``backbone.name_or_path`` or ``embed.model``).

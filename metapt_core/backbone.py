@@ -54,7 +54,9 @@ def resolve_name(name_or_path: str, assets_dir: Path | None) -> str:
         from metapt_core.assets import resolve_model
 
         if assets_dir is None:
-            raise ConfigError("backbone.name_or_path", name_or_path, "a builtin model needs assets_dir")
+            raise ConfigError(
+                "backbone.name_or_path", name_or_path, "a builtin model needs assets_dir"
+            )
         return str(resolve_model(name_or_path, assets_dir))
     return name_or_path
 
@@ -66,8 +68,15 @@ def load_backbone(cfg: BackboneConfig, assets_dir: Path | None = None) -> Backbo
     prompts are ever trained. ``trust_remote_code`` is off unless the config asks for it.
     """
     device = choose_device(cfg.device)
-    key = (cfg.name_or_path, cfg.kind, cfg.dtype, str(device), cfg.trust_remote_code, cfg.revision,
-           str(assets_dir))
+    key = (
+        cfg.name_or_path,
+        cfg.kind,
+        cfg.dtype,
+        str(device),
+        cfg.trust_remote_code,
+        cfg.revision,
+        str(assets_dir),
+    )
     with _LOCK:
         if key in _CACHE:
             return _CACHE[key]
@@ -82,24 +91,38 @@ def load_backbone(cfg: BackboneConfig, assets_dir: Path | None = None) -> Backbo
             hf_config = AutoConfig.from_pretrained(path, **extra)
         except (OSError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ConfigError("backbone.name_or_path", cfg.name_or_path, f"is not a loadable model ({first[:160]})") from None
+            raise ConfigError(
+                "backbone.name_or_path",
+                cfg.name_or_path,
+                f"is not a loadable model ({first[:160]})",
+            ) from None
         kind = cfg.kind
         if kind is BackboneKind.AUTO:
-            kind = BackboneKind.SEQ2SEQ if getattr(hf_config, "is_encoder_decoder", False) else BackboneKind.CAUSAL
+            kind = (
+                BackboneKind.SEQ2SEQ
+                if getattr(hf_config, "is_encoder_decoder", False)
+                else BackboneKind.CAUSAL
+            )
         auto_cls = AutoModelForSeq2SeqLM if kind is BackboneKind.SEQ2SEQ else AutoModelForCausalLM
-        log.info("loading backbone %s (%s, %s) on %s", cfg.name_or_path, kind.value, cfg.dtype, device)
+        log.info(
+            "loading backbone %s (%s, %s) on %s", cfg.name_or_path, kind.value, cfg.dtype, device
+        )
         try:
             model = auto_cls.from_pretrained(path, dtype=_DTYPES[cfg.dtype], **extra)
             tokenizer = AutoTokenizer.from_pretrained(path, **extra)
         except (OSError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ConfigError("backbone.name_or_path", cfg.name_or_path, f"could not be loaded ({first[:160]})") from None
+            raise ConfigError(
+                "backbone.name_or_path", cfg.name_or_path, f"could not be loaded ({first[:160]})"
+            ) from None
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         model.requires_grad_(False)
         model.eval()
         model.to(device)  # type: ignore[arg-type]
-        backbone = Backbone(model=model, tokenizer=tokenizer, kind=kind, name=cfg.name_or_path, device=device)
+        backbone = Backbone(
+            model=model, tokenizer=tokenizer, kind=kind, name=cfg.name_or_path, device=device
+        )
         _CACHE[key] = backbone
         return backbone
 

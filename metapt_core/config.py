@@ -320,7 +320,9 @@ class ClusterConfig:
         _positive("cluster.umap_neighbors", self.umap_neighbors)
         _positive("cluster.hdbscan_min_cluster_size", self.hdbscan_min_cluster_size)
         if self.hdbscan_selection not in {"eom", "leaf"}:
-            raise ConfigError("cluster.hdbscan_selection", self.hdbscan_selection, "must be eom or leaf")
+            raise ConfigError(
+                "cluster.hdbscan_selection", self.hdbscan_selection, "must be eom or leaf"
+            )
         _positive("cluster.lda_vocab_size", self.lda_vocab_size)
         _non_negative("cluster.min_rows_per_class", self.min_rows_per_class)
 
@@ -444,9 +446,13 @@ class FewShotConfig:
 
     def __post_init__(self) -> None:
         if not self.shots or any((not isinstance(k, int)) or k <= 0 for k in self.shots):
-            raise ConfigError("fewshot.shots", self.shots, "must be a non-empty list of positive integers")
+            raise ConfigError(
+                "fewshot.shots", self.shots, "must be a non-empty list of positive integers"
+            )
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ConfigError("fewshot.seeds", self.seeds, "must be a non-empty list of distinct integers")
+            raise ConfigError(
+                "fewshot.seeds", self.seeds, "must be a non-empty list of distinct integers"
+            )
         _non_negative("fewshot.dev_per_class", self.dev_per_class)
         _positive("fewshot.steps", self.steps)
         _positive("fewshot.batch_size", self.batch_size)
@@ -528,7 +534,11 @@ class PipelineConfig:
 
     @property
     def assets_path(self) -> Path:
-        return Path(self.assets_dir).expanduser().resolve() if self.assets_dir else self.work_path / "assets"
+        return (
+            Path(self.assets_dir).expanduser().resolve()
+            if self.assets_dir
+            else self.work_path / "assets"
+        )
 
     def min_rows_per_class(self) -> int:
         """Rows a cluster needs per class to give a support and a query batch."""
@@ -624,7 +634,9 @@ def from_dict(cls: type[Any], data: dict[str, Any], where: str = "") -> Any:
         return cls(**kwargs)
     except ConfigError as exc:
         if where and not exc.field.startswith(where) and "[" not in exc.field:
-            raise ConfigError(f"{where}.{exc.field.split('.', 1)[-1]}", exc.value, exc.reason) from None
+            raise ConfigError(
+                f"{where}.{exc.field.split('.', 1)[-1]}", exc.value, exc.reason
+            ) from None
         raise
 
 

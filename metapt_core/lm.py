@@ -105,15 +105,6 @@ class EncodedBatch:
             yield self.select(range(start, min(start + size, len(self))))
 
 
-def concat_batches(batches: Sequence[EncodedBatch]) -> EncodedBatch:
-    """Stack batches of the same task format into one (re-padded on the right)."""
-    width = max(int(b.input_ids.shape[1]) for b in batches)
-    ids = [F.pad(b.input_ids, (0, width - b.input_ids.shape[1])) for b in batches]
-    masks = [F.pad(b.attention_mask, (0, width - b.attention_mask.shape[1])) for b in batches]
-    labels = None if any(b.labels is None for b in batches) else torch.cat([b.labels for b in batches])  # type: ignore[misc]
-    return replace(batches[0], input_ids=torch.cat(ids), attention_mask=torch.cat(masks), labels=labels)
-
-
 class PromptModel:
     """A frozen backbone that scores classes behind a soft prompt.
 
@@ -128,7 +119,9 @@ class PromptModel:
 
     accepts_grouped_prompts = True
 
-    def __init__(self, backbone: Backbone, scoring: ScoringConfig | None = None, autocast_bf16: bool = False) -> None:
+    def __init__(
+        self, backbone: Backbone, scoring: ScoringConfig | None = None, autocast_bf16: bool = False
+    ) -> None:
         self.backbone = backbone
         self.model = backbone.model
         self.tokenizer = backbone.tokenizer
@@ -137,7 +130,9 @@ class PromptModel:
         self.autocast_bf16 = autocast_bf16 and backbone.device.type == "cuda"
         self._embed: torch.nn.Module = self.model.get_input_embeddings()
         self._head: torch.nn.Module = self.model.get_output_embeddings()
-        self._restricted_head_ok = self.kind is BackboneKind.CAUSAL and self._check_restricted_head()
+        self._restricted_head_ok = (
+            self.kind is BackboneKind.CAUSAL and self._check_restricted_head()
+        )
         # transformers 5.x renamed the forward argument ``past_key_values`` to ``cache``.
         params = inspect.signature(self.model.base_model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
@@ -171,7 +166,9 @@ class PromptModel:
         for word in fmt.verbalizer:
             ids = self.tokenizer(space + word, add_special_tokens=False)["input_ids"]
             if not ids:
-                raise ConfigError(f"tasks[{fmt.name}].verbalizer", word, "label word tokenises to nothing")
+                raise ConfigError(
+                    f"tasks[{fmt.name}].verbalizer", word, "label word tokenises to nothing"
+                )
             out.append(tuple(int(i) for i in ids))
         if self.scoring.mode is ScoringMode.FIRST_TOKEN:
             firsts = [ids[0] for ids in out]
@@ -187,22 +184,30 @@ class PromptModel:
         if self.kind is BackboneKind.CAUSAL:
             before = fmt.template.split("{answer}", 1)[0]
             if "{text}" not in before:
-                raise ConfigError(f"tasks[{fmt.name}].template", fmt.template, "a causal LM needs {text} before {answer}")
+                raise ConfigError(
+                    f"tasks[{fmt.name}].template",
+                    fmt.template,
+                    "a causal LM needs {text} before {answer}",
+                )
             return before.rstrip(" ").replace("{text}", text)
         sentinel = SENTINEL if SENTINEL in self.tokenizer.get_vocab() else ""
         return fmt.template.replace("{answer}", sentinel).replace("{text}", text)
 
-    def encode(self, texts: Sequence[str], labels: Sequence[int] | None, fmt: TaskFormat) -> EncodedBatch:
+    def encode(
+        self, texts: Sequence[str], labels: Sequence[int] | None, fmt: TaskFormat
+    ) -> EncodedBatch:
         """Tokenise ``texts`` with the task's template; keep at most ``scoring.max_length`` tokens
         per row, cutting from the left of the text (the template's cue at the end survives)."""
         limit = self.scoring.max_length
-        rows = self.tokenizer([self._render(t, fmt) for t in texts], add_special_tokens=True)["input_ids"]
+        rows = self.tokenizer([self._render(t, fmt) for t in texts], add_special_tokens=True)[
+            "input_ids"
+        ]
         bos = self.tokenizer.bos_token_id
         cut: list[list[int]] = []
         for ids in rows:
             if len(ids) > limit:
                 keep_bos = bos is not None and ids[0] == bos
-                ids = ([bos] if keep_bos else []) + ids[len(ids) - limit + int(keep_bos):]
+                ids = ([bos] if keep_bos else []) + ids[len(ids) - limit + int(keep_bos) :]
             cut.append(ids)
         width = max((len(r) for r in cut), default=0)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -216,8 +221,14 @@ class PromptModel:
         label_tensor = None
         if labels is not None:
             label_tensor = torch.as_tensor(list(labels), dtype=torch.long)
-            if len(label_tensor) and (label_tensor.min() < 0 or label_tensor.max() >= len(fmt.verbalizer)):
-                raise ConfigError("labels", sorted(set(label_tensor.tolist())), f"outside 0..{len(fmt.verbalizer) - 1}")
+            if len(label_tensor) and (
+                label_tensor.min() < 0 or label_tensor.max() >= len(fmt.verbalizer)
+            ):
+                raise ConfigError(
+                    "labels",
+                    sorted(set(label_tensor.tolist())),
+                    f"outside 0..{len(fmt.verbalizer) - 1}",
+                )
         prefix: tuple[int, ...] = ()
         if self.kind is BackboneKind.SEQ2SEQ:
             start = self.model.config.decoder_start_token_id
@@ -267,7 +278,9 @@ class PromptModel:
     @torch.no_grad()
     def predict(self, prompt: Tensor, batch: EncodedBatch, batch_size: int = 32) -> Tensor:
         """Predicted class ids ``[B]`` (evaluation, no gradient, in chunks)."""
-        preds = [self.class_scores(prompt, chunk).argmax(dim=-1) for chunk in batch.chunks(batch_size)]
+        preds = [
+            self.class_scores(prompt, chunk).argmax(dim=-1) for chunk in batch.chunks(batch_size)
+        ]
         return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long, device=self.device)
 
     @contextlib.contextmanager
@@ -292,7 +305,9 @@ class PromptModel:
         if prompt.dim() == 2:
             return batch_size
         if prompt.dim() != 3 or prompt.shape[0] == 0 or batch_size % prompt.shape[0] != 0:
-            raise ValueError(f"prompt of shape {tuple(prompt.shape)} does not fit a batch of {batch_size}")
+            raise ValueError(
+                f"prompt of shape {tuple(prompt.shape)} does not fit a batch of {batch_size}"
+            )
         return batch_size // int(prompt.shape[0])
 
     def _prompt_rows(self, prompt: Tensor, batch_size: int) -> Tensor:
@@ -304,10 +319,14 @@ class PromptModel:
 
     def _check_prompt(self, prompt: Tensor) -> Tensor:
         if prompt.shape[-1] != self.embed_dim:
-            raise ConfigError("prompt.dim", int(prompt.shape[-1]), f"backbone embedding width is {self.embed_dim}")
+            raise ConfigError(
+                "prompt.dim", int(prompt.shape[-1]), f"backbone embedding width is {self.embed_dim}"
+            )
         return prompt.to(device=self.device, dtype=self.embedding_matrix.dtype)
 
-    def _causal_hidden(self, prompt: Tensor, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, int]:
+    def _causal_hidden(
+        self, prompt: Tensor, input_ids: Tensor, attention_mask: Tensor
+    ) -> tuple[Tensor, int]:
         """Final hidden states ``[B, L, H]`` of the text tokens, and the prompt length P.
 
         Position ``i`` of the returned states is text token ``i`` (the prompt's states are not
@@ -326,11 +345,15 @@ class PromptModel:
         per_prompt = self._groups(prompt, bsz)
         if self.scoring.prompt_cache and per_prompt > 1:
             distinct = prompt.unsqueeze(0) if prompt.dim() == 2 else prompt
-            positions = torch.arange(plen, device=self.device).unsqueeze(0).expand(distinct.shape[0], -1)
+            positions = (
+                torch.arange(plen, device=self.device).unsqueeze(0).expand(distinct.shape[0], -1)
+            )
             first = base(inputs_embeds=distinct, position_ids=positions, use_cache=True)
             cache = getattr(first, "cache", None) or first.past_key_values
             cache.batch_repeat_interleave(per_prompt)
-            text_positions = (plen + torch.arange(width, device=self.device)).unsqueeze(0).expand(bsz, -1)
+            text_positions = (
+                (plen + torch.arange(width, device=self.device)).unsqueeze(0).expand(bsz, -1)
+            )
             out = base(
                 inputs_embeds=text,
                 attention_mask=full_mask,
@@ -353,7 +376,9 @@ class PromptModel:
             logits = logits + (bias if token_ids is None else bias.index_select(0, token_ids))
         return logits
 
-    def _seq2seq_logits(self, prompt: Tensor, batch: EncodedBatch, decoder_ids: Tensor, encoder_out=None):  # type: ignore[no-untyped-def]
+    def _seq2seq_logits(
+        self, prompt: Tensor, batch: EncodedBatch, decoder_ids: Tensor, encoder_out=None
+    ):  # type: ignore[no-untyped-def]
         """Decoder logits ``[B, K, V]`` for ``decoder_ids`` ``[B, K]``; also the encoder output."""
         prompt = self._check_prompt(prompt)
         bsz = len(batch)
@@ -361,15 +386,28 @@ class PromptModel:
         ones = torch.ones((bsz, plen), dtype=batch.attention_mask.dtype, device=self.device)
         mask = torch.cat([ones, batch.attention_mask], dim=1)
         if encoder_out is None:
-            embeds = torch.cat([self._prompt_rows(prompt, bsz), self._embed(batch.input_ids)], dim=1)
+            embeds = torch.cat(
+                [self._prompt_rows(prompt, bsz), self._embed(batch.input_ids)], dim=1
+            )
             encoder_out = self.model.get_encoder()(inputs_embeds=embeds, attention_mask=mask)
-        out = self.model(encoder_outputs=encoder_out, attention_mask=mask, decoder_input_ids=decoder_ids, use_cache=False)
+        out = self.model(
+            encoder_outputs=encoder_out,
+            attention_mask=mask,
+            decoder_input_ids=decoder_ids,
+            use_cache=False,
+        )
         return out.logits, encoder_out
 
-    def _first_token_logits(self, prompt: Tensor, batch: EncodedBatch, token_ids: Tensor | None) -> Tensor:
+    def _first_token_logits(
+        self, prompt: Tensor, batch: EncodedBatch, token_ids: Tensor | None
+    ) -> Tensor:
         """Logits ``[B, C]`` of ``token_ids`` at the answer position (``[B, V]`` if None)."""
         if self.kind is BackboneKind.SEQ2SEQ:
-            prefix = torch.tensor(batch.decoder_prefix, device=self.device).unsqueeze(0).expand(len(batch), -1)
+            prefix = (
+                torch.tensor(batch.decoder_prefix, device=self.device)
+                .unsqueeze(0)
+                .expand(len(batch), -1)
+            )
             logits, _ = self._seq2seq_logits(prompt, batch, prefix)
             last = logits[:, -1]
             return last if token_ids is None else last.index_select(1, token_ids)
@@ -380,7 +418,9 @@ class PromptModel:
         answer = hidden[rows, batch.lengths - 1]
         return self._head_logits(answer, token_ids)
 
-    def _full_model_answer_logits(self, prompt: Tensor, batch: EncodedBatch, token_ids: Tensor | None) -> Tensor:
+    def _full_model_answer_logits(
+        self, prompt: Tensor, batch: EncodedBatch, token_ids: Tensor | None
+    ) -> Tensor:
         """Fallback for heads that are not a plain linear layer (e.g. logit soft-capping)."""
         prompt = self._check_prompt(prompt)
         bsz = len(batch)
@@ -393,7 +433,9 @@ class PromptModel:
         answer = logits[rows, plen + batch.lengths - 1]
         return answer if token_ids is None else answer.index_select(1, token_ids)
 
-    def _sequence_scores(self, prompt: Tensor, batch: EncodedBatch, only_gold: bool = False) -> Tensor:
+    def _sequence_scores(
+        self, prompt: Tensor, batch: EncodedBatch, only_gold: bool = False
+    ) -> Tensor:
         """``[B, C]`` summed log-probabilities of each class's label tokens (``[B]`` if only_gold)."""
         bsz = len(batch)
         classes = range(len(batch.label_tokens))
@@ -402,12 +444,18 @@ class PromptModel:
             encoder_out = None
             for c in classes:
                 tokens = batch.label_tokens[c]
-                dec = torch.tensor(batch.decoder_prefix + tokens[:-1], device=self.device).unsqueeze(0).expand(bsz, -1)
+                dec = (
+                    torch.tensor(batch.decoder_prefix + tokens[:-1], device=self.device)
+                    .unsqueeze(0)
+                    .expand(bsz, -1)
+                )
                 logits, encoder_out = self._seq2seq_logits(prompt, batch, dec, encoder_out)
                 k = len(batch.decoder_prefix)
                 logp = logits[:, k - 1 : k - 1 + len(tokens)].float().log_softmax(-1)
                 target = torch.tensor(tokens, device=self.device)
-                scores[:, c] = logp.gather(2, target.view(1, -1, 1).expand(bsz, -1, 1)).squeeze(-1).sum(-1)
+                scores[:, c] = (
+                    logp.gather(2, target.view(1, -1, 1).expand(bsz, -1, 1)).squeeze(-1).sum(-1)
+                )
         else:
             lengths = batch.lengths
             for c in classes:
@@ -422,14 +470,22 @@ class PromptModel:
                         ids[b, n : n + extra] = cont
                         mask[b, n : n + extra] = 1
                 hidden, _ = self._causal_hidden(prompt, ids, mask)
-                pos = (lengths - 1).unsqueeze(1) + torch.arange(len(tokens), device=self.device).unsqueeze(0)
+                pos = (lengths - 1).unsqueeze(1) + torch.arange(
+                    len(tokens), device=self.device
+                ).unsqueeze(0)
                 states = hidden.gather(1, pos.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
                 if self._restricted_head_ok:
                     logp = self._head_logits(states, None).float().log_softmax(-1)
                 else:
-                    raise ConfigError("scoring.mode", "sequence", "is not supported for this backbone's output layer")
+                    raise ConfigError(
+                        "scoring.mode",
+                        "sequence",
+                        "is not supported for this backbone's output layer",
+                    )
                 target = torch.tensor(tokens, device=self.device)
-                scores[:, c] = logp.gather(2, target.view(1, -1, 1).expand(bsz, -1, 1)).squeeze(-1).sum(-1)
+                scores[:, c] = (
+                    logp.gather(2, target.view(1, -1, 1).expand(bsz, -1, 1)).squeeze(-1).sum(-1)
+                )
         if only_gold:
             assert batch.labels is not None
             return scores.gather(1, batch.labels.view(-1, 1)).squeeze(1)
@@ -442,7 +498,9 @@ class PromptModel:
         Probed once on a short input; backbones whose head does more than a linear map fall back
         to computing full logits.
         """
-        ids = self.tokenizer("a short probe sentence", return_tensors="pt")["input_ids"].to(self.device)
+        ids = self.tokenizer("a short probe sentence", return_tensors="pt")["input_ids"].to(
+            self.device
+        )
         try:
             ref = self.model(input_ids=ids, use_cache=False).logits[0, -1].float()
             hidden = self.model.base_model(input_ids=ids, use_cache=False).last_hidden_state[0, -1]

@@ -29,7 +29,9 @@ META_FILE = "prompt.json"
 VOCAB_SAMPLE_RANGE = 5000  # Lester et al. 2021 sample from the 5,000 most common tokens
 
 
-def init_prompt(model: PromptModel, cfg: PromptConfig, generator: torch.Generator | None = None) -> Tensor:
+def init_prompt(
+    model: PromptModel, cfg: PromptConfig, generator: torch.Generator | None = None
+) -> Tensor:
     """A new prompt ``[P, d]`` (float32, on CPU) per ``cfg.init``.
 
     - RANDOM: ``theta ~ N(0, sigma^2)``, sigma the std of the embedding matrix (so the prompt
@@ -57,7 +59,11 @@ def init_prompt(model: PromptModel, cfg: PromptConfig, generator: torch.Generato
         return emb[torch.tensor((ids * reps)[:length])].clone()
     prompt, _ = load_prompt(cfg.init_file)
     if tuple(prompt.shape) != (length, dim):
-        raise ConfigError("prompt.init_file", cfg.init_file, f"holds a prompt of shape {tuple(prompt.shape)}, expected {(length, dim)}")
+        raise ConfigError(
+            "prompt.init_file",
+            cfg.init_file,
+            f"holds a prompt of shape {tuple(prompt.shape)}, expected {(length, dim)}",
+        )
     return prompt
 
 
@@ -87,21 +93,31 @@ def load_prompt(folder: str | Path) -> tuple[Tensor, dict[str, Any]]:
     try:
         tensors = load_file(str(file))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise DataError("prompt.init_file", str(folder), f"corrupt prompt file ({str(exc).splitlines()[0][:80]})") from None
+        raise DataError(
+            "prompt.init_file",
+            str(folder),
+            f"corrupt prompt file ({str(exc).splitlines()[0][:80]})",
+        ) from None
     prompt = tensors.get("prompt")
     if prompt is None or prompt.dim() != 2 or not torch.isfinite(prompt).all():
-        raise DataError("prompt.init_file", str(folder), "holds no finite [P, d] tensor named 'prompt'")
+        raise DataError(
+            "prompt.init_file", str(folder), "holds no finite [P, d] tensor named 'prompt'"
+        )
     meta: dict[str, Any] = {}
     meta_file = file.parent / META_FILE
     if meta_file.is_file():
         try:
             meta = json.loads(meta_file.read_text("utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise DataError("prompt.init_file", str(folder), "prompt.json is not valid JSON") from None
+            raise DataError(
+                "prompt.init_file", str(folder), "prompt.json is not valid JSON"
+            ) from None
     return prompt.float(), meta
 
 
-def export_peft(prompt: Tensor, model: PromptModel, base_model_name_or_path: str, folder: str | Path) -> Path:
+def export_peft(
+    prompt: Tensor, model: PromptModel, base_model_name_or_path: str, folder: str | Path
+) -> Path:
     """Write ``prompt`` as a peft prompt-tuning adapter that ``PeftModel.from_pretrained`` loads.
 
     The adapter prepends the same P vectors to the (encoder) input embeddings, so it gives the
@@ -116,7 +132,9 @@ def export_peft(prompt: Tensor, model: PromptModel, base_model_name_or_path: str
         "num_virtual_tokens": int(prompt.shape[0]),
         "token_dim": int(prompt.shape[1]),
         "num_transformer_submodules": 1,
-        "num_attention_heads": int(getattr(config, "num_attention_heads", getattr(config, "num_heads", 1))),
+        "num_attention_heads": int(
+            getattr(config, "num_attention_heads", getattr(config, "num_heads", 1))
+        ),
         "num_layers": int(getattr(config, "num_hidden_layers", getattr(config, "num_layers", 1))),
         "prompt_tuning_init": "RANDOM",
         "prompt_tuning_init_text": None,
@@ -127,5 +145,8 @@ def export_peft(prompt: Tensor, model: PromptModel, base_model_name_or_path: str
     with atomic_path(folder) as tmp:
         tmp.mkdir(parents=True)
         (tmp / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2) + "\n")
-        save_file({"prompt_embeddings": prompt.detach().float().cpu().contiguous()}, str(tmp / "adapter_model.safetensors"))
+        save_file(
+            {"prompt_embeddings": prompt.detach().float().cpu().contiguous()},
+            str(tmp / "adapter_model.safetensors"),
+        )
     return Path(folder)

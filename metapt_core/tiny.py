@@ -56,7 +56,10 @@ def make_tiny_llama(out_dir: str | Path, seed: int = 0, hidden: int = 32, layers
     )
     tok.train_from_iterator(_corpus(), trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>", pad_token="<pad>"
+        tokenizer_object=tok,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<pad>",
     )
     fast.save_pretrained(out)
     torch.manual_seed(seed)

@@ -16,7 +16,16 @@ from tasks.stage import RunContext, StageSpec, core_output, execute_stage, setti
 
 CORE = "metapt_core.meta:meta_pretrain"
 MODULES = ["metapt_core.meta", "metapt_core.lm", "metapt_core.prompt"]
-SETTINGS = ["seed", "meta", "backbone", "prompt", "scoring", "pool.classes", "pool.template", "pool.verbalizer"]
+SETTINGS = [
+    "seed",
+    "meta",
+    "backbone",
+    "prompt",
+    "scoring",
+    "pool.classes",
+    "pool.template",
+    "pool.verbalizer",
+]
 
 
 @task(name="meta-pretrain", cache_policy=no_cache(), **TASK_OPTIONS)

@@ -16,7 +16,17 @@ from tasks.stage import RunContext, StageSpec, core_output, execute_stage, setti
 CORE = "metapt_core.ppt:ppt_pretrain"
 MODULES = ["metapt_core.ppt", "metapt_core.lm", "metapt_core.prompt"]
 # PPT's budget is matched to MetaPT's, so it reads the meta section too.
-SETTINGS = ["seed", "ppt", "meta", "backbone", "prompt", "scoring", "pool.classes", "pool.template", "pool.verbalizer"]
+SETTINGS = [
+    "seed",
+    "ppt",
+    "meta",
+    "backbone",
+    "prompt",
+    "scoring",
+    "pool.classes",
+    "pool.template",
+    "pool.verbalizer",
+]
 
 
 @task(name="ppt", cache_policy=no_cache(), **TASK_OPTIONS)

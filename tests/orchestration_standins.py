@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from metapt_core.config import to_dict
 from metapt_core.store import ArtifactRef, atomic_write_json, atomic_write_text, seal
 
 Progress = Any
@@ -111,7 +112,9 @@ def ingest_tasks(
         folder = out_dir / "tasks" / spec.name
         folder.mkdir(parents=True)
         for split in ("train", "test"):
-            pd.DataFrame({"text": ["a", "b"], "label": spec.classes[:2]}).to_parquet(
+            # the content follows the task settings, as the real ingestion's does
+            text = f"{_number(to_dict(spec), split):.6f}"
+            pd.DataFrame({"text": [text, "b"], "label": spec.classes[:2]}).to_parquet(
                 folder / f"{split}.parquet"
             )
     return FakeResult(seal(out_dir / "tasks"), {"tasks": len(cfg.tasks)})
@@ -122,7 +125,8 @@ def embed_pool(
 ) -> FakeResult:
     _called("embed", progress)
     rows = len(pd.read_parquet(pool_ref.path))
-    vectors = np.random.default_rng(cfg.batch_size).normal(size=(rows, 8)).astype(np.float32)
+    seed = int(_number(to_dict(cfg)) * 1e6)
+    vectors = np.random.default_rng(seed).normal(size=(rows, 8)).astype(np.float32)
     np.save(out_dir / "embeddings.npy", vectors)
     return FakeResult(seal(out_dir), {"rows": rows, "dim": 8})
 
@@ -156,8 +160,9 @@ def load_prompt_model(cfg: Any) -> str:
     return "fake-backbone"
 
 
-def _prompt(out_dir: Path, made_by: str, shards_ref: ArtifactRef, cfg: Any) -> None:
-    vector = np.full((cfg.prompt.length, 4), _number(made_by, shards_ref.sha256), dtype=np.float32)
+def _prompt(out_dir: Path, made_by: str, shards_ref: ArtifactRef, cfg: Any, section: Any) -> None:
+    value = _number(made_by, shards_ref.sha256, to_dict(section))
+    vector = np.full((cfg.prompt.length, 4), value, dtype=np.float32)
     np.save(out_dir / "prompt.npy", vector)
     atomic_write_json(out_dir / "prompt.json", {"made_by": made_by, "length": cfg.prompt.length})
 
@@ -171,7 +176,7 @@ def meta_pretrain(
     progress: Progress = None,
 ) -> FakeResult:
     _called(f"meta-pretrain-{algorithm.value}", progress)
-    _prompt(out_dir, f"metapt_{algorithm.value}", shards_ref, cfg)
+    _prompt(out_dir, f"metapt_{algorithm.value}", shards_ref, cfg, cfg.meta)
     curve = [1.0 / (step + 1) for step in range(cfg.meta.meta_steps)]
     return FakeResult(seal(out_dir), {"meta_loss": curve, "final_loss": curve[-1]})
 
@@ -180,7 +185,7 @@ def ppt_pretrain(
     shards_ref: ArtifactRef, cfg: Any, backbone: Any, out_dir: Path, progress: Progress = None
 ) -> FakeResult:
     _called("ppt", progress)
-    _prompt(out_dir, "ppt", shards_ref, cfg)
+    _prompt(out_dir, "ppt", shards_ref, cfg, cfg.ppt)
     return FakeResult(seal(out_dir), {"train_loss": [0.9, 0.7, 0.6]})
 
 
@@ -201,7 +206,9 @@ def evaluate_group(
         raise RuntimeError(f"injected failure in {label}")
     cells = []
     for method, ref in sorted(prompts.items()):
-        accuracy = 0.5 + 0.4 * _number(method, shots, seed, ref.sha256 if ref else None)
+        accuracy = 0.5 + 0.4 * _number(
+            method, shots, seed, ref.sha256 if ref else None, tasks_ref.sha256, to_dict(cfg.fewshot)
+        )
         cells.append(
             {
                 "task": task_name,

@@ -7,6 +7,7 @@ Prefect server under its work dir) and SQLite MLflow under its work dir; it inhe
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -81,10 +82,8 @@ def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[st
 
 
 def kill_group(proc: subprocess.Popen[str]) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def follow(

@@ -156,7 +156,9 @@ def test_full_pipeline_served_cached_and_partially_recomputed(served) -> None:
     )
     print(f"first run {first:.1f} s, cached run {second:.1f} s ({second / first:.2f} of the first)")
     assert second < 0.5 * first
-    stored = {stage: len(list((work / "artifacts" / stage).glob("*/record.json"))) for stage in STAGES}
+    stored = {
+        stage: len(list((work / "artifacts" / stage).glob("*/record.json"))) for stage in STAGES
+    }
     assert stored == {**dict.fromkeys(STAGES, 1), "evaluate-cells": 2}  # nothing stored twice
 
     run_deployment(env, [*overrides, "cluster.n_clusters=2"])
@@ -179,7 +181,9 @@ def test_full_pipeline_served_cached_and_partially_recomputed(served) -> None:
         "evaluate-cells": False,
         "report": False,
     }
-    stored = {stage: len(list((work / "artifacts" / stage).glob("*/record.json"))) for stage in STAGES}
+    stored = {
+        stage: len(list((work / "artifacts" / stage).glob("*/record.json"))) for stage in STAGES
+    }
     assert stored == {
         "ingest-pool": 1,
         "ingest-tasks": 1,

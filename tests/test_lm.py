@@ -35,7 +35,9 @@ def _prompt(model: PromptModel, length: int = 5, seed: int = 0) -> torch.Tensor:
     return init_prompt(model, cfg, torch.Generator().manual_seed(seed))
 
 
-def _reference_causal_logits(bb: Backbone, prompt: torch.Tensor, model: PromptModel, texts: list[str]) -> torch.Tensor:
+def _reference_causal_logits(
+    bb: Backbone, prompt: torch.Tensor, model: PromptModel, texts: list[str]
+) -> torch.Tensor:
     """Full-vocabulary logits of the whole model over [prompt; text], at each answer position."""
     batch = model.encode(texts, None, FMT)
     emb = bb.model.get_input_embeddings()(batch.input_ids)
@@ -68,7 +70,10 @@ def test_first_token_scores_match_full_model(tiny_llama_path: Path, cache: bool)
 
 def test_prompt_cache_gives_same_scores_and_gradients(tiny_llama_path: Path) -> None:
     bb = _backbone(tiny_llama_path)
-    cached, plain = PromptModel(bb, ScoringConfig(prompt_cache=True)), PromptModel(bb, ScoringConfig(prompt_cache=False))
+    cached, plain = (
+        PromptModel(bb, ScoringConfig(prompt_cache=True)),
+        PromptModel(bb, ScoringConfig(prompt_cache=False)),
+    )
     prompt = _prompt(cached).requires_grad_()
     batch = cached.encode(TEXTS, LABELS, FMT)
     (g_cached,) = torch.autograd.grad(cached.loss(prompt, batch), prompt)
@@ -83,10 +88,14 @@ def test_per_row_prompts_equal_shared_prompt(tiny_llama_path: Path, tiny_t5_path
         prompt = _prompt(model)
         batch = model.encode(TEXTS, LABELS, FMT)
         rows = prompt.unsqueeze(0).repeat(len(TEXTS), 1, 1)
-        torch.testing.assert_close(model.class_scores(rows, batch), model.class_scores(prompt, batch), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            model.class_scores(rows, batch), model.class_scores(prompt, batch), atol=1e-5, rtol=1e-5
+        )
         # A different prompt in one row changes only that row.
         rows[1] += 1.0
-        diff = (model.class_scores(rows, batch) - model.class_scores(prompt, batch)).abs().sum(dim=1)
+        diff = (
+            (model.class_scores(rows, batch) - model.class_scores(prompt, batch)).abs().sum(dim=1)
+        )
         assert diff[1] > 1e-3 and diff[0] < 1e-6 and diff[2] < 1e-6
 
 
@@ -99,12 +108,16 @@ def test_sequence_mode_is_log_likelihood_of_label_tokens(tiny_llama_path: Path) 
     assert max(len(t) for t in batch.label_tokens) > 1  # a multi-token label word is exercised
     scores = model.class_scores(prompt, batch)
     # Reference: render "text + label word" and sum log-probs of the label tokens, by hand.
-    for c, word in enumerate(fmt.verbalizer):
+    for c, _word in enumerate(fmt.verbalizer):
         tokens = batch.label_tokens[c]
         for i, text in enumerate(TEXTS):
-            ids = model.tokenizer(f"{text} It was", add_special_tokens=True)["input_ids"] + list(tokens)
+            ids = model.tokenizer(f"{text} It was", add_special_tokens=True)["input_ids"] + list(
+                tokens
+            )
             emb = bb.model.get_input_embeddings()(torch.tensor([ids]))
-            logp = bb.model(inputs_embeds=torch.cat([prompt.unsqueeze(0), emb], 1)).logits.log_softmax(-1)[0]
+            logp = bb.model(
+                inputs_embeds=torch.cat([prompt.unsqueeze(0), emb], 1)
+            ).logits.log_softmax(-1)[0]
             start = prompt.shape[0] + len(ids) - len(tokens) - 1
             ref = sum(logp[start + j, t] for j, t in enumerate(tokens))
             assert abs(float(scores[i, c]) - float(ref)) < 1e-4
@@ -171,18 +184,32 @@ def test_training_never_changes_the_backbone(tiny_llama_path: Path) -> None:
 def test_init_modes(tiny_llama_path: Path, tmp_path: Path) -> None:
     model = PromptModel(_backbone(tiny_llama_path))
     emb = model.embedding_matrix.detach()
-    vocab = init_prompt(model, PromptConfig(length=6, init=PromptInit.SAMPLE_VOCAB), torch.Generator().manual_seed(1))
+    vocab = init_prompt(
+        model,
+        PromptConfig(length=6, init=PromptInit.SAMPLE_VOCAB),
+        torch.Generator().manual_seed(1),
+    )
     assert all(any(torch.equal(row, e) for e in emb) for row in vocab)
     ids = model.tokenizer("good movie", add_special_tokens=False)["input_ids"]
-    text = init_prompt(model, PromptConfig(length=2 * len(ids) + 1, init=PromptInit.TEXT, init_text="good movie"), None)
+    text = init_prompt(
+        model,
+        PromptConfig(length=2 * len(ids) + 1, init=PromptInit.TEXT, init_text="good movie"),
+        None,
+    )
     assert torch.equal(text[0], emb[ids[0]]) and torch.equal(text[len(ids)], emb[ids[0]])
-    rnd = init_prompt(model, PromptConfig(length=400, init=PromptInit.RANDOM), torch.Generator().manual_seed(2))
+    rnd = init_prompt(
+        model, PromptConfig(length=400, init=PromptInit.RANDOM), torch.Generator().manual_seed(2)
+    )
     assert abs(float(rnd.std()) - float(emb.std())) < 0.1 * float(emb.std())
     save_prompt(tmp_path / "p", vocab, {"made_by": "test"})
-    from_file = init_prompt(model, PromptConfig(length=6, init=PromptInit.FILE, init_file=str(tmp_path / "p")), None)
+    from_file = init_prompt(
+        model, PromptConfig(length=6, init=PromptInit.FILE, init_file=str(tmp_path / "p")), None
+    )
     assert torch.equal(from_file, vocab)
     with pytest.raises(ConfigError, match="prompt.init_file"):
-        init_prompt(model, PromptConfig(length=5, init=PromptInit.FILE, init_file=str(tmp_path / "p")), None)
+        init_prompt(
+            model, PromptConfig(length=5, init=PromptInit.FILE, init_file=str(tmp_path / "p")), None
+        )
 
 
 def test_prompt_round_trip_and_corruption(tmp_path: Path) -> None:
@@ -198,7 +225,9 @@ def test_prompt_round_trip_and_corruption(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("which", ["llama", "t5"])
-def test_peft_export_gives_same_scores(which: str, tiny_llama_path: Path, tiny_t5_path: Path, tmp_path: Path) -> None:
+def test_peft_export_gives_same_scores(
+    which: str, tiny_llama_path: Path, tiny_t5_path: Path, tmp_path: Path
+) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
@@ -209,15 +238,23 @@ def test_peft_export_gives_same_scores(which: str, tiny_llama_path: Path, tiny_t
     ours = model.class_scores(prompt, batch)
     export_peft(prompt, model, str(path), tmp_path / "adapter")
     fresh_cls = AutoModelForCausalLM if which == "llama" else AutoModelForSeq2SeqLM
-    peft_model = PeftModel.from_pretrained(fresh_cls.from_pretrained(path), tmp_path / "adapter").eval()
+    peft_model = PeftModel.from_pretrained(
+        fresh_cls.from_pretrained(path), tmp_path / "adapter"
+    ).eval()
     first = [t[0] for t in batch.label_tokens]
     with torch.no_grad():
         if which == "llama":
-            logits = peft_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+            logits = peft_model(
+                input_ids=batch.input_ids, attention_mask=batch.attention_mask
+            ).logits
             theirs = logits[torch.arange(3), 4 + batch.lengths - 1][:, first]
         else:
             dec = torch.tensor([list(batch.decoder_prefix)] * 3)
-            logits = peft_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, decoder_input_ids=dec).logits
+            logits = peft_model(
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                decoder_input_ids=dec,
+            ).logits
             theirs = logits[:, -1, first]
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
 
@@ -232,7 +269,9 @@ def test_grouped_prompts_equal_per_row_prompts(tiny_llama_path: Path, tiny_t5_pa
         per_row = model.class_scores(prompts.repeat_interleave(2, dim=0), batch)
         torch.testing.assert_close(grouped, per_row, atol=1e-5, rtol=1e-5)
         (g_grouped,) = torch.autograd.grad(model.loss(prompts, batch), prompts)
-        (g_rows,) = torch.autograd.grad(model.loss(prompts.repeat_interleave(2, dim=0), batch), prompts)
+        (g_rows,) = torch.autograd.grad(
+            model.loss(prompts.repeat_interleave(2, dim=0), batch), prompts
+        )
         torch.testing.assert_close(g_grouped, g_rows, atol=1e-6, rtol=1e-5)
         with pytest.raises(ValueError, match="does not fit"):
             model.class_scores(torch.stack([prompts[0]] * 3), batch)

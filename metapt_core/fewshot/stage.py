@@ -61,12 +61,16 @@ def evaluate_group(
     rows = [r.to_dict() for r in results]
     stats: dict[str, Any] = {}
     if cfg.grid.zero_shot and shots == cfg.fewshot.shots[0] and seed == cfg.fewshot.seeds[0]:
-        zs = zero_shot(model, task_spec(cfg, task_name), tasks_ref.path, cfg.fewshot.eval_batch_size)
+        zs = zero_shot(
+            model, task_spec(cfg, task_name), tasks_ref.path, cfg.fewshot.eval_batch_size
+        )
         stats["zero_shot"] = {task_name: zs["accuracy"]}
         stats["zero_shot_macro_f1"] = {task_name: zs["macro_f1"]}
     if progress is not None:
         progress(2, 2, f"{task_name} k={shots} seed={seed}: done")
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_dir / CELLS_FILE) as tmp:
-        tmp.write_text(json.dumps({"cells": rows, **stats}, indent=2, default=str) + "\n", encoding="utf-8")
+        tmp.write_text(
+            json.dumps({"cells": rows, **stats}, indent=2, default=str) + "\n", encoding="utf-8"
+        )
     return GroupResult(ref=ArtifactRef.of(out_dir / CELLS_FILE), cells=rows, stats=stats)
