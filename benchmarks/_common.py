@@ -29,6 +29,9 @@ for _key, _value in {
     "DO_NOT_TRACK": "true",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    # OpenMP threads that spin while waiting slow torch ~10x on shared cores; read when torch
+    # loads, so it holds in the processes run_all.py starts (and under make bench).
+    "OMP_WAIT_POLICY": "PASSIVE",
 }.items():
     os.environ.setdefault(_key, _value)
 

@@ -9,36 +9,35 @@ class MetaptError(ValueError):
     """Base class for every user-facing error; its message is a single line."""
 
 
-class ConfigError(MetaptError):
-    """A setting has a bad value.
+class FieldError(MetaptError):
+    """A named setting or input has a bad value.
 
     Args:
-        field: dotted path of the setting, e.g. ``meta.inner_lr``.
-        value: the offending value.
+        field: dotted path of the setting or input, e.g. ``meta.inner_lr``, ``tasks[mr].train``.
+        value: the offending value (shown shortened).
         reason: what is wrong with it, in a few words.
     """
 
+    max_shown = 120
+
     def __init__(self, field: str, value: Any, reason: str) -> None:
         self.field = field
         self.value = value
         self.reason = reason
         shown = repr(value)
-        if len(shown) > 120:
-            shown = shown[:117] + "..."
+        if len(shown) > self.max_shown:
+            shown = shown[: self.max_shown - 3] + "..."
         super().__init__(f"{field}={shown}: {reason}".replace("\n", " "))
 
 
-class DataError(MetaptError):
+class ConfigError(FieldError):
+    """A setting has a bad value."""
+
+
+class DataError(FieldError):
     """An input file or data set cannot be used as configured."""
 
-    def __init__(self, field: str, value: Any, reason: str) -> None:
-        self.field = field
-        self.value = value
-        self.reason = reason
-        shown = repr(value)
-        if len(shown) > 160:
-            shown = shown[:157] + "..."
-        super().__init__(f"{field}={shown}: {reason}".replace("\n", " "))
+    max_shown = 160
 
 
 class IntegrityError(MetaptError):

@@ -137,4 +137,4 @@ def ppt_pretrain(
         "batch_size": batch_size,
         "config": {"ppt": to_dict(cfg.ppt), "prompt": to_dict(cfg.prompt)},
     }
-    return finish(out, ckpt, prompt, info, history, started)
+    return finish(out, ckpt, prompt, info, history, started, model)

@@ -55,6 +55,9 @@ def test_meta_pretrain_on_tiny_lm_keeps_backbone_frozen(
     assert prompt.shape == (3, model.embed_dim) and info["algorithm"] == "maml"
     history = json.loads((tmp_path / "maml" / "history.json").read_text())
     assert all(torch.isfinite(torch.tensor(h["query_loss"])) for h in history[1:])
+    for folder in ("maml", "ppt"):  # each learned prompt ships as a peft adapter too
+        adapter = json.loads((tmp_path / folder / "peft" / "adapter_config.json").read_text())
+        assert adapter["num_virtual_tokens"] == 3 and adapter["peft_type"] == "PROMPT_TUNING"
     after = _snapshot(model)
     assert before.keys() == after.keys()
     for key in before:

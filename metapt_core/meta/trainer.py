@@ -289,14 +289,22 @@ def summarise(history: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def write_prompt_artifact(
-    out_dir: Path, prompt: Tensor, meta: dict[str, Any], history: list[dict[str, Any]]
+    out_dir: Path,
+    prompt: Tensor,
+    meta: dict[str, Any],
+    history: list[dict[str, Any]],
+    model: Any = None,
 ) -> ArtifactRef:
-    """Write the prompt folder (prompt + ``history.json``) in one atomic rename."""
-    from metapt_core.prompt import save_prompt
+    """Write the prompt folder (prompt + ``history.json``, and ``peft/``: the prompt as a peft
+    prompt-tuning adapter when ``model`` is a real backbone) in one atomic rename."""
+    from metapt_core.prompt import export_peft, save_prompt
 
     with atomic_path(out_dir) as tmp:
         save_prompt(tmp, prompt, meta)
         atomic_write_json(tmp / "history.json", history)
+        if model is not None and hasattr(model, "kind") and hasattr(model, "model"):
+            base = str(getattr(model.model.config, "_name_or_path", "") or model.name)
+            export_peft(prompt, model, base, tmp / "peft")
     return ArtifactRef.of(out_dir)
 
 
@@ -307,10 +315,11 @@ def finish(
     meta: dict[str, Any],
     history: list[dict[str, Any]],
     started: float,
+    model: Any = None,
 ) -> PretrainResult:
     """Rank 0 writes the artifact and drops the checkpoints; every rank returns the result."""
     if dist_utils.is_main_process():
-        write_prompt_artifact(out_dir, prompt, meta, history)
+        write_prompt_artifact(out_dir, prompt, meta, history, model)
         remove_checkpoints(ckpt_dir)
     dist_utils.barrier()
     metrics = summarise(history)
@@ -469,7 +478,7 @@ def meta_pretrain(
         "tasks": [t.cluster_id for t in tasks],
         "config": {"meta": to_dict(meta), "prompt": to_dict(cfg.prompt)},
     }
-    return finish(out, ckpt, prompt, info, history, started)
+    return finish(out, ckpt, prompt, info, history, started, model)
 
 
 def tensor_hash(tensor: Tensor) -> str:

@@ -1,0 +1,289 @@
+"""Cache integrity: altered outputs are never used, and each change invalidates exactly what it should.
+
+Real outputs (one real smoke run, module fixture): a stored file of any stage that is truncated or
+altered is rejected by its fingerprint; a rerun recomputes exactly the tampered stages, restores
+the same bytes, and serves everything else from the store.
+
+Invalidation per stage (the orchestration with the core stand-ins, in-process on a local
+Prefect API, so that each case is a few seconds): a parameter a stage reads recomputes that stage
+and its dependents; a change in a stage's code version recomputes that stage (whose output, the
+same, then leaves its dependents cached); a change in an input file's content recomputes its
+ingestion. The store's records (``flow_run_id``) and the stand-ins' call log tell what recomputed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from smoke_runs import isolated_env, records, results_table, run
+
+from tasks.cache import RECORD, lookup
+
+pytestmark = pytest.mark.slow
+
+STORE_STAGES = (
+    "ingest-pool",
+    "ingest-tasks",
+    "embed",
+    "cluster",
+    "ppt",
+    "meta-pretrain",
+    "evaluate-cells",
+    "report",
+)
+ALL_CALLS = [
+    "ingest-pool",
+    "ingest-tasks",
+    "embed",
+    "cluster",
+    "ppt",
+    "meta-pretrain-maml",
+    "evaluate-cells mr/k2/s0",
+    "evaluate-cells mr/k2/s1",
+    "report",
+]
+GRID_CALLS = ["evaluate-cells mr/k2/s0", "evaluate-cells mr/k2/s1", "report"]
+PRETRAIN_CALLS = ["ppt", "meta-pretrain-maml", *GRID_CALLS]
+
+
+# ------------------------------------------------------------------ real outputs
+
+
+@pytest.fixture(scope="module")
+def real_store(tmp_path_factory: pytest.TempPathFactory, assets_dir: Path) -> Path:
+    """The work dir of one real smoke run."""
+    root = tmp_path_factory.mktemp("integrity")
+    result = run(root / "work", assets_dir, isolated_env(root / "home"), root / "run.log")
+    assert result.returncode == 0, result.output[-4000:]
+    return root / "work"
+
+
+def stage_entries(work: Path, stage: str) -> list[Path]:
+    return sorted(p.parent for p in (work / "artifacts" / stage).glob(f"*/{RECORD}"))
+
+
+def stored_files(folder: Path) -> list[Path]:
+    return sorted(p for p in (folder / "out").rglob("*") if p.is_file())
+
+
+def valid(folder: Path, stage: str) -> bool:
+    key = json.loads((folder / RECORD).read_text())["key"]
+    return lookup(folder.parent.parent.parent, stage, key) is not None
+
+
+@pytest.mark.parametrize("stage", STORE_STAGES)
+def test_altered_or_truncated_real_output_is_rejected(real_store: Path, stage: str) -> None:
+    folder = stage_entries(real_store, stage)[0]
+    assert valid(folder, stage)
+    for file in stored_files(folder):  # every file of the output, not only the one passed on
+        original = file.read_bytes()
+        try:
+            file.write_bytes(original[: len(original) // 2])  # truncated
+            assert not valid(folder, stage), f"truncated {file} accepted"
+            altered = bytearray(original)
+            altered[len(altered) // 2] ^= 0x01  # one bit flipped, same size
+            file.write_bytes(bytes(altered))
+            assert not valid(folder, stage), f"altered {file} accepted"
+        finally:
+            file.write_bytes(original)
+        assert valid(folder, stage)
+
+
+def test_tampered_real_outputs_are_recomputed_never_used(
+    real_store: Path, tmp_path: Path, assets_dir: Path
+) -> None:
+    work = tmp_path / "work"
+    shutil.copytree(real_store / "artifacts", work / "artifacts")
+    before = {stage: {json.dumps(r["ref"]) for r in recs} for stage, recs in records(work).items()}
+    table = results_table(work)
+    tampered = {
+        "embed": stage_entries(work, "embed")[0] / "out" / "embeddings.npy",
+        "meta-pretrain": stage_entries(work, "meta-pretrain")[0] / "out" / "prompt.safetensors",
+    }
+    original = {stage: path.read_bytes() for stage, path in tampered.items()}
+    tampered["embed"].write_bytes(original["embed"][:-64])  # truncated
+    tampered["meta-pretrain"].write_bytes(original["meta-pretrain"][:-4] + b"\0\0\0\0")  # altered
+    result = run(work, assets_dir, isolated_env(tmp_path / "home"), tmp_path / "rerun.log")
+    assert result.returncode == 0, result.output[-4000:]
+
+    recomputed = sorted(
+        stage
+        for stage, recs in records(work).items()
+        for r in recs
+        if r["source_run_id"] not in _source_runs(real_store, stage)
+    )
+    # Recomputed from intact inputs, the outputs come out identical, so dependents stay cached.
+    assert recomputed == ["embed", "meta-pretrain"]
+    for stage, path in tampered.items():
+        assert path.read_bytes() == original[stage], f"{stage} not restored"
+    after = {stage: {json.dumps(r["ref"]) for r in recs} for stage, recs in records(work).items()}
+    assert after == before
+    assert "embed: computing" in result.output
+    assert "meta-pretrain-maml: computing" in result.output
+    assert "cluster: served from cache" in result.output
+    assert "evaluate-mr-k2-s0: served from cache" in result.output
+    assert results_table(work) == table
+
+
+def _source_runs(work: Path, stage: str) -> set[str]:
+    return {str(r["source_run_id"]) for r in records(work).get(stage, [])}
+
+
+# ------------------------------------------------------------------ invalidation per stage
+
+
+@pytest.fixture(scope="module")
+def harness() -> Iterator[None]:
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture
+def standins(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    import orchestration_standins
+
+    log = tmp_path / "calls.log"
+    orchestration_standins.install(monkeypatch)
+    monkeypatch.setenv("METAPT_FAKE_LOG", str(log))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return log
+
+
+def calls(log: Path) -> list[str]:
+    lines = log.read_text().splitlines() if log.exists() else []
+    log.write_text("")
+    return lines
+
+
+@pytest.fixture(scope="module")
+def baseline(harness: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The store of one stand-in run of the smoke profile (copied by each case)."""
+    import orchestration_standins
+
+    from flows.metapt import metapt_flow
+
+    work = tmp_path_factory.mktemp("baseline") / "work"
+    with pytest.MonkeyPatch.context() as patch:
+        orchestration_standins.install(patch)
+        patch.delenv("METAPT_FAKE_LOG", raising=False)
+        metapt_flow(profile="smoke", overrides=[f"work_dir={work}"])
+    return work
+
+
+def rerun(baseline: Path, tmp_path: Path, **kwargs: Any) -> Path:
+    from flows.metapt import metapt_flow
+
+    work = tmp_path / "work"
+    shutil.copytree(baseline / "artifacts", work / "artifacts")
+    overrides = [f"work_dir={work}", *kwargs.pop("overrides", [])]
+    metapt_flow(profile="smoke", overrides=overrides, **kwargs)
+    return work
+
+
+TASKS_YAML = """\
+tasks:
+  - name: mr
+    train: {name: vader-movie, format: builtin, path: vader_movie, label_column: score,
+            label_bins: [-1.0e-9, 1.0e-9], label_map: {"0": negative, "2": positive},
+            drop_unmapped: true, max_rows: 2000}
+    classes: [negative, positive]
+    verbalizer: [bad, good]
+    max_test: 16
+"""
+
+# (stage, a setting only that stage reads, the computations it must cause)
+PARAMETERS = [
+    ("ingest-pool", "pool.seed=7", ALL_CALLS),
+    ("ingest-tasks", TASKS_YAML, ["ingest-tasks", *GRID_CALLS]),
+    ("embed", "embed.batch_size=32", ALL_CALLS[2:]),
+    ("cluster", "cluster.n_clusters=2", ALL_CALLS[3:]),
+    ("ppt", "ppt.lr=0.01", ["ppt", *GRID_CALLS]),
+    # PPT's budget and validation follow the meta section, so it is keyed on it too.
+    ("meta-pretrain", "meta.outer_lr=0.05", PRETRAIN_CALLS),
+    ("evaluate", "fewshot.steps=3", GRID_CALLS),
+    ("report", "grid.bootstrap=100", ["report"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("stage", "setting", "expected"), PARAMETERS, ids=[p[0] for p in PARAMETERS]
+)
+def test_parameter_change_recomputes_stage_and_dependents(
+    baseline: Path, standins: Path, tmp_path: Path, stage: str, setting: str, expected: list[str]
+) -> None:
+    if setting.startswith("tasks:"):
+        config = tmp_path / "tasks.yaml"
+        config.write_text(setting)
+        rerun(baseline, tmp_path, config_file=str(config))
+    else:
+        rerun(baseline, tmp_path, overrides=[setting])
+    assert calls(standins) == expected
+
+
+# (code module of a stage, the computations a change of its source must cause)
+CODE = [
+    ("metapt_core.data", ["ingest-pool", "ingest-tasks"]),
+    ("metapt_core.embedding", ["embed"]),
+    ("metapt_core.clustering", ["cluster"]),
+    ("metapt_core.ppt", ["ppt"]),
+    ("metapt_core.meta", ["meta-pretrain-maml"]),
+    ("metapt_core.fewshot", ["evaluate-cells mr/k2/s0", "evaluate-cells mr/k2/s1"]),
+    ("metapt_core.report", ["report"]),
+]
+
+
+@pytest.mark.parametrize(("module", "expected"), CODE, ids=[c[0] for c in CODE])
+def test_code_version_change_recomputes_stage(
+    baseline: Path,
+    standins: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    module: str,
+    expected: list[str],
+) -> None:
+    import tasks.stage
+
+    real = tasks.stage.code_version
+
+    def edited(modules: Any) -> str:
+        names = list(modules)
+        return real(names) + ("+edited" if module in names else "")
+
+    monkeypatch.setattr(tasks.stage, "code_version", edited)
+    rerun(baseline, tmp_path)
+    # The stand-ins' outputs do not depend on the code version: the dependents stay cached.
+    assert calls(standins) == expected
+
+
+def test_input_file_content_change_recomputes_ingestion(
+    harness: None, standins: Path, tmp_path: Path
+) -> None:
+    from flows.metapt import metapt_flow
+
+    data = tmp_path / "pool.csv"
+    lines = ["text,label"] + [
+        f"tweet number {i} about things,{('negative', 'neutral', 'positive')[i % 3]}"
+        for i in range(90)
+    ]
+    data.write_text("\n".join(lines) + "\n")
+    config = tmp_path / "pool.yaml"
+    config.write_text(
+        "pool:\n  sources:\n"
+        f"    - {{name: user-pool, format: csv, path: {data}, label_column: label}}\n"
+    )
+    work = [f"work_dir={tmp_path / 'work'}"]
+    metapt_flow(profile="smoke", config_file=str(config), overrides=work)
+    assert calls(standins) == ALL_CALLS
+    metapt_flow(profile="smoke", config_file=str(config), overrides=work)
+    assert calls(standins) == []
+    data.write_text("\n".join([*lines, "one more tweet about things,positive"]) + "\n")
+    metapt_flow(profile="smoke", config_file=str(config), overrides=work)
+    # The stand-in's pool does not read the file: only the ingestion itself is redone.
+    assert calls(standins) == ["ingest-pool"]
