@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metapt_core.store import ArtifactRef, atomic_write_json, stable_hash
+from metapt_core.store import ArtifactRef, atomic_write_json, fingerprint, stable_hash
 
 RECORD = "record.json"
 OUT = "out"
@@ -141,6 +141,10 @@ def lookup(work_dir: str | os.PathLike[str], stage: str, key: str) -> StageOutco
         return None
     if not ref.is_valid():
         return None
+    # The whole output folder too: a file beside the reference (diagnostics) may be altered.
+    whole = record.get("out_sha256")
+    if whole is not None and (not (folder / OUT).is_dir() or fingerprint(folder / OUT) != whole):
+        return None
     return StageOutcome(
         stage=stage,
         key=key,
@@ -189,6 +193,7 @@ class PendingStage:
             "key": self.key,
             "stage": self.stage,
             "ref": {"rel": rel, "sha256": ref.sha256},
+            "out_sha256": fingerprint(self.out_dir),
             "stats": stats,
             "source_run_id": source_run_id,
             "seconds": seconds,
