@@ -36,6 +36,34 @@ def apply_defaults() -> None:
         os.environ.setdefault(key, value)
 
 
+_home_lock: list[int] = []  # the open lock file of the shared home, held until exit
+
+
+def _private_home(shared: Path) -> Path:
+    """``shared`` if no other run on this work dir uses it, else a temporary home beside it.
+
+    Two temporary servers migrating one SQLite database at once fail ("index already
+    exists"), so a concurrent run gets its own database, removed when the run exits.
+    """
+    import atexit
+    import fcntl
+    import shutil
+    import tempfile
+
+    shared.mkdir(parents=True, exist_ok=True)  # sqlite cannot create the database's folder
+    fd = os.open(shared / "home.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        home = Path(tempfile.mkdtemp(prefix="concurrent-", dir=shared))
+        # registered before prefect's own exit hook, so it runs after the server has stopped
+        atexit.register(shutil.rmtree, home, True)
+        return home
+    _home_lock.append(fd)
+    return shared
+
+
 def core_logging() -> None:
     """Let the core's INFO lines through: Prefect attaches its handlers to the extra loggers but
     leaves their level unset (WARNING, from the root logger)."""
@@ -63,8 +91,7 @@ def use_ephemeral_prefect(work_dir: Path) -> bool:
     ``<work_dir>/prefect`` (call before prefect is imported). Returns True if it did so."""
     if prefect_api_configured():
         return False
-    home = work_dir / "prefect"
-    home.mkdir(parents=True, exist_ok=True)  # sqlite cannot create the database's folder
+    home = _private_home(work_dir / "prefect")
     os.environ["PREFECT_HOME"] = str(home)
     os.environ.setdefault("PREFECT_SERVER_ALLOW_EPHEMERAL_MODE", "true")
     return True

@@ -160,7 +160,8 @@ def report_task(ctx: RunContext, groups: list[StageOutcome], failed: list[str]) 
     spec = StageSpec(
         stage="report",
         settings={**settings_of(cfg, REPORT_SETTINGS), "failed": sorted(failed)},
-        upstream={f"group:{g.key[:16]}": g.ref for g in groups},
+        # by position, not by the groups' keys: a group recomputed to the same cells keeps the report
+        upstream={f"group:{index}": g.ref for index, g in enumerate(groups)},
         modules=REPORT_MODULES,
         compute=compute,
         artifacts=["."],

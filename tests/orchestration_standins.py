@@ -148,7 +148,8 @@ def cluster_pool(
         part = pool.iloc[cluster::k]
         part.to_parquet(shards / f"shard_{cluster:03d}.parquet")
         entries.append({"cluster_id": cluster, "rows": len(part), "top_terms": ["text"]})
-    atomic_write_json(shards / "manifest.json", {"method": "fake", "shards": entries})
+    manifest = {"method": "fake", "shards": entries, "embeddings": embed_ref.sha256}
+    atomic_write_json(shards / "manifest.json", manifest)
     (out_dir / "diagnostics").mkdir()
     atomic_write_json(
         out_dir / "diagnostics" / "top_terms.json", {str(c): ["text"] for c in range(k)}
