@@ -6,10 +6,12 @@ share, so every call here names its run id. The tracking URI is always absolute 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,6 +93,25 @@ def split_metrics(stats: dict[str, Any]) -> tuple[dict[str, float], dict[str, li
     return scalars, curves
 
 
+@contextlib.contextmanager
+def _sqlite_setup_lock(uri: str) -> Iterator[None]:
+    """Serialise the first connection to a SQLite store across processes: two pipeline runs
+    creating (migrating) the same new database at once fail in alembic."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    lock = Path(uri.removeprefix("sqlite:///")).with_suffix(".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 @dataclass(frozen=True)
 class Tracker:
     """Where a pipeline run is recorded: the tracking URI, the experiment, the parent run."""
@@ -103,6 +124,11 @@ class Tracker:
     def open(cls, cfg: PipelineConfig) -> Tracker:
         """Connect to the configured store and make sure the experiment exists."""
         uri = resolve_tracking_uri(cfg)
+        with _sqlite_setup_lock(uri):
+            return cls._open(cfg, uri)
+
+    @classmethod
+    def _open(cls, cfg: PipelineConfig, uri: str) -> Tracker:
         client = client_for(uri)
         experiment = client.get_experiment_by_name(cfg.tracking.experiment)
         if experiment is not None:
