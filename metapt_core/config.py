@@ -441,6 +441,7 @@ class FewShotConfig:
     steps: int = 30
     batch_size: int = 8
     lr: float = 0.3
+    optimizer: str = "adam"  # adam | sgd (sgd at meta.inner_lr is MetaPT's own inner loop)
     eval_every: int = 10  # dev evaluation period when a dev set is used
     eval_batch_size: int = 32
 
@@ -457,6 +458,8 @@ class FewShotConfig:
         _positive("fewshot.steps", self.steps)
         _positive("fewshot.batch_size", self.batch_size)
         _positive("fewshot.lr", self.lr)
+        if self.optimizer not in {"adam", "sgd"}:
+            raise ConfigError("fewshot.optimizer", self.optimizer, "must be adam or sgd")
         _positive("fewshot.eval_every", self.eval_every)
         _positive("fewshot.eval_batch_size", self.eval_batch_size)
 

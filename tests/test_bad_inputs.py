@@ -248,6 +248,8 @@ def config_rows() -> list[Row]:
          "must be a positive number"),
         ("negative_outer_lr", cfg_update({"meta": {"outer_lr": -0.03}}), "meta.outer_lr",
          "-0.03", "must be a positive number"),
+        ("unknown_fewshot_optimizer", cfg_update({"fewshot": {"optimizer": "lion"}}),
+         "fewshot.optimizer", "'lion'", "must be adam or sgd"),
         ("zero_prompt_length", cfg_update({"prompt": {"length": 0}}), "prompt.length", "0",
          "must be a positive integer"),
         ("verbalizer_length_mismatch", cfg_task(verbalizer=["bad"]), "tasks[mr].verbalizer",

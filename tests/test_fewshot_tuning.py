@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,6 +80,32 @@ def test_batched_training_equals_training_alone():
         alone, _ = tune_prompts(model, inits[m : m + 1], data, CFG, seeds[m])
         assert torch.allclose(batched[m], alone[0], atol=1e-5), m
         assert not torch.allclose(alone[0], inits[m], atol=1e-3)  # it did train
+
+
+def test_sgd_step_is_the_plain_gradient_step():
+    """One SGD step from p0 on the first minibatch is p0 - lr * grad L(p0) (MetaPT's inner update)."""
+    model, data = ToyModel(), toy_data()
+    init = torch.randn(1, 4, 5, generator=torch.Generator().manual_seed(8)) * 0.1
+    cfg = FewShotConfig(steps=1, batch_size=5, lr=0.3, optimizer="sgd")
+    trained, _ = tune_prompts(model, init, data, cfg, 4)
+    rows = MinibatchSampler(len(data), 5, 4).next()
+    p0 = init[0].clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(model.loss(p0, data.select(rows)), p0)
+    assert torch.allclose(trained[0], init[0] - 0.3 * grad, atol=1e-6)
+    adam, _ = tune_prompts(model, init, data, dataclasses.replace(cfg, optimizer="adam"), 4)
+    assert not torch.allclose(adam[0], trained[0], atol=1e-4)  # the setting is honoured
+
+
+def test_batched_sgd_training_equals_training_alone():
+    model, data = ToyModel(), toy_data()
+    inits = torch.randn(3, 4, 5, generator=torch.Generator().manual_seed(5)) * 0.1
+    cfg = dataclasses.replace(CFG, optimizer="sgd", lr=0.5)
+    batched, _ = tune_prompts(model, inits, data, cfg, [11, 12, 13])
+    for m in range(3):
+        alone, _ = tune_prompts(model, inits[m : m + 1], data, cfg, [11, 12, 13][m])
+        # float32 rounding of (M * mean) vs mean, carried through 12 steps at lr 0.5
+        assert torch.allclose(batched[m], alone[0], atol=1e-4), m
+        assert not torch.allclose(alone[0], inits[m], atol=1e-2)  # it did train
 
 
 def test_batched_training_with_dev_selection_equals_alone():

@@ -105,14 +105,16 @@ def tune_prompts(
     train_seeds: int | Sequence[int],
     dev_batch: Batch | None = None,
 ) -> tuple[Tensor, TuneHistory]:
-    """Tune M soft prompts on one task for ``cfg.steps`` Adam steps, in one batched pass.
+    """Tune M soft prompts on one task for ``cfg.steps`` optimiser steps, in one batched pass.
 
     Each step, prompt m draws ``b = min(cfg.batch_size, N)`` rows with its own generator; the
     M minibatches are concatenated into one batch of M*b rows with a prompt per row, and
 
         L = sum_m (1/b) sum_{i in batch_m} CE(scores(p_m, x_i), y_i) = M * mean over all rows,
 
-    so dL/dp_m is prompt m's own mean-loss gradient. With a dev set, every ``cfg.eval_every``
+    so dL/dp_m is prompt m's own mean-loss gradient. The optimiser (``cfg.optimizer``: Adam, or
+    plain SGD ``p <- p - lr * dL/dp``, the update of MetaPT's inner loop) is element-wise, so the
+    prompts stay uncoupled. With a dev set, every ``cfg.eval_every``
     steps and at the last step each prompt is scored on it and the best (accuracy, then
     macro-F1; earliest on ties) is kept.
 
@@ -120,7 +122,8 @@ def tune_prompts(
         model: a frozen prompt model (``loss``/``class_scores`` accept ``[P, d]`` or ``[B, P, d]``).
         init_prompts: starting prompts, [M, P, d].
         train_batch: the encoded few-shot training rows (N rows).
-        cfg: the few-shot settings (steps, batch_size, lr, eval_every, eval_batch_size).
+        cfg: the few-shot settings (steps, batch_size, lr, optimizer, eval_every,
+            eval_batch_size).
         train_seeds: one seed for all prompts, or one per prompt (length M).
         dev_batch: encoded dev rows for model selection, or None.
 
@@ -139,7 +142,11 @@ def tune_prompts(
     owner = torch.arange(n_prompts).repeat_interleave(rows_per_prompt)
 
     prompts = init_prompts.detach().clone().float().requires_grad_(True)
-    optimizer = torch.optim.Adam([prompts], lr=cfg.lr)
+    optimizer: torch.optim.Optimizer
+    if cfg.optimizer == "sgd":
+        optimizer = torch.optim.SGD([prompts], lr=cfg.lr)
+    else:
+        optimizer = torch.optim.Adam([prompts], lr=cfg.lr)
     history = TuneHistory(
         dev=[[] for _ in range(n_prompts)],
         best_step=[cfg.steps] * n_prompts,
