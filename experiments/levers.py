@@ -48,23 +48,13 @@ class Lever:
         return ["random", "ppt", self.init] if self.own_baselines else [self.init]
 
 
+BASE_001 = "meta.outer_lr=0.01"
 LEVERS = [
+    # one at a time around the default profile's MetaPT
     Lever("maml", "metapt_maml", (), "the default profile's MetaPT (MAML, k-means k=8, 30 steps)"),
     Lever("fomaml", "metapt_fomaml", (), "first-order MAML instead of MAML"),
-    Lever("reptile", "metapt_reptile", ("meta.inner_steps=3",), "Reptile, 3 inner steps"),
-    Lever("outer_lr_0.01", "metapt_maml", ("meta.outer_lr=0.01",), "outer Adam lr 0.03 -> 0.01"),
-    Lever("inner_lr_0.03", "metapt_maml", ("meta.inner_lr=0.03",), "inner SGD lr 0.3 -> 0.03"),
-    Lever("inner_lr_3", "metapt_maml", ("meta.inner_lr=3.0",), "inner SGD lr 0.3 -> 3.0"),
-    Lever("inner_steps_3", "metapt_maml", ("meta.inner_steps=3",), "3 inner steps instead of 1"),
-    Lever("meta_steps_60", "metapt_maml", ("meta.meta_steps=60",), "60 outer steps instead of 30"),
+    Lever("outer_lr_0.01", "metapt_maml", (BASE_001,), "outer Adam lr 0.03 -> 0.01"),
     Lever("auto_k", "metapt_maml", ("cluster.n_clusters=0",), "k chosen by silhouette (k=0)"),
-    Lever("k_3", "metapt_maml", ("cluster.n_clusters=3",), "k-means with 3 clusters"),
-    Lever(
-        "umap_hdbscan",
-        "metapt_maml",
-        ("cluster.method=umap_hdbscan", "cluster.n_clusters=0"),
-        "UMAP + HDBSCAN clusters instead of k-means",
-    ),
     Lever(
         "sgd_fewshot",
         "metapt_maml",
@@ -72,6 +62,39 @@ LEVERS = [
         "few-shot tuning of every init by SGD at 0.3 (MetaPT's inner update) instead of Adam",
         own_baselines=True,
     ),
+    # one at a time around outer lr 0.01 (the first lever that removed the collapse)
+    Lever(
+        "0.01+umap_hdbscan",
+        "metapt_maml",
+        (BASE_001, "cluster.method=umap_hdbscan", "cluster.n_clusters=0"),
+        "outer lr 0.01, UMAP + HDBSCAN clusters instead of k-means",
+    ),
+    Lever("0.01+k_3", "metapt_maml", (BASE_001, "cluster.n_clusters=3"), "outer lr 0.01, k=3"),
+    Lever(
+        "0.01+inner_lr_3",
+        "metapt_maml",
+        (BASE_001, "meta.inner_lr=3.0"),
+        "outer lr 0.01, inner SGD lr 0.3 -> 3.0",
+    ),
+    Lever(
+        "0.01+inner_lr_0.03",
+        "metapt_maml",
+        (BASE_001, "meta.inner_lr=0.03"),
+        "outer lr 0.01, inner SGD lr 0.3 -> 0.03",
+    ),
+    Lever(
+        "0.01+inner_steps_3",
+        "metapt_maml",
+        (BASE_001, "meta.inner_steps=3"),
+        "outer lr 0.01, 3 inner steps instead of 1",
+    ),
+    Lever(
+        "0.01+meta_steps_60",
+        "metapt_maml",
+        (BASE_001, "meta.meta_steps=60"),
+        "outer lr 0.01, 60 outer steps instead of 30",
+    ),
+    Lever("0.01+fomaml", "metapt_fomaml", (BASE_001,), "outer lr 0.01, first-order MAML"),
 ]
 BY_NAME = {lever.name: lever for lever in LEVERS}
 
