@@ -15,11 +15,22 @@ from tasks.stage import RunContext, StageSpec, core_output, execute_stage, setti
 
 CORE = "metapt_core.ppt:ppt_pretrain"
 MODULES = ["metapt_core.ppt", "metapt_core.lm", "metapt_core.prompt"]
-# PPT's budget is matched to MetaPT's, so it reads the meta section too.
+# PPT's budget is matched to MetaPT's and it is validated on the same episodes with the same
+# adaptation, so it reads those parts of the meta section, and only those: the outer optimiser's
+# settings (meta.outer_lr, meta.outer_optimizer, meta.reptile_step) do not change PPT.
 SETTINGS = [
     "seed",
     "ppt",
-    "meta",
+    "meta.meta_steps",
+    "meta.meta_batch_size",
+    "meta.support_size",
+    "meta.query_size",
+    "meta.inner_steps",
+    "meta.inner_lr",
+    "meta.val_every",
+    "meta.val_episodes",
+    "meta.val_fraction",
+    "meta.seed",
     "backbone",
     "prompt",
     "scoring",

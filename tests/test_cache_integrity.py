@@ -208,8 +208,10 @@ PARAMETERS = [
     ("embed", "embed.batch_size=32", ALL_CALLS[2:]),
     ("cluster", "cluster.n_clusters=2", ALL_CALLS[3:]),
     ("ppt", "ppt.lr=0.01", ["ppt", *GRID_CALLS]),
-    # PPT's budget and validation follow the meta section, so it is keyed on it too.
-    ("meta-pretrain", "meta.outer_lr=0.05", PRETRAIN_CALLS),
+    # MetaPT's outer optimiser is not PPT's: PPT is kept
+    ("meta-pretrain", "meta.outer_lr=0.05", ["meta-pretrain-maml", *GRID_CALLS]),
+    # PPT's budget is matched to MetaPT's, so it follows it
+    ("meta-budget", "meta.meta_steps=4", PRETRAIN_CALLS),
     ("evaluate", "fewshot.steps=3", GRID_CALLS),
     ("report", "grid.bootstrap=100", ["report"]),
 ]
