@@ -56,6 +56,12 @@ LEVERS = [
     Lever("outer_lr_0.01", "metapt_maml", (BASE_001,), "outer Adam lr 0.03 -> 0.01"),
     Lever("auto_k", "metapt_maml", ("cluster.n_clusters=0",), "k chosen by silhouette (k=0)"),
     Lever(
+        "meta_seed_1",
+        "metapt_maml",
+        ("meta.seed=1",),
+        "the same settings, another meta-training seed (initial prompt and episodes)",
+    ),
+    Lever(
         "sgd_fewshot",
         "metapt_maml",
         ("fewshot.optimizer=sgd", "fewshot.lr=0.3"),
