@@ -1,4 +1,4 @@
-"""Lever study: what each meta-training setting does to MetaPT on the default profile.
+"""Lever study: what each meta-training setting does to MetaPT on the `study` profile.
 
 A lever is one pipeline run (``metapt run``, so every number is an MLflow run and every stage is
 cached) with ``grid.inits`` reduced to the one MetaPT variant and some settings overridden. The
@@ -51,7 +51,7 @@ class Lever:
 BASE_001 = "meta.outer_lr=0.01"
 LEVERS = [
     # one at a time around the default profile's MetaPT
-    Lever("maml", "metapt_maml", (), "the default profile's MetaPT (MAML, k-means k=8, 30 steps)"),
+    Lever("maml", "metapt_maml", (), "the study profile's MetaPT (MAML, k-means k=8, 30 steps)"),
     Lever("fomaml", "metapt_fomaml", (), "first-order MAML instead of MAML"),
     Lever("outer_lr_0.01", "metapt_maml", (BASE_001,), "outer Adam lr 0.03 -> 0.01"),
     Lever("auto_k", "metapt_maml", ("cluster.n_clusters=0",), "k chosen by silhouette (k=0)"),
@@ -251,7 +251,7 @@ def lever_table(reference_run: str, record: dict[str, Any], profile: str) -> str
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("command", choices=["run", "table", "list"])
-    parser.add_argument("--profile", default="default")
+    parser.add_argument("--profile", default="study")
     parser.add_argument("--work-dir", default=".metapt")
     parser.add_argument("--only", action="append", default=[], help="lever names (repeatable)")
     parser.add_argument("--reference", default="", help="MLflow run id holding the baselines")

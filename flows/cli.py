@@ -24,7 +24,7 @@ EXIT_CONFIG = 2
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--profile", default="default", help="smoke, default or paper")
+    parser.add_argument("--profile", default="default", help="smoke, default, study or paper")
     parser.add_argument("--config", default="", help="a YAML file merged over the profile")
     parser.add_argument(
         "--set",

@@ -27,7 +27,7 @@ def metapt_flow(
     """Steps: ingest -> embed -> cluster -> meta-pretrain (MetaPT, PPT) -> evaluate (grid, report).
 
     Args:
-        profile: a bundled profile (smoke, default, paper).
+        profile: a bundled profile (smoke, default, study, paper).
         config_file: a YAML file merged over the profile.
         overrides: ``section.key=value`` settings, e.g. ``["cluster.n_clusters=4"]``.
         refresh: stages to recompute even if stored (ingest, embed, cluster, meta-pretrain,

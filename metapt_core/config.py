@@ -701,7 +701,7 @@ def parse_override(text: str) -> dict[str, Any]:
     return node
 
 
-PROFILES = ("smoke", "default", "paper")
+PROFILES = ("smoke", "default", "study", "paper")
 
 
 def profile_data(name: str) -> dict[str, Any]:

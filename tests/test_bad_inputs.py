@@ -263,7 +263,7 @@ def config_rows() -> list[Row]:
         ("template_without_answer", cfg_task(template="{text} It was"), "tasks[mr].template",
          "'{text} It was'", "must contain {answer}"),
         ("unknown_profile", lambda env: [lambda: load_config("nope")], "profile", "'nope'",
-         "unknown profile (known: smoke, default, paper)"),
+         "unknown profile (known: smoke, default, study, paper)"),
         ("bad_yaml_file", bad_yaml, "--config", "bad.yaml", "is not valid YAML"),
         ("yaml_not_a_mapping", yaml_list, "--config", "list.yaml",
          "must hold a mapping of settings"),

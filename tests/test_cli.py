@@ -48,3 +48,23 @@ def test_cache_clear_removes_one_stage(tmp_path: Path, capsys: pytest.CaptureFix
     assert (tmp_path / "artifacts" / "embed").exists()
     assert main(["cache", "clear", "--profile", "smoke", "--set", f"work_dir={tmp_path}"]) == 0
     assert not (tmp_path / "artifacts" / "embed").exists()
+
+
+def test_every_bundled_profile_resolves(capsys: pytest.CaptureFixture[str]) -> None:
+    from metapt_core.config import PROFILES
+
+    for name in PROFILES:
+        assert main(["config", "--profile", name]) == 0, name
+        assert f"profile: {name}" in capsys.readouterr().out
+
+
+def test_study_profile_keeps_the_lever_study_base() -> None:
+    """The lever table in the README pairs runs with this profile's reference run: its settings
+    must stay those of that run."""
+    from metapt_core.config import load_config
+
+    cfg = load_config("study")
+    assert cfg.pool.max_rows == 8000 and cfg.cluster.n_clusters == 8
+    assert (cfg.meta.meta_steps, cfg.meta.inner_lr, cfg.meta.outer_lr) == (30, 0.3, 0.03)
+    assert [t.max_test for t in cfg.tasks] == [150, 150, 150]
+    assert [i.value for i in cfg.grid.inits] == ["random", "sample_vocab", "ppt", "metapt_maml"]
