@@ -335,7 +335,9 @@ class BackboneConfig:
     kind: BackboneKind = BackboneKind.AUTO
     dtype: str = "float32"  # float32 | bfloat16 | float16
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    autocast_bf16: bool = False
+    autocast_bf16: bool = (
+        False  # bf16 autocast on CUDA and on CPUs with native bf16 (lm.native_bf16)
+    )
     trust_remote_code: bool = False
     revision: str = ""
 

@@ -114,7 +114,8 @@ class PromptModel:
     Args:
         backbone: the loaded, frozen model and tokenizer.
         scoring: scoring mode, loss, prompt cache and maximum text length.
-        autocast_bf16: run the backbone under bf16 autocast (CUDA only).
+        autocast_bf16: run the backbone under bf16 autocast, on CUDA and on a CPU with native
+            bf16 matmuls (AVX512-BF16 or AMX; see :func:`native_bf16`); elsewhere it stays fp32.
     """
 
     accepts_grouped_prompts = True
@@ -127,7 +128,7 @@ class PromptModel:
         self.tokenizer = backbone.tokenizer
         self.kind = backbone.kind
         self.scoring = scoring or ScoringConfig()
-        self.autocast_bf16 = autocast_bf16 and backbone.device.type == "cuda"
+        self.autocast_bf16 = autocast_bf16 and native_bf16(backbone.device)
         self._embed: torch.nn.Module = self.model.get_input_embeddings()
         self._head: torch.nn.Module = self.model.get_output_embeddings()
         self._restricted_head_ok = (
@@ -296,7 +297,7 @@ class PromptModel:
 
     def _autocast(self) -> contextlib.AbstractContextManager[None]:
         if self.autocast_bf16:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     @staticmethod
@@ -509,6 +510,19 @@ class PromptModel:
             return False
         scale = ref.abs().max().clamp_min(1.0)
         return bool(((ours - ref).abs().max() / scale) < 1e-3)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """True where bf16 autocast is fast: CUDA, or a CPU whose oneDNN has native bf16 kernels
+    (AVX512-BF16 or AMX). On other CPUs bf16 is emulated and slower than fp32."""
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def load_prompt_model(cfg: PipelineConfig) -> PromptModel:

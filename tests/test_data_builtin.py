@@ -54,13 +54,13 @@ def test_default_profile_ingests(assets: AssetPaths, tmp_path: Path) -> None:
     cfg = load_config("default")
     pool = ingest_pool(cfg, assets, tmp_path / "pool")
     table = pq.read_table(pool.ref.path)
-    assert table.num_rows == cfg.pool.max_rows == 8000
-    assert len(set(table.column("row_id").to_pylist())) == 8000
+    assert table.num_rows == cfg.pool.max_rows == 4000
+    assert len(set(table.column("row_id").to_pylist())) == 4000
     tasks = ingest_tasks(cfg, assets, pool.ref, tmp_path / "tasks")
     summary = json.loads((tmp_path / "tasks" / "tasks.json").read_text())
     assert set(summary) == {"mr", "sst5", "cr"}
     assert tasks.stats["mr"]["train_source"]["unmapped"] == 37  # the zero-rated movie snippets
     assert tasks.stats["cr"]["train_source"]["unmapped"] == 98
     for name, task in summary.items():
-        assert task["rows"]["test"] == 150, name
+        assert task["rows"]["test"] == 100, name
         assert all(n > 0 for n in task["counts"]["train"].values()), name

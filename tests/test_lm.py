@@ -275,3 +275,22 @@ def test_grouped_prompts_equal_per_row_prompts(tiny_llama_path: Path, tiny_t5_pa
         torch.testing.assert_close(g_grouped, g_rows, atol=1e-6, rtol=1e-5)
         with pytest.raises(ValueError, match="does not fit"):
             model.class_scores(torch.stack([prompts[0]] * 3), batch)
+
+
+def test_bf16_autocast_on_cpu_is_close_to_fp32(tiny_llama_path: Path) -> None:
+    """Where the CPU has native bf16, autocast runs the backbone in bf16: scores and gradients
+    stay close to fp32 and the prompt gradient still flows; elsewhere the flag is ignored."""
+    from metapt_core.lm import native_bf16
+
+    bb = _backbone(tiny_llama_path)
+    fp32, bf16 = PromptModel(bb), PromptModel(bb, autocast_bf16=True)
+    assert bf16.autocast_bf16 == native_bf16(torch.device("cpu"))
+    batch = fp32.encode(TEXTS, LABELS, FMT)
+    prompt = _prompt(fp32).requires_grad_(True)
+    (g32,) = torch.autograd.grad(fp32.loss(prompt, batch), prompt)
+    (g16,) = torch.autograd.grad(bf16.loss(prompt, batch), prompt)
+    s32, s16 = fp32.class_scores(prompt, batch), bf16.class_scores(prompt, batch)
+    assert s16.dtype == torch.float32
+    torch.testing.assert_close(s16, s32, atol=0.05, rtol=0.05)
+    cos = torch.nn.functional.cosine_similarity(g16.flatten(), g32.flatten(), dim=0)
+    assert cos > 0.98
