@@ -36,6 +36,7 @@ BENCHMARKS = {
     "embed_cluster": "bench_embed_cluster.py",
     "grid": "bench_grid_batching.py",
     "cache": "bench_cache.py",
+    "precision": "bench_precision.py",
     "gpu": "bench_gpu.py",
 }
 README = HERE / "README.md"

@@ -10,6 +10,7 @@ this pairing is the one the grid itself makes.
 
     python experiments/levers.py run --only fomaml           # run levers (skips finished ones)
     python experiments/levers.py table --reference RUN_ID    # the comparison table (Markdown)
+    python experiments/levers.py adopt --only NAME           # record a run whose driver was stopped
 
 Runs are recorded in ``<work_dir>/levers.json`` (lever name -> MLflow run id).
 """
@@ -250,7 +251,7 @@ def lever_table(reference_run: str, record: dict[str, Any], profile: str) -> str
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
-    parser.add_argument("command", choices=["run", "table", "list"])
+    parser.add_argument("command", choices=["run", "adopt", "table", "list"])
     parser.add_argument("--profile", default="study")
     parser.add_argument("--work-dir", default=".metapt")
     parser.add_argument("--only", action="append", default=[], help="lever names (repeatable)")
@@ -264,6 +265,18 @@ def main(argv: list[str] | None = None) -> int:
             done = record.get(lever.name, {}).get("run_id", "")
             inits = ",".join(lever.inits)
             print(f"{lever.name:16s} {inits:28s} {' '.join(lever.overrides):40s} {done}")
+        return 0
+    if args.command == "adopt":  # record levers whose run finished without its driver
+        for name in args.only:
+            log_file = work_dir / "levers" / f"{name}.log"
+            text = log_file.read_text("utf-8", errors="replace") if log_file.is_file() else ""
+            found = re.findall(r"MLflow run: ([0-9a-f]{32})", text)
+            if name not in BY_NAME or not found:
+                raise SystemExit(f"--only={name!r}: no such lever or no finished run in {log_file}")
+            record = load_record(work_dir)
+            record[name] = {"run_id": found[-1], "overrides": list(BY_NAME[name].overrides)}
+            save_record(work_dir, record)
+            print(f"lever {name}: MLflow run {found[-1]}")
         return 0
     if args.command == "run":
         names = args.only or [lever.name for lever in LEVERS]
