@@ -202,11 +202,12 @@ def lever_table(reference_run: str, record: dict[str, Any], profile: str) -> str
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     # the reference run's own MetaPT cells are the "maml" lever unless it was run on its own
-    entries = {"maml": {"run_id": reference_run}, **record}
-    for name, entry in entries.items():
-        lever = BY_NAME.get(name)
-        if lever is None:
-            continue
+    entries = {
+        k: v for k, v in {"maml": {"run_id": reference_run}, **record}.items() if k in BY_NAME
+    }
+    order = [lever.name for lever in LEVERS]
+    for name, entry in sorted(entries.items(), key=lambda kv: order.index(kv[0])):
+        lever = BY_NAME[name]
         run = run_results(tracker, entry["run_id"])
         frame = run[run["init"] == lever.init]
         # this lever's MetaPT cells and the baselines (its own run's, else the reference's),
