@@ -374,11 +374,14 @@ class ScoringConfig:
 
     mode: ScoringMode = ScoringMode.FIRST_TOKEN
     loss: LossKind = LossKind.VERBALIZER
-    prompt_cache: bool = True  # causal LMs: run the prompt once and reuse its keys/values
+    prompt_cache: bool = True  # causal LMs: evaluation runs each prompt once, reuses its keys/values
+    packing: bool = True  # causal LMs: a prompt and its rows as one sequence, no padding
+    pack_tokens: int = 512  # evaluation: about this many text tokens per length-sorted chunk
     max_length: int = 64  # text tokens after templating; longer texts are cut from the left
 
     def __post_init__(self) -> None:
         _positive("scoring.max_length", self.max_length)
+        _positive("scoring.pack_tokens", self.pack_tokens)
 
 
 @dataclass
@@ -398,6 +401,7 @@ class MetaConfig:
     val_episodes: int = 8
     val_fraction: float = 0.1  # of each shard held out for validation episodes
     checkpoint_every: int = 10
+    group_tasks: bool = True  # MAML/FOMAML: the meta-batch's tasks in grouped passes
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -27,7 +27,7 @@ from metapt_core.meta.trainer import (
     PretrainResult,
     Progress,
     PromptObjective,
-    encode_episodes,
+    EncodedTasks,
     evaluate_adapted,
     finish,
     frozen_backbone,
@@ -78,7 +78,6 @@ def ppt_pretrain(
     tasks = load_tasks(
         root, cfg.pool.classes, meta.val_fraction, meta.support_size + meta.query_size, meta.seed
     )
-    fmt = task_format(cfg)
     # The pool: (task, row) of every training row, validation rows kept out as in MetaPT.
     pool = np.asarray(
         [(ti, int(r)) for ti, task in enumerate(tasks) for r in task.train_rows], dtype=np.int64
@@ -86,7 +85,13 @@ def ppt_pretrain(
     val_rows = validation_episodes(
         tasks, meta.val_episodes, meta.support_size, meta.query_size, meta.seed
     )
-    val_set = encode_episodes(model, tasks, val_rows, fmt)
+    val_set = EncodedTasks(model, tasks, task_format(cfg)).episodes(val_rows)
+    # Tokenised once per stage: each step selects its rows.
+    pool_batch = model.encode(
+        [tasks[ti].texts[r] for ti, r in pool],
+        [int(tasks[ti].labels[r]) for ti, r in pool],
+        task_format(cfg),
+    )
 
     def step_fn(step: int, prompt: Tensor) -> tuple[Tensor, dict[str, float]]:
         rng = rng_for(meta.seed, POOL_STREAM, step)
@@ -95,9 +100,7 @@ def ppt_pretrain(
         grad_sum = torch.zeros_like(prompt)
         loss_sum = 0.0
         if local:
-            texts = [tasks[pool[i, 0]].texts[pool[i, 1]] for i in local]
-            labels = [int(tasks[pool[i, 0]].labels[pool[i, 1]]) for i in local]
-            batch = model.encode(texts, labels, fmt)
+            batch = pool_batch.select([int(i) for i in local])
             theta = prompt.detach().requires_grad_(True)
             # Sum over rows (mean times count), so ranks can all-reduce then divide by B.
             loss = model.loss(theta, batch) * len(local)

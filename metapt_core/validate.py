@@ -47,7 +47,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from metapt_core.config import (
@@ -350,7 +349,7 @@ def check_model(cfg: PipelineConfig, path: str) -> int:
     """
     from transformers import AutoConfig, AutoTokenizer
 
-    from metapt_core.lm import PromptModel, TaskFormat
+    from metapt_core.scoring.encoding import PromptEncoder, TaskFormat
 
     where = "backbone.name_or_path"
     extra: dict[str, Any] = {"trust_remote_code": cfg.backbone.trust_remote_code}
@@ -372,16 +371,16 @@ def check_model(cfg: PipelineConfig, path: str) -> int:
     if kind is BackboneKind.AUTO:
         seq2seq = getattr(hf_config, "is_encoder_decoder", False)
         kind = BackboneKind.SEQ2SEQ if seq2seq else BackboneKind.CAUSAL
-    # label_tokens/_render read only these attributes: reuse them so the rules cannot drift.
-    shim: Any = SimpleNamespace(tokenizer=tokenizer, kind=kind, scoring=cfg.scoring)
+    # The scorers' own encoder (no weights needed), so the rules cannot drift.
+    encoder = PromptEncoder(tokenizer, kind, cfg.scoring)
     formats = [("pool", "pool", cfg.pool.template, cfg.pool.verbalizer)]
     formats += [(f"tasks[{t.name}]", t.name, t.template, t.verbalizer) for t in cfg.tasks]
     unk = tokenizer.unk_token_id
     for owner, name, template, verbalizer in formats:
         fmt = TaskFormat.of(template, verbalizer, name=name)
         try:
-            PromptModel._render(shim, "x", fmt)
-            token_ids = PromptModel.label_tokens(shim, fmt)
+            encoder.render("x", fmt)
+            token_ids = encoder.label_tokens(fmt)
         except ConfigError as exc:
             # lm names the settings tasks[<name>].<key>; say where they really live.
             key = exc.field.rsplit(".", 1)[-1]

@@ -22,7 +22,7 @@ from metapt_core.config import InitMethod, PipelineConfig, PromptInit, TaskSpec
 from metapt_core.errors import ConfigError, DataError
 from metapt_core.fewshot.grid import Cell, group_cells
 from metapt_core.fewshot.sampling import sample_split
-from metapt_core.fewshot.tuning import evaluate, tune_prompts
+from metapt_core.fewshot.tuning import evaluate, evaluate_many, tune_prompts
 from metapt_core.lm import EncodedBatch, PromptModel, TaskFormat
 from metapt_core.prompt import init_prompt
 
@@ -157,10 +157,7 @@ def run_cell_group(
     trained, history = tune_prompts(
         model, torch.stack(starts), train_batch, cfg.fewshot, first.train_seed, dev_batch
     )
-    tests = [
-        evaluate(model, trained[m], test_batch, cfg.fewshot.eval_batch_size)
-        for m in range(len(cells))
-    ]
+    tests = evaluate_many(model, trained, test_batch, cfg.fewshot.eval_batch_size)
     per_cell = (time.perf_counter() - start) / len(cells)
 
     results = []

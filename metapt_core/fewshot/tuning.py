@@ -172,8 +172,8 @@ def tune_prompts(
 
         if dev_batch is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
             current = prompts.detach()
-            for m in range(n_prompts):
-                scores = evaluate(model, current[m], dev_batch, cfg.eval_batch_size)
+            dev_scores = evaluate_many(model, current, dev_batch, cfg.eval_batch_size)
+            for m, scores in enumerate(dev_scores):
                 history.dev[m].append((step, scores["accuracy"], scores["macro_f1"]))
                 key = (scores["accuracy"], scores["macro_f1"])
                 if key > best_key[m]:
@@ -184,6 +184,39 @@ def tune_prompts(
 
     trained = best if dev_batch is not None else prompts.detach().clone()
     return trained, history
+
+
+@torch.no_grad()
+def predict_many(
+    model: PromptScorer, prompts: Tensor, batch: Batch, batch_size: int
+) -> np.ndarray:
+    """Predicted class ids of every row behind each of M prompts.
+
+    A model with ``score_many`` (``PromptModel``) evaluates the M prompts together, each
+    prompt's keys and values once, in length-sorted chunks; others prompt by prompt.
+
+    Args:
+        prompts: [M, P, d].
+
+    Returns:
+        int64 array [M, B].
+    """
+    score_many = getattr(model, "score_many", None)
+    if score_many is not None:
+        if len(batch) == 0:
+            return np.zeros((len(prompts), 0), dtype=np.int64)
+        return score_many(prompts, batch, batch_size).argmax(dim=-1).cpu().numpy()
+    return np.stack([predict(model, p, batch, batch_size) for p in prompts])
+
+
+def evaluate_many(
+    model: PromptScorer, prompts: Tensor, batch: Batch, batch_size: int
+) -> list[dict[str, float]]:
+    """:func:`evaluate` of each of M prompts ``[M, P, d]`` on the same rows, in one grouped pass."""
+    if batch.labels is None:
+        raise DataError("labels", None, "evaluation needs labelled rows")
+    gold = batch.labels.cpu().numpy()
+    return [classification_metrics(gold, preds) for preds in predict_many(model, prompts, batch, batch_size)]
 
 
 @torch.no_grad()
@@ -217,7 +250,4 @@ def evaluate(
     Returns:
         ``{"accuracy", "macro_f1", "n"}``.
     """
-    if batch.labels is None:
-        raise DataError("labels", None, "evaluation needs labelled rows")
-    preds = predict(model, prompt, batch, batch_size)
-    return classification_metrics(batch.labels.cpu().numpy(), preds)
+    return evaluate_many(model, prompt.unsqueeze(0), batch, batch_size)[0]

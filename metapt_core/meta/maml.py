@@ -158,6 +158,96 @@ def maml_task_loss(
     return loss_fn(adapted, episode.query), support_loss, adapted
 
 
+def maml_vjp_gradient(
+    prompt: Tensor,
+    support: Any,
+    query: Any,
+    loss_fn: LossFn,
+    inner_lr: float,
+    inner_steps: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Exact second-order MAML gradient, the query gradient first, then back through the steps.
+
+    With ``theta_(j+1) = theta_j - alpha g_j``, ``g_j = grad L_S(theta_j)`` and
+    ``H_j = grad^2 L_S(theta_j)``, the chain rule gives
+
+        v_k = grad L_Q(theta_k),    v_j = v_(j+1) - alpha * H_j v_(j+1),    dL_Q/dtheta = v_0,
+
+    where ``H_j v`` is the vector-Jacobian product of ``g_j`` (a Hessian-vector product, exact,
+    no approximation). The query pass is first-order, so it runs on the fused attention kernels
+    and its graph is freed before any product through the support graphs; only the support
+    passes, which are differentiated twice, run on the math kernel. This equals
+    ``d/dtheta L_Q(theta_k(theta))`` computed through one graph (tested).
+
+    Args:
+        prompt: ``theta``, ``Tensor[P, d]`` (or ``[n, P, d]`` of grouped tasks when ``loss_fn``
+            sums per-task losses).
+
+    Returns:
+        ``(grad, query_loss, support_loss)``: the meta-gradient (detached, shape of
+        ``prompt``), the query loss at ``theta_k`` and the support loss at ``theta``.
+    """
+    current = prompt.detach().requires_grad_(True)
+    steps: list[tuple[Tensor, Tensor]] = []
+    support_loss = torch.zeros((), device=prompt.device)
+    for step in range(inner_steps):
+        with second_order_attention():
+            loss = loss_fn(current, support)
+            (grad,) = torch.autograd.grad(loss, current, create_graph=True)
+        if step == 0:
+            support_loss = loss.detach()
+        steps.append((current, grad))
+        current = (current - inner_lr * grad).detach().requires_grad_(True)
+    query_loss = loss_fn(current, query)
+    (vector,) = torch.autograd.grad(query_loss, current)
+    for theta_j, grad_j in reversed(steps):
+        (hvp,) = torch.autograd.grad(grad_j, theta_j, grad_outputs=vector)
+        vector = vector - inner_lr * hvp
+    return vector.detach(), query_loss.detach(), support_loss
+
+
+def grouped_meta_gradient_sum(
+    prompt: Tensor,
+    episodes: Sequence[Episode[Any]],
+    loss_fn: LossFn,
+    concat: Callable[[Sequence[Any]], Any],
+    algorithm: MetaAlgorithm,
+    inner_lr: float,
+    inner_steps: int,
+) -> MetaGradientSum:
+    """:func:`meta_gradient_sum` for MAML and FOMAML with the n tasks in grouped passes.
+
+    Task i gets its own copy ``theta_i`` of ``theta`` (``Tensor[n, P, d]``); the supports (and
+    the queries) of all tasks form one batch whose rows are grouped by task, and with
+    ``loss_fn`` the mean over rows, ``n * loss = sum_i L_{S_i}(theta_i)`` when every task has
+    the same number of rows. So ``d(n * loss)/d theta_i`` is task i's own gradient, and the
+    sum over i of the per-task meta-gradients is the sum over the copies' gradients. One pass
+    per inner step and one for the queries replace n of each.
+
+    Requires a ``loss_fn`` that takes ``[n, P, d]`` prompts for rows grouped by prompt
+    (``PromptModel.accepts_grouped_prompts``) and equal support and query sizes.
+    """
+    n = len(episodes)
+    support = concat([e.support for e in episodes])
+    query = concat([e.query for e in episodes])
+    copies = prompt.detach().unsqueeze(0).repeat(n, 1, 1)
+
+    def summed(theta: Tensor, batch: Any) -> Tensor:
+        return loss_fn(theta, batch) * n
+
+    if MetaAlgorithm(algorithm) is MetaAlgorithm.MAML:
+        grads, query_loss, support_loss = maml_vjp_gradient(
+            copies, support, query, summed, inner_lr, inner_steps
+        )
+    else:
+        query_sum, support_sum, adapted = maml_task_loss(
+            copies, Episode(support, query), summed, inner_lr, inner_steps, create_graph=False
+        )
+        (grads,) = torch.autograd.grad(query_sum, adapted)
+        query_loss, support_loss = query_sum.detach(), support_sum
+    return MetaGradientSum(grads.sum(0).detach(), float(query_loss), float(support_loss), n)
+
+
 def reptile_adapt(
     prompt: Tensor, episode: Episode[Any], loss_fn: LossFn, inner_lr: float, inner_steps: int
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -200,11 +290,9 @@ def task_meta_gradient(
     algorithm = MetaAlgorithm(algorithm)
     theta = prompt.detach().requires_grad_(True)
     if algorithm is MetaAlgorithm.MAML:
-        with second_order_attention():
-            query_loss, support_loss, _ = maml_task_loss(
-                theta, episode, loss_fn, inner_lr, inner_steps, create_graph=True
-            )
-            (grad,) = torch.autograd.grad(query_loss, theta)
+        grad, query_loss, support_loss = maml_vjp_gradient(
+            theta, episode.support, episode.query, loss_fn, inner_lr, inner_steps
+        )
     elif algorithm is MetaAlgorithm.FOMAML:
         query_loss, support_loss, adapted = maml_task_loss(
             theta, episode, loss_fn, inner_lr, inner_steps, create_graph=False
@@ -227,16 +315,25 @@ def meta_gradient_sum(
     inner_lr: float,
     inner_steps: int,
     reptile_step: float = 1.0,
+    concat: Callable[[Sequence[Any]], Any] | None = None,
 ) -> MetaGradientSum:
     """The sum over tasks of the per-task meta-gradient terms and losses.
 
     Tasks are differentiated one at a time, so memory holds one task's graph, not the
-    meta-batch's. Sums (not means) let data-parallel ranks all-reduce and then divide by the
-    total task count.
+    meta-batch's, unless ``concat`` is given: then MAML and FOMAML run the tasks in grouped
+    passes (:func:`grouped_meta_gradient_sum`; same result, n times the graph). Sums (not
+    means) let data-parallel ranks all-reduce and then divide by the total task count.
 
     Returns:
         :class:`MetaGradientSum` with ``grad`` ``Tensor[P, d]`` (zeros when no episodes).
     """
+    algorithm = MetaAlgorithm(algorithm)
+    if concat is not None and episodes and algorithm is not MetaAlgorithm.REPTILE:
+        sizes = {(len(e.support), len(e.query)) for e in episodes}
+        if len(sizes) == 1:
+            return grouped_meta_gradient_sum(
+                prompt, episodes, loss_fn, concat, algorithm, inner_lr, inner_steps
+            )
     grad_sum = torch.zeros_like(prompt, dtype=prompt.dtype).detach()
     query_sum = 0.0
     support_sum = 0.0
@@ -258,6 +355,7 @@ def meta_gradient(
     inner_lr: float,
     inner_steps: int,
     reptile_step: float = 1.0,
+    concat: Callable[[Sequence[Any]], Any] | None = None,
 ) -> MetaGradient:
     """The meta-gradient of a meta-batch, averaged over its tasks.
 
@@ -273,6 +371,7 @@ def meta_gradient(
         inner_lr: ``alpha``.
         inner_steps: ``k``.
         reptile_step: ``beta`` (Reptile only).
+        concat: joins batches (``EncodedBatch.concat``): MAML/FOMAML tasks in grouped passes.
 
     Returns:
         :class:`MetaGradient` ``(grad: Tensor[P, d], query_loss, support_loss)``.
@@ -280,7 +379,7 @@ def meta_gradient(
     if not episodes:
         raise ValueError("meta_gradient needs at least one episode")
     total = meta_gradient_sum(
-        prompt, episodes, loss_fn, algorithm, inner_lr, inner_steps, reptile_step
+        prompt, episodes, loss_fn, algorithm, inner_lr, inner_steps, reptile_step, concat
     )
     n = total.tasks
     return MetaGradient(total.grad / n, total.query_loss / n, total.support_loss / n)

@@ -117,25 +117,40 @@ def task_format(cfg: PipelineConfig) -> Any:
     return lm.TaskFormat.of(cfg.pool.template, cfg.pool.verbalizer, name="pool")
 
 
-def encode_rows(model: PromptObjective, task: ShardTask, rows: np.ndarray, fmt: Any) -> Any:
-    """Encode rows of one shard (texts and gold classes) into a model batch."""
-    texts = [task.texts[int(i)] for i in rows]
-    labels = [int(task.labels[int(i)]) for i in rows]
-    return model.encode(texts, labels, fmt)
+class EncodedTasks:
+    """Every row of every task tokenised once per stage; episodes select rows from it.
+
+    ``select`` of an encoded batch trims to its longest row, so a selection equals encoding
+    those rows afresh (tested), without the tokenizer at every step.
+    """
+
+    def __init__(self, model: PromptObjective, tasks: Sequence[ShardTask], fmt: Any) -> None:
+        self.batches = [
+            model.encode(list(task.texts), [int(y) for y in task.labels], fmt) for task in tasks
+        ]
+        self.cluster_ids = [task.cluster_id for task in tasks]
+
+    def rows(self, task_index: int, rows: np.ndarray) -> Any:
+        """The encoded batch of ``rows`` (indices into task ``task_index``), in that order."""
+        return self.batches[task_index].select([int(i) for i in rows])
+
+    def episodes(self, episodes: Sequence[EpisodeRows]) -> list[Episode[Any]]:
+        """Sampled row indices as encoded support/query batches."""
+        return [
+            Episode(
+                support=self.rows(e.task_index, e.support),
+                query=self.rows(e.task_index, e.query),
+                task_id=self.cluster_ids[e.task_index],
+            )
+            for e in episodes
+        ]
 
 
-def encode_episodes(
-    model: PromptObjective, tasks: Sequence[ShardTask], episodes: Sequence[EpisodeRows], fmt: Any
-) -> list[Episode[Any]]:
-    """Turn sampled row indices into encoded support/query batches."""
-    return [
-        Episode(
-            support=encode_rows(model, tasks[e.task_index], e.support, fmt),
-            query=encode_rows(model, tasks[e.task_index], e.query, fmt),
-            task_id=tasks[e.task_index].cluster_id,
-        )
-        for e in episodes
-    ]
+def grouped_concat(model: PromptObjective, episodes: Sequence[Episode[Any]]) -> Any:
+    """The batch type's ``concat`` when the model scores grouped prompts, else None."""
+    if not episodes or not getattr(model, "accepts_grouped_prompts", False):
+        return None
+    return getattr(type(episodes[0].support), "concat", None)
 
 
 def make_optimizer(name: str, params: list[Tensor], lr: float) -> torch.optim.Optimizer:
@@ -404,11 +419,11 @@ def meta_pretrain(
     root = shards_path(shards)
     episode_rows = meta.support_size + meta.query_size
     tasks = load_tasks(root, cfg.pool.classes, meta.val_fraction, episode_rows, meta.seed)
-    fmt = task_format(cfg)
     val_rows = validation_episodes(
         tasks, meta.val_episodes, meta.support_size, meta.query_size, meta.seed
     )
-    val_set = encode_episodes(model, tasks, val_rows, fmt)
+    encoded = EncodedTasks(model, tasks, task_format(cfg))
+    val_set = encoded.episodes(val_rows)
 
     def step_fn(step: int, prompt: Tensor) -> tuple[Tensor, dict[str, float]]:
         rows = sample_meta_batch(
@@ -418,7 +433,7 @@ def meta_pretrain(
             meta.query_size,
             rng_for(meta.seed, TRAIN_STREAM, step),
         )
-        episodes = encode_episodes(model, tasks, dist_utils.local_slice(rows), fmt)
+        episodes = encoded.episodes(dist_utils.local_slice(rows))
         total = meta_gradient_sum(
             prompt,
             episodes,
@@ -427,6 +442,7 @@ def meta_pretrain(
             meta.inner_lr,
             meta.inner_steps,
             meta.reptile_step,
+            concat=grouped_concat(model, episodes) if meta.group_tasks else None,
         )
         grad, (query_sum, support_sum, count) = dist_utils.reduce_sums(
             total.grad, [total.query_loss, total.support_loss, total.tasks]
