@@ -374,7 +374,9 @@ class ScoringConfig:
 
     mode: ScoringMode = ScoringMode.FIRST_TOKEN
     loss: LossKind = LossKind.VERBALIZER
-    prompt_cache: bool = True  # causal LMs: evaluation runs each prompt once, reuses its keys/values
+    prompt_cache: bool = (
+        True  # causal LMs: evaluation runs each prompt once, reuses its keys/values
+    )
     packing: bool = True  # causal LMs: a prompt and its rows as one sequence, no padding
     pack_tokens: int = 512  # evaluation: about this many text tokens per length-sorted chunk
     max_length: int = 64  # text tokens after templating; longer texts are cut from the left

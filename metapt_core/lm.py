@@ -183,7 +183,9 @@ class PromptModel:
         if prompts.dim() == 2:
             prompts = prompts.unsqueeze(0)
         if self.scoring.mode is ScoringMode.SEQUENCE:
-            out = torch.empty((len(prompts), len(batch), len(batch.label_tokens)), device=self.device)
+            out = torch.empty(
+                (len(prompts), len(batch), len(batch.label_tokens)), device=self.device
+            )
             for idx, chunk in batch.sorted_chunks(batch_size, self.scoring.pack_tokens):
                 for m, prompt in enumerate(prompts):
                     out[m, idx.to(self.device)] = self.class_scores(prompt, chunk)

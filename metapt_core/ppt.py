@@ -23,11 +23,11 @@ from metapt_core.meta import distributed as dist_utils
 from metapt_core.meta.checkpoint import checkpoint_dir
 from metapt_core.meta.episodes import POOL_STREAM, load_tasks, rng_for, validation_episodes
 from metapt_core.meta.trainer import (
+    EncodedTasks,
     LoopSettings,
     PretrainResult,
     Progress,
     PromptObjective,
-    EncodedTasks,
     evaluate_adapted,
     finish,
     frozen_backbone,

@@ -46,22 +46,40 @@ def asset_paths(cfg: PipelineConfig) -> Any:
     return AssetPaths.under(cfg.assets_path)
 
 
-def get_backbone(cfg: PipelineConfig) -> Any:
-    """The frozen backbone, loaded once per process and shared by the stages that compute.
-
-    Only stages that actually compute call this, so a fully cached run never loads the model.
-    """
-    key = stable_hash(
+def _backbone_key(cfg: PipelineConfig) -> str:
+    return stable_hash(
         {
             "backbone": to_dict(cfg.backbone),
             "scoring": to_dict(cfg.scoring),
             "assets": str(cfg.assets_path),
         }
     )
+
+
+def get_backbone(cfg: PipelineConfig) -> Any:
+    """The frozen backbone, loaded once per process and shared by the stages that compute.
+
+    Only stages that actually compute call this, so a fully cached run never loads the model.
+    """
+    key = _backbone_key(cfg)
     with _backbone_lock:
         if key not in _backbones:
             _backbones[key] = core("metapt_core.lm:load_prompt_model")(cfg)
         return _backbones[key]
+
+
+def scoring_tags(cfg: PipelineConfig) -> dict[str, str]:
+    """Run tags of the scoring path this process used for ``cfg`` (none if it loaded no model):
+    the path in words and every fallback, so no fallback is silent in the MLflow UI."""
+    with _backbone_lock:
+        model = _backbones.get(_backbone_key(cfg))
+    if model is None:
+        return {}
+    fallbacks = list(getattr(model, "fallbacks", []))
+    return {
+        "metapt.scoring_path": str(getattr(model, "path", "")),
+        "metapt.scoring_fallbacks": "; ".join(fallbacks) if fallbacks else "none",
+    }
 
 
 def read_text(path: Path) -> str:

@@ -24,7 +24,12 @@ from tasks.tracking import CACHED_TAG, KIND_TAG, SOURCE_RUN_TAG, STAGE_TAG
 
 CELLS_CORE = "metapt_core.fewshot.stage:evaluate_group"
 REPORT_CORE = "metapt_core.report:build_report"
-CELL_MODULES = ["metapt_core.fewshot", "metapt_core.lm", "metapt_core.prompt"]
+CELL_MODULES = [
+    "metapt_core.fewshot",
+    "metapt_core.lm",
+    "metapt_core.scoring",
+    "metapt_core.prompt",
+]
 REPORT_MODULES = ["metapt_core.report"]
 CELL_SETTINGS = [
     "seed",

@@ -15,7 +15,7 @@ from tasks.progress import StageProgress
 from tasks.stage import RunContext, StageSpec, core_output, execute_stage, settings_of
 
 CORE = "metapt_core.meta:meta_pretrain"
-MODULES = ["metapt_core.meta", "metapt_core.lm", "metapt_core.prompt"]
+MODULES = ["metapt_core.meta", "metapt_core.lm", "metapt_core.scoring", "metapt_core.prompt"]
 SETTINGS = [
     "seed",
     "meta",

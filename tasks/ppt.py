@@ -14,7 +14,13 @@ from tasks.progress import StageProgress
 from tasks.stage import RunContext, StageSpec, core_output, execute_stage, settings_of
 
 CORE = "metapt_core.ppt:ppt_pretrain"
-MODULES = ["metapt_core.ppt", "metapt_core.lm", "metapt_core.prompt"]
+MODULES = [
+    "metapt_core.ppt",
+    "metapt_core.meta",
+    "metapt_core.lm",
+    "metapt_core.scoring",
+    "metapt_core.prompt",
+]
 # PPT's budget is matched to MetaPT's and it is validated on the same episodes with the same
 # adaptation, so it reads those parts of the meta section, and only those: the outer optimiser's
 # settings (meta.outer_lr, meta.outer_optimizer, meta.reptile_step) do not change PPT.

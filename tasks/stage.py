@@ -25,6 +25,7 @@ from tasks.cache import (
     stage_key,
     stage_lock,
 )
+from tasks.common import scoring_tags
 from tasks.core import code_version
 from tasks.progress import StageProgress, run_logger
 from tasks.tracking import (
@@ -239,7 +240,7 @@ def _compute(
         pending.abort()
         tracker.end(run_id, ok=False)
         raise
-    tracker.set_tags(run_id, {SOURCE_RUN_TAG: run_id})
+    tracker.set_tags(run_id, {SOURCE_RUN_TAG: run_id, **scoring_tags(ctx.cfg)})
     tracker.log_stats(run_id, {**stats, "stage_seconds": outcome.seconds})
     out_root = stage_folder(work_dir, spec.stage, key) / OUT
     for rel in spec.artifacts:

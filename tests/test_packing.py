@@ -93,7 +93,10 @@ def test_grouped_prompts_equal_one_prompt_at_a_time_seq2seq(tiny_t5_path: Path, 
     groups = prompt.unsqueeze(0) if prompt.dim() == 2 else prompt
     per = len(TEXTS) // len(groups)
     alone = torch.cat(
-        [model.class_scores(p, batch.select(range(m * per, (m + 1) * per))) for m, p in enumerate(groups)]
+        [
+            model.class_scores(p, batch.select(range(m * per, (m + 1) * per)))
+            for m, p in enumerate(groups)
+        ]
     )
     _close(scores, alone)
 

@@ -187,9 +187,7 @@ def tune_prompts(
 
 
 @torch.no_grad()
-def predict_many(
-    model: PromptScorer, prompts: Tensor, batch: Batch, batch_size: int
-) -> np.ndarray:
+def predict_many(model: PromptScorer, prompts: Tensor, batch: Batch, batch_size: int) -> np.ndarray:
     """Predicted class ids of every row behind each of M prompts.
 
     A model with ``score_many`` (``PromptModel``) evaluates the M prompts together, each
@@ -216,7 +214,10 @@ def evaluate_many(
     if batch.labels is None:
         raise DataError("labels", None, "evaluation needs labelled rows")
     gold = batch.labels.cpu().numpy()
-    return [classification_metrics(gold, preds) for preds in predict_many(model, prompts, batch, batch_size)]
+    return [
+        classification_metrics(gold, preds)
+        for preds in predict_many(model, prompts, batch, batch_size)
+    ]
 
 
 @torch.no_grad()

@@ -112,7 +112,9 @@ class CausalScorer:
             return self.packed_states(prompt, input_ids, mask, read)
         return self.padded_states(prompt, input_ids, mask, read)
 
-    def packed_states(self, prompt: Tensor, input_ids: Tensor, mask: Tensor, read: Tensor) -> Tensor:
+    def packed_states(
+        self, prompt: Tensor, input_ids: Tensor, mask: Tensor, read: Tensor
+    ) -> Tensor:
         """:meth:`states` through one packed pass (:mod:`~metapt_core.scoring.packing`)."""
         prompts = prompt_groups(prompt, len(input_ids))
         plen = int(prompts.shape[1])
@@ -129,7 +131,9 @@ class CausalScorer:
         index = plen + layout.text_index(read)  # [B, K]
         return hidden[layout.row_group.unsqueeze(1), index]
 
-    def padded_states(self, prompt: Tensor, input_ids: Tensor, mask: Tensor, read: Tensor) -> Tensor:
+    def padded_states(
+        self, prompt: Tensor, input_ids: Tensor, mask: Tensor, read: Tensor
+    ) -> Tensor:
         """:meth:`states` with each row as its own padded sequence ``[p | x_b]`` (reference)."""
         prompts = prompt_groups(prompt, len(input_ids))
         bsz, width = input_ids.shape
@@ -172,7 +176,9 @@ class CausalScorer:
             logits = logits + (bias if token_ids is None else bias.index_select(0, token_ids))
         return logits
 
-    def answer_logits(self, prompt: Tensor, batch: EncodedBatch, token_ids: Tensor | None) -> Tensor:
+    def answer_logits(
+        self, prompt: Tensor, batch: EncodedBatch, token_ids: Tensor | None
+    ) -> Tensor:
         """Logits ``[B, C]`` of ``token_ids`` at the answer position (``[B, V]`` if None):
         ``s = h_ans . W[token_ids]`` (+ bias)."""
         if not self.restricted_head:
@@ -230,7 +236,12 @@ class CausalScorer:
 
     @torch.no_grad()
     def score_many(
-        self, prompts: Tensor, batch: EncodedBatch, token_ids: Tensor, max_rows: int, max_tokens: int
+        self,
+        prompts: Tensor,
+        batch: EncodedBatch,
+        token_ids: Tensor,
+        max_rows: int,
+        max_tokens: int,
     ) -> Tensor:
         """First-token scores ``[M, B, C]`` of every row behind each of M prompts (no gradient).
 
@@ -244,11 +255,15 @@ class CausalScorer:
         if not (self.packed and self.scoring.prompt_cache and plen):
             for m in range(n_prompts):
                 for idx, chunk in batch.sorted_chunks(max_rows, max_tokens):
-                    out[m, idx.to(self.device)] = self.answer_logits(prompts[m], chunk, token_ids).float()
+                    out[m, idx.to(self.device)] = self.answer_logits(
+                        prompts[m], chunk, token_ids
+                    ).float()
             return out
         positions = torch.arange(plen, device=self.device).expand(n_prompts, -1)
         first = self.base(
-            inputs_embeds=prompts.to(self.embed.weight.dtype), position_ids=positions, use_cache=True
+            inputs_embeds=prompts.to(self.embed.weight.dtype),
+            position_ids=positions,
+            use_cache=True,
         )
         cache = getattr(first, "cache", None) or first.past_key_values
         for idx, chunk in batch.sorted_chunks(max_rows, max_tokens):
@@ -292,8 +307,12 @@ class CausalScorer:
         if n < 2:
             return True
         short = max(1, n // 2)
-        input_ids = torch.stack([ids, torch.cat([ids[:short], ids.new_full((n - short,), self.pad_id)])])
-        mask = torch.stack([torch.ones_like(ids), (torch.arange(n, device=ids.device) < short).long()])
+        input_ids = torch.stack(
+            [ids, torch.cat([ids[:short], ids.new_full((n - short,), self.pad_id)])]
+        )
+        mask = torch.stack(
+            [torch.ones_like(ids), (torch.arange(n, device=ids.device) < short).long()]
+        )
         prompt = self.embed(ids[:2]).float()
         read = torch.arange(short, device=ids.device).expand(2, -1)
         try:

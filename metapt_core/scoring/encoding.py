@@ -86,7 +86,9 @@ class EncodedBatch:
         for start in range(0, len(self), size):
             yield self.select(range(start, min(start + size, len(self))))
 
-    def sorted_chunks(self, max_rows: int, max_tokens: int) -> Iterator[tuple[Tensor, EncodedBatch]]:
+    def sorted_chunks(
+        self, max_rows: int, max_tokens: int
+    ) -> Iterator[tuple[Tensor, EncodedBatch]]:
         """Length-sorted sub-batches: at most ``max_rows`` rows and about ``max_tokens`` real
         tokens each (a single longer row is its own chunk), with the original row indices.
 

@@ -65,7 +65,9 @@ class PackedLayout:
         return int((self.position_ids >= 0).sum())
 
 
-def pack_rows(input_ids: Tensor, lengths: Tensor, groups: int, prompt_len: int, pad_id: int = 0) -> PackedLayout:
+def pack_rows(
+    input_ids: Tensor, lengths: Tensor, groups: int, prompt_len: int, pad_id: int = 0
+) -> PackedLayout:
     """The packed layout of ``B`` right-padded rows in ``groups`` contiguous groups.
 
     Args:
@@ -106,7 +108,9 @@ def pack_rows(input_ids: Tensor, lengths: Tensor, groups: int, prompt_len: int, 
     prompt_pos = torch.arange(prompt_len, device=device).unsqueeze(0).expand(groups, -1)
     position_ids = torch.cat([prompt_pos, text_pos], dim=1)
     full = prompt_len + text_width
-    seg = torch.cat([torch.full((groups, prompt_len), -1, device=device, dtype=torch.long), segment], 1)
+    seg = torch.cat(
+        [torch.full((groups, prompt_len), -1, device=device, dtype=torch.long), segment], 1
+    )
     idx = torch.arange(full, device=device)
     causal = idx.unsqueeze(1) >= idx.unsqueeze(0)  # [T, T]: j <= i
     to_prompt = (idx < prompt_len).unsqueeze(0)  # [1, T]: j < P
@@ -122,9 +126,9 @@ def model_position_ids(layout: PackedLayout) -> Tensor:
 
 def attention_mask(allowed: Tensor, implementation: str, dtype: torch.dtype) -> Tensor:
     """A boolean ``[G, Tq, Tk]`` block mask as the ``[G, 1, Tq, Tk]`` mask the attention
-    implementation expects: boolean for SDPA and FlexAttention-free paths that take one, an
-    additive float mask (0 where allowed, the dtype's minimum elsewhere) for ``eager``, which
-    adds the mask to the scores."""
+    implementation expects: boolean for SDPA (True: may attend); for every other implementation
+    (``eager`` adds the mask to the scores) an additive float mask, 0 where allowed and the
+    dtype's minimum elsewhere."""
     mask = allowed.unsqueeze(1)
     if implementation == "sdpa":
         return mask

@@ -62,7 +62,9 @@ class Seq2SeqScorer:
         )
         return out.logits, encoder_out
 
-    def answer_logits(self, prompt: Tensor, batch: EncodedBatch, token_ids: Tensor | None) -> Tensor:
+    def answer_logits(
+        self, prompt: Tensor, batch: EncodedBatch, token_ids: Tensor | None
+    ) -> Tensor:
         """Logits ``[B, C]`` of ``token_ids`` after the decoder prefix (``[B, V]`` if None)."""
         prefix = torch.tensor(batch.decoder_prefix, device=self.device).expand(len(batch), -1)
         logits, _ = self.logits(prompt, batch, prefix)
@@ -85,7 +87,12 @@ class Seq2SeqScorer:
 
     @torch.no_grad()
     def score_many(
-        self, prompts: Tensor, batch: EncodedBatch, token_ids: Tensor, max_rows: int, max_tokens: int
+        self,
+        prompts: Tensor,
+        batch: EncodedBatch,
+        token_ids: Tensor,
+        max_rows: int,
+        max_tokens: int,
     ) -> Tensor:
         """First-token scores ``[M, B, C]`` behind each of M prompts, in length-sorted chunks."""
         out = torch.empty((int(prompts.shape[0]), len(batch), len(token_ids)), device=self.device)
