@@ -143,6 +143,9 @@ def bench_backbone(kind: str, args: argparse.Namespace, device: torch.device, dt
         sync(device)
         print(f"gpu: built {kind} ({sum(p.numel() for p in model.model.parameters()) / 1e6:.0f}M params) "
               f"in {time.perf_counter() - start:.1f} s", flush=True)  # fmt: skip
+    print(f"gpu: {kind} scoring path: {model.path}", flush=True)
+    if model.fallbacks:  # the benchmark measures the pipeline's own path or nothing
+        raise SystemExit(f"gpu: {kind} fell back: {'; '.join(model.fallbacks)}")
     batch = random_batch(model, args.batch, args.length, seed=0)
     half = args.batch // 2
     episode = Episode(

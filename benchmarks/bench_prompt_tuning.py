@@ -239,12 +239,43 @@ def native_bf16_cpu() -> bool:
     return native_bf16(torch.device("cpu"))
 
 
+def padding_rows(mode: str, tmp: Path) -> list[Row]:
+    """Share of padding slots: input-order vs length-sorted evaluation chunks (what the seq2seq
+    encoder still pays; packed causal passes have none), and in a training batch."""
+    reps, n_eval = SIZES[mode]
+    cfg = default_config()
+    from metapt_core.lm import TaskFormat
+
+    model = load_prompt_model(mode, tmp, cfg.scoring)
+    spec = cfg.tasks[0]
+    fmt = TaskFormat.of(spec.template, spec.verbalizer, name=spec.name)
+    texts, labels = movie_snippets(cfg.fewshot.batch_size + n_eval, seed=0)
+    test = model.encode(texts[cfg.fewshot.batch_size :], labels[cfg.fewshot.batch_size :], fmt)
+    train = model.encode(texts[: cfg.fewshot.batch_size], labels[: cfg.fewshot.batch_size], fmt)
+
+    def share(chunks: list[Any]) -> float:
+        slots = sum(c.input_ids.numel() for c in chunks)
+        return 1 - sum(int(c.lengths.sum()) for c in chunks) / slots
+
+    size = cfg.fewshot.eval_batch_size
+    ordered = share(list(test.chunks(size)))
+    by_length = share([c for _, c in test.sorted_chunks(size, cfg.scoring.pack_tokens)])
+    return [
+        Row("1 prompt tuning", "padding share of eval slots, length-sorted vs input-order chunks",
+            by_length, ordered, "fraction", "",
+            f"{len(test)} rows, chunks of {size}: the seq2seq encoder's padding; packed causal 0"),
+        Row("1 prompt tuning", "padding share of a training batch (padded path; packed: 0)",
+            share([train]), None, "fraction", "", f"B{len(train)}: what seq2seq still pays"),
+    ]  # fmt: skip
+
+
 def run(mode: str) -> list[Row]:
     rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp:
         for bf16 in (True, False):
             for plen in (20, 100):
                 rows.extend(run_config(mode, Path(tmp), bf16, plen))
+        rows.extend(padding_rows(mode, Path(tmp)))
     return rows
 
 

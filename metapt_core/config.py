@@ -378,7 +378,7 @@ class ScoringConfig:
         True  # causal LMs: evaluation runs each prompt once, reuses its keys/values
     )
     packing: bool = True  # causal LMs: a prompt and its rows as one sequence, no padding
-    pack_tokens: int = 512  # evaluation: about this many text tokens per length-sorted chunk
+    pack_tokens: int = 256  # causal LMs: text tokens per packed sequence (and evaluation chunk)
     max_length: int = 64  # text tokens after templating; longer texts are cut from the left
 
     def __post_init__(self) -> None:

@@ -35,9 +35,9 @@ def _close(actual: torch.Tensor, expected: torch.Tensor, rel: float = REL) -> No
     assert gap <= rel, f"relative gap {gap:.2e} > {rel:.0e}"
 
 
-def _models(path: Path) -> tuple[PromptModel, PromptModel]:
+def _models(path: Path, pack_tokens: int = 256) -> tuple[PromptModel, PromptModel]:
     bb = load_backbone(BackboneConfig(name_or_path=str(path)))
-    packed = PromptModel(bb, ScoringConfig())
+    packed = PromptModel(bb, ScoringConfig(pack_tokens=pack_tokens))
     padded = PromptModel(bb, ScoringConfig(packing=False, prompt_cache=False))
     return packed, padded
 
@@ -67,13 +67,21 @@ def test_layout_is_the_block_mask_of_the_docstring() -> None:
         dtype=torch.bool,
     )
     assert torch.equal(layout.allowed[0], expected)
+    assert layout.sequence_prompt.tolist() == [0, 1]
+    split = pack_rows(ids, torch.tensor([2, 1, 3, 1]), groups=2, prompt_len=2, max_tokens=2)
+    # A budget of 2 text tokens: every row of these groups starts its own sequence.
+    assert split.sequence_prompt.tolist() == [0, 0, 1, 1]
+    assert split.row_group.tolist() == [0, 1, 2, 3] and split.row_start.tolist() == [0, 0, 0, 0]
     with pytest.raises(ValueError, match="groups"):
         pack_rows(ids, torch.tensor([2, 1, 3, 1]), groups=3, prompt_len=2)
 
 
+@pytest.mark.parametrize("pack_tokens", [256, 12])  # 12: groups split over several sequences
 @pytest.mark.parametrize("shape", ["shared", "grouped", "per_row"])
-def test_packed_scores_and_gradients_equal_padded_causal(tiny_llama_path: Path, shape: str) -> None:
-    packed, padded = _models(tiny_llama_path)
+def test_packed_scores_and_gradients_equal_padded_causal(
+    tiny_llama_path: Path, shape: str, pack_tokens: int
+) -> None:
+    packed, padded = _models(tiny_llama_path, pack_tokens)
     assert packed.scorer.packed and not padded.scorer.packed and not packed.fallbacks
     batch = packed.encode(TEXTS, LABELS, FMT)
     prompt = _prompts(packed, shape).requires_grad_(True)

@@ -118,16 +118,26 @@ class CausalScorer:
         """:meth:`states` through one packed pass (:mod:`~metapt_core.scoring.packing`)."""
         prompts = prompt_groups(prompt, len(input_ids))
         plen = int(prompts.shape[1])
-        layout = pack_rows(input_ids, mask.sum(1), int(prompts.shape[0]), plen, self.pad_id)
+        layout = pack_rows(
+            input_ids,
+            mask.sum(1),
+            int(prompts.shape[0]),
+            plen,
+            self.pad_id,
+            max_tokens=self.scoring.pack_tokens,
+        )
         text = self.embed(layout.token_ids)
-        embeds = torch.cat([prompts.to(text.dtype), text], dim=1) if plen else text
+        if plen:
+            embeds = torch.cat([prompts.to(text.dtype)[layout.sequence_prompt], text], dim=1)
+        else:
+            embeds = text
         out = self.base(
             inputs_embeds=embeds,
             attention_mask=attention_mask(layout.allowed, self.implementation, embeds.dtype),
             position_ids=model_position_ids(layout),
             use_cache=False,
         )
-        hidden = out.last_hidden_state  # [G, P + T, H]
+        hidden = out.last_hidden_state  # [S, P + T, H]
         index = plen + layout.text_index(read)  # [B, K]
         return hidden[layout.row_group.unsqueeze(1), index]
 

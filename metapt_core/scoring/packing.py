@@ -5,7 +5,9 @@ Rows are grouped by prompt: group g holds prompt ``p_g`` (``P`` vectors) and row
 
     [ p_g | x_{g*r} | x_{g*r+1} | ... ]           (length P + sum_{b in R_g} len_b)
 
-and the G sequences are right-padded to the longest one. Token i may attend to token j iff
+and the sequences are right-padded to the longest one. A group longer than a token budget is
+split into several sequences, each behind its own copy of the prompt (the same tensor, so its
+gradient is the sum over copies, as it is over rows). Token i may attend to token j iff
 
     j <= i  and  ( j < P  or  row(i) = row(j) )                                   (block mask)
 
@@ -38,14 +40,15 @@ class PackedLayout:
     """Where every real token of a batch sits in the packed sequences.
 
     Attributes:
-        token_ids: ``[G, T]`` text token ids of the packed rows (``pad_id`` after each group's
-            last row). The full sequence is ``[prompt (P) | token_ids (T)]``.
-        position_ids: ``[G, P + T]`` positions: ``0..P-1`` for the prompt, ``P + k`` for the
+        token_ids: ``[S, T]`` text token ids of the packed rows (``pad_id`` after each
+            sequence's last row). Sequence s is ``[prompt (P) | token_ids[s] (T)]``.
+        position_ids: ``[S, P + T]`` positions: ``0..P-1`` for the prompt, ``P + k`` for the
             k-th token of each row.
-        allowed: ``[G, P + T, P + T]`` boolean block mask (True: may attend).
-        row_group: ``[B]`` the group (sequence) of each row.
+        allowed: ``[S, P + T, P + T]`` boolean block mask (True: may attend).
+        row_group: ``[B]`` the sequence of each row.
         row_start: ``[B]`` index in ``token_ids`` of each row's first token.
         prompt_len: ``P``.
+        sequence_prompt: ``[S]`` the prompt (group) in front of each sequence.
     """
 
     token_ids: Tensor
@@ -54,6 +57,7 @@ class PackedLayout:
     row_group: Tensor
     row_start: Tensor
     prompt_len: int
+    sequence_prompt: Tensor
 
     def text_index(self, positions: Tensor) -> Tensor:
         """Indices into the packed text (``token_ids``) of row-relative positions ``[B, K]``."""
@@ -66,7 +70,12 @@ class PackedLayout:
 
 
 def pack_rows(
-    input_ids: Tensor, lengths: Tensor, groups: int, prompt_len: int, pad_id: int = 0
+    input_ids: Tensor,
+    lengths: Tensor,
+    groups: int,
+    prompt_len: int,
+    pad_id: int = 0,
+    max_tokens: int | None = None,
 ) -> PackedLayout:
     """The packed layout of ``B`` right-padded rows in ``groups`` contiguous groups.
 
@@ -76,6 +85,9 @@ def pack_rows(
         groups: G; ``B`` must be a multiple of it (rows ``g*B/G .. (g+1)*B/G - 1`` form group g).
         prompt_len: P (0: no prompt).
         pad_id: the token id written into padding slots.
+        max_tokens: split a group into several sequences (each with its own copy of the
+            prompt) of at most this many text tokens (a longer row is a sequence alone), which
+            bounds the dense mask's quadratic attention cost. None: one sequence per group.
 
     Returns:
         :class:`PackedLayout`; padding slots have position id -1 (set to 0 before use by
@@ -87,36 +99,51 @@ def pack_rows(
     device = input_ids.device
     per_group = bsz // groups
     lengths = lengths.to(device=device, dtype=torch.long)
-    grid = lengths.view(groups, per_group)
-    row_start = (grid.cumsum(1) - grid).reshape(bsz)
-    row_group = torch.arange(groups, device=device).repeat_interleave(per_group)
-    text_width = int(grid.sum(1).max()) if bsz else 0
+    # Assign rows (in order) to sequences: a new one at each group start or when full.
+    row_seq_list: list[int] = []
+    row_start_list: list[int] = []
+    seq_prompt_list: list[int] = []
+    used = 0
+    for b, n in enumerate(lengths.tolist()):
+        fresh = b % per_group == 0 or (max_tokens is not None and used + n > max_tokens)
+        if fresh:
+            seq_prompt_list.append(b // per_group)
+            used = 0
+        row_seq_list.append(len(seq_prompt_list) - 1)
+        row_start_list.append(used)
+        used += n
+    row_seq = torch.tensor(row_seq_list, dtype=torch.long, device=device)
+    row_start = torch.tensor(row_start_list, dtype=torch.long, device=device)
+    sequence_prompt = torch.tensor(seq_prompt_list, dtype=torch.long, device=device)
+    n_seq = len(seq_prompt_list)
+    text_width = int((row_start + lengths).max()) if bsz else 0
 
     cols = torch.arange(width, device=device)
     valid = cols.unsqueeze(0) < lengths.unsqueeze(1)  # [B, L]
-    dest_row = row_group.unsqueeze(1).expand(-1, width)[valid]
+    dest_row = row_seq.unsqueeze(1).expand(-1, width)[valid]
     dest_col = (row_start.unsqueeze(1) + cols.unsqueeze(0))[valid]
-    token_ids = torch.full((groups, text_width), pad_id, dtype=input_ids.dtype, device=device)
+    token_ids = torch.full((n_seq, text_width), pad_id, dtype=input_ids.dtype, device=device)
     token_ids[dest_row, dest_col] = input_ids[valid]
     # Segment of each text slot: its row, or a unique negative id for padding.
-    segment = -2 - torch.arange(text_width, device=device).unsqueeze(0).repeat(groups, 1)
+    segment = -2 - torch.arange(text_width, device=device).unsqueeze(0).repeat(n_seq, 1)
     rows = torch.arange(bsz, device=device).unsqueeze(1).expand(-1, width)
     segment[dest_row, dest_col] = rows[valid]
-    text_pos = torch.full((groups, text_width), -1, dtype=torch.long, device=device)
+    text_pos = torch.full((n_seq, text_width), -1, dtype=torch.long, device=device)
     text_pos[dest_row, dest_col] = prompt_len + cols.unsqueeze(0).expand(bsz, -1)[valid]
 
-    prompt_pos = torch.arange(prompt_len, device=device).unsqueeze(0).expand(groups, -1)
+    prompt_pos = torch.arange(prompt_len, device=device).unsqueeze(0).expand(n_seq, -1)
     position_ids = torch.cat([prompt_pos, text_pos], dim=1)
     full = prompt_len + text_width
-    seg = torch.cat(
-        [torch.full((groups, prompt_len), -1, device=device, dtype=torch.long), segment], 1
-    )
+    prompt_seg = torch.full((n_seq, prompt_len), -1, device=device, dtype=torch.long)
+    seg = torch.cat([prompt_seg, segment], 1)
     idx = torch.arange(full, device=device)
     causal = idx.unsqueeze(1) >= idx.unsqueeze(0)  # [T, T]: j <= i
     to_prompt = (idx < prompt_len).unsqueeze(0)  # [1, T]: j < P
-    same_row = seg.unsqueeze(2) == seg.unsqueeze(1)  # [G, T, T]
+    same_row = seg.unsqueeze(2) == seg.unsqueeze(1)  # [S, T, T]
     allowed = causal.unsqueeze(0) & (to_prompt.unsqueeze(0) | same_row)
-    return PackedLayout(token_ids, position_ids, allowed, row_group, row_start, prompt_len)
+    return PackedLayout(
+        token_ids, position_ids, allowed, row_seq, row_start, prompt_len, sequence_prompt
+    )
 
 
 def model_position_ids(layout: PackedLayout) -> Tensor:
