@@ -271,7 +271,7 @@ class CausalScorer:
             return out
         positions = torch.arange(plen, device=self.device).expand(n_prompts, -1)
         first = self.base(
-            inputs_embeds=prompts.to(self.embed.weight.dtype),
+            inputs_embeds=prompts.to(cast(Tensor, self.embed.weight).dtype),
             position_ids=positions,
             use_cache=True,
         )
