@@ -39,6 +39,13 @@ def prompt_groups(prompt: Tensor, batch_size: int) -> Tensor:
     return prompt
 
 
+def label_log_prob(logp: Tensor, tokens: tuple[int, ...]) -> Tensor:
+    """``[B]``: ``sum_j logp[b, j, tokens[j]]`` for ``logp`` ``[B, K, V]`` (K = len(tokens))."""
+    bsz = int(logp.shape[0])
+    target = torch.tensor(tokens, device=logp.device).view(1, -1, 1).expand(bsz, -1, 1)
+    return logp.gather(2, target).squeeze(-1).sum(-1)
+
+
 class CausalScorer:
     """Hidden states and label-word logits of a frozen causal LM behind soft prompts.
 
@@ -238,8 +245,7 @@ class CausalScorer:
             read = (lengths - 1).unsqueeze(1) + torch.arange(len(tokens), device=self.device)
             states = self.states(prompt, ids, mask, read)  # [B, K, H]
             logp = self.head_logits(states, None).float().log_softmax(-1)
-            target = torch.tensor(tokens, device=self.device).view(1, -1, 1).expand(bsz, -1, 1)
-            columns.append(logp.gather(2, target).squeeze(-1).sum(-1))
+            columns.append(label_log_prob(logp, tokens))
         return torch.stack(columns, dim=1)
 
     # ------------------------------------------------------------------ evaluation

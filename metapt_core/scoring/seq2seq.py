@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from metapt_core.scoring.causal import prompt_groups
+from metapt_core.scoring.causal import label_log_prob, prompt_groups
 from metapt_core.scoring.encoding import EncodedBatch
 
 
@@ -81,8 +81,7 @@ class Seq2SeqScorer:
             dec = torch.tensor(batch.decoder_prefix + tokens[:-1], device=self.device)
             logits, encoder_out = self.logits(prompt, batch, dec.expand(bsz, -1), encoder_out)
             logp = logits[:, k - 1 : k - 1 + len(tokens)].float().log_softmax(-1)
-            target = torch.tensor(tokens, device=self.device).view(1, -1, 1).expand(bsz, -1, 1)
-            columns.append(logp.gather(2, target).squeeze(-1).sum(-1))
+            columns.append(label_log_prob(logp, tokens))
         return torch.stack(columns, dim=1)
 
     @torch.no_grad()
