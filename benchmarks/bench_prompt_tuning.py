@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_prompt_tuning.py --mode quick
     .venv/bin/python benchmarks/bench_prompt_tuning.py --mode full --json /tmp/pt.json
+    .venv/bin/python benchmarks/bench_prompt_tuning.py --mode quick --precision bf16  # shipped only
     .venv/bin/python benchmarks/bench_prompt_tuning.py --mode tiny      # dry run, tiny model
 
 All arms run the same backbone (the embedded SmolLM2; a tiny random Llama in tiny mode) at the
@@ -269,10 +270,10 @@ def padding_rows(mode: str, tmp: Path) -> list[Row]:
     ]  # fmt: skip
 
 
-def run(mode: str) -> list[Row]:
+def run(mode: str, precisions: tuple[str, ...] = ("bf16", "fp32")) -> list[Row]:
     rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for bf16 in (True, False):
+        for bf16 in [p == "bf16" for p in precisions]:
             for plen in (20, 100):
                 rows.extend(run_config(mode, Path(tmp), bf16, plen))
         rows.extend(padding_rows(mode, Path(tmp)))
@@ -280,8 +281,16 @@ def run(mode: str) -> list[Row]:
 
 
 def main() -> None:
-    args = bench_parser(__doc__).parse_args()
-    emit(run(args.mode), args.json, "1. prompt tuning: metapt vs peft")
+    parser = bench_parser(__doc__)
+    parser.add_argument(
+        "--precision",
+        choices=("both", "bf16", "fp32"),
+        default="both",
+        help="only the shipped bf16 autocast, only fp32, or both (default)",
+    )
+    args = parser.parse_args()
+    precisions = ("bf16", "fp32") if args.precision == "both" else (args.precision,)
+    emit(run(args.mode, precisions), args.json, "1. prompt tuning: metapt vs peft")
 
 
 if __name__ == "__main__":
