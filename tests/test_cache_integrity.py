@@ -238,7 +238,12 @@ CODE = [
     ("metapt_core.embedding", ["embed"]),
     ("metapt_core.clustering", ["cluster"]),
     ("metapt_core.ppt", ["ppt"]),
-    ("metapt_core.meta", ["meta-pretrain-maml"]),
+    # PPT runs the meta package's training loop, episode sampler and checkpoints.
+    ("metapt_core.meta", ["ppt", "meta-pretrain-maml"]),
+    (
+        "metapt_core.scoring",
+        ["ppt", "meta-pretrain-maml", "evaluate-cells mr/k2/s0", "evaluate-cells mr/k2/s1"],
+    ),
     ("metapt_core.fewshot", ["evaluate-cells mr/k2/s0", "evaluate-cells mr/k2/s1"]),
     ("metapt_core.report", ["report"]),
 ]
