@@ -149,7 +149,7 @@ def main() -> int:
         parser.error(f"--only: unknown {', '.join(unknown)} (known: {', '.join(BENCHMARKS)})")
     timeout = args.timeout or (900.0 if mode != "full" else 3 * 3600.0)
     info = machine()
-    started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    started = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     print(f"# benchmarks ({mode} mode) on {machine_line(info)}", flush=True)
     rows: list[Row] = []
     seconds: dict[str, float] = {}

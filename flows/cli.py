@@ -79,10 +79,12 @@ def _hints() -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from flows.context import ensure_work_dir
     from tasks.stage import expand_refresh
 
     cfg = _resolve(args)
     expand_refresh(args.refresh)  # unknown stage names fail here, before any work
+    ensure_work_dir(cfg)
     from metapt_core.validate import preflight_once
 
     preflight_once(

@@ -10,9 +10,18 @@ from typing import Any
 
 from flows.env import WORK_DIR_ENV
 from metapt_core.config import PipelineConfig, dump_yaml, load_config
+from metapt_core.errors import ConfigError
 from metapt_core.store import ArtifactRef, atomic_write_text
 from tasks.stage import RunContext, expand_refresh
-from tasks.tracking import FLOW_RUN_TAG, KIND_TAG, Tracker
+from tasks.tracking import (
+    ALIVE_TAG,
+    FLOW_RUN_TAG,
+    HOST_TAG,
+    KIND_TAG,
+    Tracker,
+    hold_alive,
+    release_alive,
+)
 
 Refs = dict[str, dict[str, str]]
 
@@ -30,6 +39,22 @@ def resolve_config(
     """The checked config; ``$METAPT_WORK_DIR`` (set by ``make serve``) is a default work_dir."""
     pre = [f"work_dir={os.environ[WORK_DIR_ENV]}"] if os.environ.get(WORK_DIR_ENV) else []
     return load_config(profile, config_file or None, pre + as_list(overrides))
+
+
+def ensure_work_dir(cfg: PipelineConfig) -> None:
+    """Create the work folder, or fail with one line naming ``work_dir`` and the reason.
+
+    Raises:
+        ConfigError: the folder cannot be created or written.
+    """
+    path = cfg.work_path
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise ConfigError("work_dir", cfg.work_dir, f"cannot be created ({reason})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError("work_dir", cfg.work_dir, "is not writable")
 
 
 def current_flow_run() -> tuple[str, str]:
@@ -62,11 +87,17 @@ def pipeline_run(
     if owner:
         from metapt_core.validate import preflight_once
 
+        ensure_work_dir(cfg)
         # Before any work or tracking: a bad setting fails the flow run with its one-line message.
         preflight_once(cfg, cfg.assets_path)
     flow_run_id, flow_run_name = current_flow_run()
     tracker = Tracker.open(cfg)
+    alive: tuple[Any, int] | None = None
     if owner:
+        import socket
+
+        for run_id in tracker.reap_killed():
+            print(f"marked MLflow run {run_id} KILLED (its process died)", flush=True)
         parent_run_id = tracker.start_run(
             f"{flow_name}-{flow_run_name}" if flow_run_name else flow_name,
             tags={
@@ -76,9 +107,13 @@ def pipeline_run(
                 "metapt.profile": profile,
                 "metapt.overrides": " ".join(as_list(overrides)),
                 "metapt.refresh": " ".join(as_list(refresh)),
+                HOST_TAG: socket.gethostname(),
             },
             parent_run_id="",
         )
+        lock_path = cfg.work_path / "runs" / "alive" / f"{parent_run_id}.lock"
+        alive = (lock_path, hold_alive(lock_path))
+        tracker.set_tags(parent_run_id, {ALIVE_TAG: str(lock_path)})
         tracker.log_config(parent_run_id, cfg)
         atomic_write_text(
             cfg.work_path / "runs" / (flow_run_id or parent_run_id) / "config.yaml", dump_yaml(cfg)
@@ -95,8 +130,12 @@ def pipeline_run(
         if owner:
             tracker.end(parent_run_id, ok=False)
         raise
-    if owner:
-        tracker.end(parent_run_id)
+    else:
+        if owner:
+            tracker.end(parent_run_id)
+    finally:
+        if alive is not None:
+            release_alive(*alive)
 
 
 def ref_dict(ref: ArtifactRef) -> dict[str, str]:

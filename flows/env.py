@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
-
 import tomllib
+from pathlib import Path
 
 DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",

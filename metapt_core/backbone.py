@@ -18,7 +18,7 @@ from transformers import (
     PreTrainedModel,
 )
 
-from metapt_core.config import BackboneConfig, BackboneKind
+from metapt_core.config import BackboneConfig, BackboneKind, DType
 from metapt_core.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -105,10 +105,14 @@ def load_backbone(cfg: BackboneConfig, assets_dir: Path | None = None) -> Backbo
             )
         auto_cls = AutoModelForSeq2SeqLM if kind is BackboneKind.SEQ2SEQ else AutoModelForCausalLM
         log.info(
-            "loading backbone %s (%s, %s) on %s", cfg.name_or_path, kind.value, cfg.dtype, device
+            "loading backbone %s (%s, %s) on %s",
+            cfg.name_or_path,
+            kind.value,
+            DType(cfg.dtype).value,
+            device,
         )
         try:
-            model = auto_cls.from_pretrained(path, dtype=_DTYPES[cfg.dtype], **extra)
+            model = auto_cls.from_pretrained(path, dtype=_DTYPES[DType(cfg.dtype).value], **extra)
             tokenizer = AutoTokenizer.from_pretrained(path, **extra)
         except (OSError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

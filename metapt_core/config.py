@@ -9,8 +9,10 @@ Checks that need no I/O live in ``__post_init__``; checks that read files or mod
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -66,6 +68,28 @@ class BackboneKind(str, Enum):
     AUTO = "auto"
     CAUSAL = "causal"
     SEQ2SEQ = "seq2seq"
+
+
+class DType(str, Enum):
+    """The dtype the backbone's weights are loaded in."""
+
+    FLOAT32 = "float32"
+    BFLOAT16 = "bfloat16"
+    FLOAT16 = "float16"
+
+
+class Optimizer(str, Enum):
+    """A prompt optimiser (few-shot tuning, MetaPT's outer loop)."""
+
+    ADAM = "adam"
+    SGD = "sgd"  # plain SGD; at meta.inner_lr it is MetaPT's own inner loop
+
+
+class HdbscanSelection(str, Enum):
+    """HDBSCAN's cluster selection."""
+
+    EOM = "eom"  # excess of mass
+    LEAF = "leaf"  # finer clusters, more noise
 
 
 class PromptInit(str, Enum):
@@ -168,6 +192,7 @@ class SourceConfig:
     format: SourceFormat = SourceFormat.BUILTIN
     path: str = ""  # file/folder for csv/json/parquet/disk; the builtin set id; the hub name
     hub_config: str = ""
+    revision: str = ""  # hub sources: a branch, tag or commit; empty: the default branch
     split: str = "train"
     text_column: str = "text"
     label_column: str = "label"
@@ -297,7 +322,7 @@ class ClusterConfig:
     umap_components: int = 10
     umap_neighbors: int = 15
     hdbscan_min_cluster_size: int = 50
-    hdbscan_selection: str = "eom"  # eom (excess of mass) | leaf (finer clusters, more noise)
+    hdbscan_selection: HdbscanSelection = HdbscanSelection.EOM
     noise_policy: NoisePolicy = NoisePolicy.NEAREST
     lda_vocab_size: int = 5000
     small_cluster_policy: SmallClusterPolicy = SmallClusterPolicy.MERGE
@@ -319,10 +344,6 @@ class ClusterConfig:
         _positive("cluster.umap_components", self.umap_components)
         _positive("cluster.umap_neighbors", self.umap_neighbors)
         _positive("cluster.hdbscan_min_cluster_size", self.hdbscan_min_cluster_size)
-        if self.hdbscan_selection not in {"eom", "leaf"}:
-            raise ConfigError(
-                "cluster.hdbscan_selection", self.hdbscan_selection, "must be eom or leaf"
-            )
         _positive("cluster.lda_vocab_size", self.lda_vocab_size)
         _non_negative("cluster.min_rows_per_class", self.min_rows_per_class)
 
@@ -333,7 +354,7 @@ class BackboneConfig:
 
     name_or_path: str = "builtin:smollm2-135m"  # or a hub name or a local folder
     kind: BackboneKind = BackboneKind.AUTO
-    dtype: str = "float32"  # float32 | bfloat16 | float16
+    dtype: DType = DType.FLOAT32
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     autocast_bf16: bool = (
         False  # bf16 autocast on CUDA and on CPUs with native bf16 (lm.native_bf16)
@@ -344,8 +365,6 @@ class BackboneConfig:
     def __post_init__(self) -> None:
         if not self.name_or_path:
             raise ConfigError("backbone.name_or_path", self.name_or_path, "is empty")
-        if self.dtype not in {"float32", "bfloat16", "float16"}:
-            raise ConfigError("backbone.dtype", self.dtype, "must be float32, bfloat16 or float16")
         if not (self.device in {"auto", "cpu", "cuda"} or self.device.startswith("cuda:")):
             raise ConfigError("backbone.device", self.device, "must be auto, cpu, cuda or cuda:N")
 
@@ -397,7 +416,7 @@ class MetaConfig:
     inner_steps: int = 1
     inner_lr: float = 0.3
     outer_lr: float = 0.03
-    outer_optimizer: str = "adam"  # adam | sgd
+    outer_optimizer: Optimizer = Optimizer.ADAM
     reptile_step: float = 1.0  # Reptile: outer step is outer_lr * reptile_step * (adapted - init)
     val_every: int = 20
     val_episodes: int = 8
@@ -414,8 +433,6 @@ class MetaConfig:
         _positive("meta.inner_lr", self.inner_lr)
         _positive("meta.outer_lr", self.outer_lr)
         _positive("meta.reptile_step", self.reptile_step)
-        if self.outer_optimizer not in {"adam", "sgd"}:
-            raise ConfigError("meta.outer_optimizer", self.outer_optimizer, "must be adam or sgd")
         _non_negative("meta.val_every", self.val_every)
         _positive("meta.checkpoint_every", self.checkpoint_every)
         _fraction("meta.val_fraction", self.val_fraction)
@@ -449,7 +466,7 @@ class FewShotConfig:
     steps: int = 30
     batch_size: int = 8
     lr: float = 0.3
-    optimizer: str = "adam"  # adam | sgd (sgd at meta.inner_lr is MetaPT's own inner loop)
+    optimizer: Optimizer = Optimizer.ADAM
     eval_every: int = 10  # dev evaluation period when a dev set is used
     eval_batch_size: int = 32
 
@@ -466,8 +483,6 @@ class FewShotConfig:
         _positive("fewshot.steps", self.steps)
         _positive("fewshot.batch_size", self.batch_size)
         _positive("fewshot.lr", self.lr)
-        if self.optimizer not in {"adam", "sgd"}:
-            raise ConfigError("fewshot.optimizer", self.optimizer, "must be adam or sgd")
         _positive("fewshot.eval_every", self.eval_every)
         _positive("fewshot.eval_batch_size", self.eval_batch_size)
 
@@ -517,7 +532,6 @@ class PipelineConfig:
     profile: str = "default"
     work_dir: str = ".metapt"  # artifact store, asset cache, local tracking
     assets_dir: str = ""  # empty: <work_dir>/assets
-    seed: int = 0
     pool: PoolConfig = field(default_factory=lambda: PoolConfig(sources=[_default_pool_source()]))
     cleaning: CleaningConfig = field(default_factory=CleaningConfig)
     tasks: list[TaskSpec] = field(default_factory=list)
@@ -687,8 +701,77 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def parse_override(text: str) -> dict[str, Any]:
-    """``"meta.inner_lr=0.1"`` -> ``{"meta": {"inner_lr": 0.1}}`` (the value is read as YAML)."""
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 floats: ``1e-3`` and ``5E+2`` are numbers, not strings
+    (YAML 1.1, which PyYAML follows, needs a dot in a float)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+# The float resolver above also matches plain integers: keep them integers (checked first).
+_Loader.yaml_implicit_resolvers = {
+    first: sorted(resolvers, key=lambda r: r[0] != "tag:yaml.org,2002:int")
+    for first, resolvers in _Loader.yaml_implicit_resolvers.items()
+}
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text with YAML 1.2 floats (``1e-3``); raises ``yaml.YAMLError``."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+_SEGMENT = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:\[(?P<item>[^\[\]]+)\])?$")
+
+
+def _override_path(text: str, key: str) -> list[Any]:
+    """``tasks[mr].max_test`` -> ``["tasks", "mr"(item), "max_test"]``; ``tasks.0.x`` works too.
+
+    Items are returned as ``("item", selector)`` tuples so that a setting named like a number is
+    never taken for an index.
+    """
+    path: list[Any] = []
+    for part in key.split("."):
+        if part.isdigit() and path:
+            path.append(("item", part))
+            continue
+        match = _SEGMENT.match(part)
+        if match is None:
+            raise ConfigError("--set", text, f"{part!r} is not a setting name (or name[item])")
+        path.append(match["name"])
+        if match["item"] is not None:
+            path.append(("item", match["item"].strip()))
+    return path
+
+
+def _select(items: list[Any], selector: str, where: str, text: str) -> int:
+    """Index of the list item ``selector`` names: an index, or the item whose ``name`` it is."""
+    names = [item.get("name") if isinstance(item, dict) else None for item in items]
+    if selector in names:
+        return names.index(selector)
+    if selector.lstrip("-").isdigit() and -len(items) <= int(selector) < len(items):
+        return int(selector) % len(items)
+    known = ", ".join(str(n) for n in names if n is not None) or f"indices 0..{len(items) - 1}"
+    raise ConfigError("--set", text, f"{where} has no item {selector!r} (items: {known})")
+
+
+def apply_override(data: dict[str, Any], text: str) -> dict[str, Any]:
+    """``data`` with one ``key=value`` override applied (the value is read as YAML 1.2).
+
+    ``key`` is a dotted path (``meta.inner_lr=1e-3``); a list item is chosen by its ``name`` or
+    its index, ``tasks[mr].max_test=50`` or ``tasks.0.max_test=50``. Other items are kept.
+
+    Raises:
+        ConfigError: a malformed override, or a list item that does not exist.
+    """
     if "=" not in text:
         raise ConfigError("--set", text, "must look like section.key=value")
     key, raw = text.split("=", 1)
@@ -696,17 +779,44 @@ def parse_override(text: str) -> dict[str, Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError("--set", text, "must look like section.key=value")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
-    node: dict[str, Any] = {}
-    cursor = node
-    parts = key.split(".")
-    for part in parts[:-1]:
-        cursor[part] = {}
-        cursor = cursor[part]
-    cursor[parts[-1]] = value
-    return node
+    path = _override_path(text, key)
+    merged = copy.deepcopy(data)
+    node: Any = merged
+    where = ""
+    for position, part in enumerate(path):
+        last = position == len(path) - 1
+        if isinstance(part, tuple):
+            if not isinstance(node, list):
+                raise ConfigError("--set", text, f"{where} is not a list")
+            index = _select(node, part[1], where, text)
+            where = f"{where}[{part[1]}]"
+            if last:
+                node[index] = value
+            else:
+                node = node[index]
+            continue
+        if not isinstance(node, dict):
+            raise ConfigError("--set", text, f"{where} is not a section")
+        where = f"{where}.{part}" if where else part
+        if last:
+            current = node.get(part)
+            node[part] = (
+                deep_merge(current, value)
+                if isinstance(current, dict) and isinstance(value, dict)
+                else value
+            )
+        else:
+            node = node.setdefault(part, {})
+    return merged
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``"meta.inner_lr=0.1"`` -> ``{"meta": {"inner_lr": 0.1}}`` (no list items; see
+    :func:`apply_override`)."""
+    return apply_override({}, text)
 
 
 PROFILES = ("smoke", "default", "study", "paper")
@@ -717,7 +827,7 @@ def profile_data(name: str) -> dict[str, Any]:
     if name not in PROFILES:
         raise ConfigError("profile", name, f"unknown profile (known: {', '.join(PROFILES)})")
     text = resources.files("metapt_core").joinpath("profiles", f"{name}.yaml").read_text("utf-8")
-    data = yaml.safe_load(text) or {}
+    data = load_yaml(text) or {}
     data["profile"] = name
     return data
 
@@ -728,7 +838,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError("--config", str(path), "file not found")
     try:
-        data = yaml.safe_load(p.read_text("utf-8"))
+        data = load_yaml(p.read_text("utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ConfigError("--config", str(path), f"is not valid YAML ({first})") from None
@@ -749,7 +859,7 @@ def load_config(
     if config_file:
         data = deep_merge(data, read_yaml(config_file))
     for text in overrides or []:
-        data = deep_merge(data, parse_override(text))
+        data = apply_override(data, text)
     data["profile"] = profile
     return from_dict(PipelineConfig, data)
 

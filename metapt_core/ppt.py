@@ -39,12 +39,13 @@ from metapt_core.meta.trainer import (
     tensor_hash,
     train_prompt,
 )
+from metapt_core.specs import PPTSpec
 from metapt_core.store import ArtifactRef
 
 
 def ppt_pretrain(
     shards: str | Path | ArtifactRef,
-    cfg: PipelineConfig,
+    cfg: PPTSpec | PipelineConfig,
     model: PromptObjective,
     out_dir: str | Path,
     progress: Progress | None = None,
@@ -59,7 +60,9 @@ def ppt_pretrain(
 
     Args:
         shards: the cluster stage's shards folder (or its reference).
-        cfg: the pipeline configuration; ``(steps, B) = cfg.ppt_budget()``.
+        cfg: what PPT reads (:class:`~metapt_core.specs.PPTSpec`: ``ppt``, the episode settings
+            it shares with MetaPT, ``prompt``, the pool's format, the model's settings), or a
+            whole config to take it from; ``(steps, B) = cfg.ppt_budget()``.
         model: the frozen prompt model.
         out_dir: the prompt folder to write; checkpoints go to ``<out_dir>.ckpt``.
         progress: ``progress(done, total, message)`` per step.
@@ -71,6 +74,7 @@ def ppt_pretrain(
         MetaPT's under the default budget.
     """
     started = time.perf_counter()
+    cfg = PPTSpec.of(cfg)
     meta = cfg.meta
     steps, batch_size = cfg.ppt_budget()
     out = Path(out_dir)

@@ -418,8 +418,9 @@ def check_pool(
         The pool's cleaned texts (for the leakage check of the tasks).
     """
     from metapt_core.data import build_pool
+    from metapt_core.specs import PoolSpec
 
-    rows, _ = build_pool(cfg, assets)  # label mapping, cleaning, "no rows left"
+    rows, _ = build_pool(PoolSpec.of(cfg), assets)  # label mapping, cleaning, "no rows left"
     n = len(rows)
     report.pool_rows = n
     if all(label is None for label in rows.label):
@@ -461,9 +462,10 @@ def check_task(
     """Split one task as ingest does, check leakage into the pool and the few-shot demand."""
     from metapt_core.data import check_leakage
     from metapt_core.data.ingest import task_rows
+    from metapt_core.specs import TasksSpec
 
     task = next(t for t in cfg.tasks if t.name == name)
-    train, test, _ = task_rows(task, cfg, assets)  # labels, cleaning, empty classes/test
+    train, test, _ = task_rows(task, TasksSpec.of(cfg), assets)  # labels, cleaning, empty classes/test
     if pool_texts is not None:
         check_leakage({name: test}, pool_texts)
     counts = train.label_counts(task.classes)

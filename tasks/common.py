@@ -13,6 +13,9 @@ from tasks.core import core
 # Stage tasks are cached by the artifact store (see tasks.cache), not by Prefect's result cache.
 TASK_OPTIONS: dict[str, Any] = {"persist_result": False, "log_prints": True}
 
+# The loader of the frozen backbone: an entry point of every stage that receives the model.
+BACKBONE_LOADER = "metapt_core.lm:load_prompt_model"
+
 _backbones: dict[str, Any] = {}
 _backbone_lock = threading.Lock()
 
@@ -64,7 +67,7 @@ def get_backbone(cfg: PipelineConfig) -> Any:
     key = _backbone_key(cfg)
     with _backbone_lock:
         if key not in _backbones:
-            _backbones[key] = core("metapt_core.lm:load_prompt_model")(cfg)
+            _backbones[key] = core(BACKBONE_LOADER)(cfg)
         return _backbones[key]
 
 

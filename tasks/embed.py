@@ -6,15 +6,15 @@ from pathlib import Path
 
 from prefect import task
 
+from metapt_core.config import to_dict
 from metapt_core.store import ArtifactRef
 from tasks.cache import StageOutcome
 from tasks.common import TASK_OPTIONS, no_cache
 from tasks.core import core
 from tasks.progress import StageProgress
-from tasks.stage import RunContext, StageSpec, core_output, execute_stage, settings_of
+from tasks.stage import RunContext, StageSpec, core_output, execute_stage
 
 CORE = "metapt_core.embedding:embed_pool"
-MODULES = ["metapt_core.embedding"]
 
 
 @task(name="embed", cache_policy=no_cache(), **TASK_OPTIONS)
@@ -28,9 +28,9 @@ def embed_task(ctx: RunContext, assets: ArtifactRef, pool: ArtifactRef) -> Stage
 
     spec = StageSpec(
         stage="embed",
-        settings=settings_of(cfg, ["embed"]),
+        settings={"embed": to_dict(cfg.embed)},  # the core receives cfg.embed
         upstream={"assets": assets, "pool": pool},
-        modules=MODULES,
+        entries=[CORE],
         compute=compute,
     )
     return execute_stage(ctx, spec)

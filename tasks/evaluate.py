@@ -14,33 +14,19 @@ from typing import Any
 
 from prefect import task
 
+from metapt_core.config import to_dict
+from metapt_core.specs import EvalSpec, ReportSpec
 from metapt_core.store import ArtifactRef, atomic_write_json, seal
 from tasks.cache import StageOutcome
-from tasks.common import TASK_OPTIONS, get_backbone, no_cache
+from tasks.common import BACKBONE_LOADER, TASK_OPTIONS, get_backbone, no_cache
 from tasks.core import core
 from tasks.progress import StageProgress
-from tasks.stage import RunContext, StageSpec, execute_stage, plain, result_stats, settings_of
+from tasks.stage import RunContext, StageSpec, execute_stage, plain, result_stats
 from tasks.tracking import CACHED_TAG, KIND_TAG, SOURCE_RUN_TAG, STAGE_TAG
 
 CELLS_CORE = "metapt_core.fewshot.stage:evaluate_group"
 REPORT_CORE = "metapt_core.report:build_report"
-CELL_MODULES = [
-    "metapt_core.fewshot",
-    "metapt_core.lm",
-    "metapt_core.scoring",
-    "metapt_core.prompt",
-]
-REPORT_MODULES = ["metapt_core.report"]
-CELL_SETTINGS = [
-    "seed",
-    "fewshot",
-    "backbone",
-    "prompt",
-    "scoring",
-    "grid.zero_shot",
-    "grid.batch_prompts",
-]
-REPORT_SETTINGS = ["grid.bootstrap", "grid.ci_level", "grid.inits", "fewshot.shots"]
+CELL_ENTRIES = [CELLS_CORE, BACKBONE_LOADER]  # their import closure is the code key
 CELL_PARAMS = ("task", "method", "shots", "seed", "split_seed")
 CELLS_FILE = "cells.json"
 
@@ -79,12 +65,12 @@ def eval_group_task(
     random and sample_vocab). Returns the group's outcome; ``stats["cells"]`` lists the cells.
     """
     cfg = ctx.cfg
-    spec_task = next(t for t in cfg.tasks if t.name == task_name)
-    defaults = {"task": task_name, "shots": shots, "seed": seed, "split_seed": spec_task.seed}
+    reads = EvalSpec.of(cfg, task_name, shots, seed)  # what the core receives is what is keyed
+    defaults = {"task": task_name, "shots": shots, "seed": seed, "split_seed": reads.task.seed}
 
     def compute(out_dir: Path, progress: StageProgress) -> tuple[ArtifactRef, dict[str, Any]]:
         result = core(CELLS_CORE)(
-            cfg,
+            reads,
             task_name,
             tasks_ref,
             shots,
@@ -106,16 +92,9 @@ def eval_group_task(
     upstream.update({f"prompt:{name}": ref for name, ref in prompts.items() if ref is not None})
     spec = StageSpec(
         stage="evaluate-cells",
-        settings={
-            **settings_of(cfg, CELL_SETTINGS),
-            "task": task_name,
-            "split_seed": spec_task.seed,
-            "shots": shots,
-            "cell_seed": seed,
-            "inits": sorted(prompts),
-        },
+        settings={**to_dict(reads), "shots": shots, "cell_seed": seed},
         upstream=upstream,
-        modules=CELL_MODULES,
+        entries=CELL_ENTRIES,
         compute=compute,
         run_name=f"evaluate-{task_name}-k{shots}-s{seed}",
         params=defaults,
@@ -152,22 +131,22 @@ def log_cells(ctx: RunContext, outcome: StageOutcome) -> list[str]:
 @task(name="report", cache_policy=no_cache(), **TASK_OPTIONS)
 def report_task(ctx: RunContext, groups: list[StageOutcome], failed: list[str]) -> StageOutcome:
     """Aggregate the cells (mean, spread, intervals) into ``results.csv``, ``report.md``, plots."""
-    cfg = ctx.cfg
+    reads = ReportSpec.of(ctx.cfg)
     cells = [cell for group in groups for cell in group.stats.get("cells", [])]
 
     def compute(out_dir: Path, progress: StageProgress) -> tuple[ArtifactRef, dict[str, Any]]:
         zero_shot: dict[str, float] = {}
         for group in groups:
             zero_shot.update(group.stats.get("zero_shot") or {})
-        result = core(REPORT_CORE)(cells, zero_shot, cfg, out_dir)
+        result = core(REPORT_CORE)(cells, zero_shot, reads, out_dir)
         return result.ref, {**result_stats(result), "cells": len(cells), "failed_groups": failed}
 
     spec = StageSpec(
         stage="report",
-        settings={**settings_of(cfg, REPORT_SETTINGS), "failed": sorted(failed)},
+        settings={**to_dict(reads), "failed": sorted(failed)},
         # by position, not by the groups' keys: a group recomputed to the same cells keeps the report
         upstream={f"group:{index}": g.ref for index, g in enumerate(groups)},
-        modules=REPORT_MODULES,
+        entries=[REPORT_CORE],
         compute=compute,
         artifacts=["."],
     )

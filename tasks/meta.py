@@ -6,26 +6,17 @@ from pathlib import Path
 
 from prefect import task
 
-from metapt_core.config import MetaAlgorithm
+from metapt_core.config import MetaAlgorithm, to_dict
+from metapt_core.specs import MetaSpec
 from metapt_core.store import ArtifactRef
 from tasks.cache import StageOutcome
-from tasks.common import TASK_OPTIONS, get_backbone, no_cache
+from tasks.common import BACKBONE_LOADER, TASK_OPTIONS, get_backbone, no_cache
 from tasks.core import core
 from tasks.progress import StageProgress
-from tasks.stage import RunContext, StageSpec, core_output, execute_stage, settings_of
+from tasks.stage import RunContext, StageSpec, core_output, execute_stage
 
 CORE = "metapt_core.meta:meta_pretrain"
-MODULES = ["metapt_core.meta", "metapt_core.lm", "metapt_core.scoring", "metapt_core.prompt"]
-SETTINGS = [
-    "seed",
-    "meta",
-    "backbone",
-    "prompt",
-    "scoring",
-    "pool.classes",
-    "pool.template",
-    "pool.verbalizer",
-]
+ENTRIES = [CORE, BACKBONE_LOADER]  # their import closure is the code key
 
 
 @task(name="meta-pretrain", cache_policy=no_cache(), **TASK_OPTIONS)
@@ -34,16 +25,17 @@ def meta_pretrain_task(
 ) -> StageOutcome:
     """Meta-learn a prompt initialisation over the cluster shards (a prompt folder)."""
     cfg = ctx.cfg
+    reads = MetaSpec.of(cfg)  # what the core receives is what the key hashes
 
     def compute(out_dir: Path, progress: StageProgress) -> tuple[ArtifactRef, dict]:
-        result = core(CORE)(shards, cfg, algorithm, get_backbone(cfg), out_dir, progress=progress)
+        result = core(CORE)(shards, reads, algorithm, get_backbone(cfg), out_dir, progress=progress)
         return core_output(result)
 
     spec = StageSpec(
         stage="meta-pretrain",
-        settings={**settings_of(cfg, SETTINGS), "algorithm": algorithm.value},
+        settings={**to_dict(reads), "algorithm": algorithm.value},
         upstream={"assets": assets, "shards": shards},
-        modules=MODULES,
+        entries=ENTRIES,
         compute=compute,
         artifacts=["."],
         run_name=f"meta-pretrain-{algorithm.value}",

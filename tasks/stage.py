@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from metapt_core.config import PipelineConfig, flatten, to_dict
+from metapt_core.config import PipelineConfig, flatten
 from metapt_core.store import ArtifactRef
 from tasks.cache import (
     OUT,
@@ -26,7 +26,7 @@ from tasks.cache import (
     stage_lock,
 )
 from tasks.common import scoring_tags
-from tasks.core import code_version
+from tasks.core import code_identity
 from tasks.progress import StageProgress, run_logger
 from tasks.tracking import (
     CACHED_TAG,
@@ -98,18 +98,6 @@ def expand_refresh(names: Iterable[str]) -> frozenset[str]:
     return frozenset(forced)
 
 
-def settings_of(cfg: PipelineConfig, paths: Iterable[str]) -> dict[str, Any]:
-    """The config values at dotted ``paths`` (e.g. ``cluster``, ``meta.support_size``) as plain data."""
-    data = to_dict(cfg)
-    out: dict[str, Any] = {}
-    for path in paths:
-        node: Any = data
-        for part in path.split("."):
-            node = node[part]
-        out[path] = node
-    return out
-
-
 def plain(value: Any) -> Any:
     """JSON-safe plain data (numpy scalars and arrays become Python numbers and lists)."""
     return json.loads(json.dumps(value, default=_default))
@@ -144,7 +132,7 @@ class StageSpec:
     stage: str  # store stage name (folder under artifacts/)
     settings: dict[str, Any]
     upstream: dict[str, ArtifactRef]
-    modules: list[str]  # core modules whose source is part of the key
+    entries: list[str]  # ``module:function`` the stage runs: their import closure is keyed
     compute: Callable[[Path, StageProgress], tuple[ArtifactRef, dict[str, Any]]]
     artifacts: list[str] = field(default_factory=list)  # paths in out/ logged to MLflow
     run_name: str = ""
@@ -156,10 +144,10 @@ class StageSpec:
 def execute_stage(ctx: RunContext, spec: StageSpec) -> StageOutcome:
     """Serve ``spec`` from the store, or compute and store it; either way, trace it in MLflow."""
     logger = run_logger()
-    # The wrapper's own module is part of the code version: it shapes what is stored too.
+    # The wrapper's own module is part of the code identity: it shapes what is stored too.
     wrapper = getattr(spec.compute, "__module__", "") or ""
-    code = f"{STORE_EPOCH}:{code_version([*spec.modules, wrapper] if wrapper else spec.modules)}"
-    key = stage_key(spec.stage, code, spec.settings, spec.upstream)
+    identity = code_identity(spec.entries, wrapper)
+    key = stage_key(spec.stage, f"{STORE_EPOCH}:{identity.digest}", spec.settings, spec.upstream)
     tracker = ctx.tracker
     name = spec.run_name or spec.stage
     tags = {
@@ -199,7 +187,7 @@ def execute_stage(ctx: RunContext, spec: StageSpec) -> StageOutcome:
         hit = None if forced else lookup(work_dir, spec.stage, key)
         if hit is not None:
             return serve(hit)
-        return _compute(ctx, spec, key, name, tags, params)
+        return _compute(ctx, spec, key, name, tags, params, identity.to_dict())
 
 
 def _compute(
@@ -209,6 +197,7 @@ def _compute(
     name: str,
     tags: dict[str, str],
     params: dict[str, Any],
+    code: dict[str, Any],
 ) -> StageOutcome:
     """Compute ``spec`` in its partial folder under a fresh child run and commit it."""
     logger = run_logger()
@@ -234,7 +223,11 @@ def _compute(
             ref,
             stats,
             source_run_id=run_id,
-            extra={"settings": plain(spec.settings), "flow_run_id": ctx.flow_run_id},
+            extra={
+                "settings": plain(spec.settings),
+                "code": code,
+                "flow_run_id": ctx.flow_run_id,
+            },
         )
     except BaseException:
         pending.abort()

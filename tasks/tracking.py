@@ -27,6 +27,8 @@ STAGE_TAG = "metapt.stage"
 CACHED_TAG = "metapt.cached"
 SOURCE_RUN_TAG = "metapt.source_run_id"  # the run that computed a cached output
 KEY_TAG = "metapt.cache_key"
+ALIVE_TAG = "metapt.alive_lock"  # a file the pipeline run's process holds locked while it lives
+HOST_TAG = "metapt.host"
 
 _MAX_PARAM = 6000
 _clients: dict[str, Any] = {}
@@ -206,3 +208,78 @@ class Tracker:
 
     def end(self, run_id: str, ok: bool = True) -> None:
         self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
+
+    def reap_killed(self) -> list[str]:
+        """Mark KILLED the RUNNING pipeline runs whose process died, and their RUNNING children.
+
+        A pipeline run holds an exclusive ``flock`` on the file in its ``metapt.alive_lock`` tag
+        while its process lives (:func:`hold_alive`); the kernel releases it when the process is
+        killed. A run of this host whose lock can be taken is dead. Runs of other hosts, and
+        runs whose lock is still held, are left alone. Returns the ids marked KILLED.
+        """
+        import socket
+
+        running = self.client.search_runs(
+            [self.experiment_id], "attributes.status = 'RUNNING'", max_results=5000
+        )
+        dead: set[str] = set()
+        for run in running:
+            tags = run.data.tags
+            lock = tags.get(ALIVE_TAG)
+            if tags.get(KIND_TAG) != "pipeline" or not lock:
+                continue
+            if tags.get(HOST_TAG) != socket.gethostname() or not _lock_is_free(Path(lock)):
+                continue
+            dead.add(run.info.run_id)
+        if not dead:
+            return []
+        children: dict[str, list[str]] = {}
+        for run in running:
+            parent = run.data.tags.get(PARENT_TAG)
+            if parent:
+                children.setdefault(parent, []).append(run.info.run_id)
+        killed: list[str] = []
+        todo = sorted(dead)
+        while todo:
+            run_id = todo.pop()
+            killed.append(run_id)
+            todo.extend(children.get(run_id, []))
+        for run_id in killed:
+            self.client.set_tag(run_id, "metapt.killed", "the process of this pipeline run died")
+            self.client.set_terminated(run_id, "KILLED")
+        return killed
+
+
+def _lock_is_free(path: Path) -> bool:
+    """True if nobody holds ``path`` locked (a missing file: its holder is gone too)."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+def hold_alive(path: Path) -> int:
+    """Create and lock ``path`` for as long as this process lives (or until :func:`release_alive`)."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    return fd
+
+
+def release_alive(path: Path, fd: int) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    os.close(fd)

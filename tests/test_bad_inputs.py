@@ -249,7 +249,7 @@ def config_rows() -> list[Row]:
         ("negative_outer_lr", cfg_update({"meta": {"outer_lr": -0.03}}), "meta.outer_lr",
          "-0.03", "must be a positive number"),
         ("unknown_fewshot_optimizer", cfg_update({"fewshot": {"optimizer": "lion"}}),
-         "fewshot.optimizer", "'lion'", "must be adam or sgd"),
+         "fewshot.optimizer", "'lion'", "must be one of: adam, sgd"),
         ("zero_prompt_length", cfg_update({"prompt": {"length": 0}}), "prompt.length", "0",
          "must be a positive integer"),
         ("verbalizer_length_mismatch", cfg_task(verbalizer=["bad"]), "tasks[mr].verbalizer",
@@ -710,6 +710,11 @@ CLI_ROWS: list[tuple[str, Callable[[Env], list[str]], str]] = [
                                              f"prompt.init_file={_corrupt_prompt_folder(env)}"],
      "prompt.init_file"),
     ("cli_shots_too_large", lambda env: ["--set", "fewshot.shots=[99]"], "fewshot.shots"),
+    ("cli_unknown_list_item", lambda env: ["--set", "tasks[nope].max_test=5"], "--set"),
+    ("cli_unknown_dtype", lambda env: ["--set", "backbone.dtype=float8"], "backbone.dtype"),
+    ("cli_unused_top_level_seed", lambda env: ["--set", "seed=3"], "seed"),
+    ("cli_work_dir_under_a_file",
+     lambda env: ["--set", f"work_dir={env.pool_csv / 'work'}"], "work_dir"),
 ]  # fmt: skip
 
 
@@ -720,7 +725,8 @@ def test_cli_exits_2_with_one_line_and_writes_nothing(
     extra = argv(env)
     config = [] if "--config" in extra else ["--config", str(env.write_yaml())]
     command = [sys.executable, "-m", "flows.cli", "run", "--profile", "smoke", *config, *extra]
-    command += ["--set", f"work_dir={env.work}"]
+    if not any(arg.startswith("work_dir=") for arg in extra):
+        command += ["--set", f"work_dir={env.work}"]
     before = _snapshot(env.work)
     environ = dict(os.environ, HF_HUB_OFFLINE="1", PREFECT_HOME=str(env.tmp / "prefect"))
     done = subprocess.run(

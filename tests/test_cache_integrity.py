@@ -213,6 +213,8 @@ PARAMETERS = [
     # PPT's budget is matched to MetaPT's, so it follows it
     ("meta-budget", "meta.meta_steps=4", PRETRAIN_CALLS),
     ("evaluate", "fewshot.steps=3", GRID_CALLS),
+    # a group receives its own (shots, seed): adding a seed computes only the new group
+    ("add-seed", "fewshot.seeds=[0, 1, 2]", ["evaluate-cells mr/k2/s2", "report"]),
     ("report", "grid.bootstrap=100", ["report"]),
 ]
 
@@ -232,25 +234,29 @@ def test_parameter_change_recomputes_stage_and_dependents(
     assert calls(standins) == expected
 
 
-# (code module of a stage, the computations a change of its source must cause)
+# (project module, the computations a change of its source must cause): each stage's code key
+# is the import closure of its core function (tasks.core.code_identity), so these follow from the
+# imports, not from a list kept by hand.
+EVALS = ["evaluate-cells mr/k2/s0", "evaluate-cells mr/k2/s1"]
 CODE = [
     ("metapt_core.data", ["ingest-pool", "ingest-tasks"]),
-    ("metapt_core.embedding", ["embed"]),
-    ("metapt_core.clustering", ["cluster"]),
+    # clustering reads the pool through embedding.read_pool
+    ("metapt_core.embedding", ["embed", "cluster"]),
+    ("metapt_core.clustering.kmeans", ["cluster"]),
     ("metapt_core.ppt", ["ppt"]),
     # PPT runs the meta package's training loop, episode sampler and checkpoints.
-    ("metapt_core.meta", ["ppt", "meta-pretrain-maml"]),
-    (
-        "metapt_core.scoring",
-        ["ppt", "meta-pretrain-maml", "evaluate-cells mr/k2/s0", "evaluate-cells mr/k2/s1"],
-    ),
-    ("metapt_core.fewshot", ["evaluate-cells mr/k2/s0", "evaluate-cells mr/k2/s1"]),
-    ("metapt_core.report", ["report"]),
+    ("metapt_core.meta.episodes", ["ppt", "meta-pretrain-maml"]),
+    ("metapt_core.scoring.packing", ["ppt", "meta-pretrain-maml", *EVALS]),
+    ("metapt_core.backbone", ["ppt", "meta-pretrain-maml", *EVALS]),
+    ("metapt_core.fewshot.tuning", EVALS),
+    ("metapt_core.report.stats", ["report"]),
+    # the derived settings (ppt_budget, min_rows_per_class) live in the config module
+    ("metapt_core.config", ALL_CALLS),
 ]
 
 
 @pytest.mark.parametrize(("module", "expected"), CODE, ids=[c[0] for c in CODE])
-def test_code_version_change_recomputes_stage(
+def test_code_change_recomputes_stage(
     baseline: Path,
     standins: Path,
     tmp_path: Path,
@@ -258,15 +264,19 @@ def test_code_version_change_recomputes_stage(
     module: str,
     expected: list[str],
 ) -> None:
+    import dataclasses
+
     import tasks.stage
 
-    real = tasks.stage.code_version
+    real = tasks.stage.code_identity
 
-    def edited(modules: Any) -> str:
-        names = list(modules)
-        return real(names) + ("+edited" if module in names else "")
+    def edited(entries: Any, wrapper: str = "", root: Any = None) -> Any:
+        identity = real(entries, wrapper, root)
+        if module in identity.modules:
+            return dataclasses.replace(identity, digest=identity.digest + "+edited")
+        return identity
 
-    monkeypatch.setattr(tasks.stage, "code_version", edited)
+    monkeypatch.setattr(tasks.stage, "code_identity", edited)
     rerun(baseline, tmp_path)
     # The stand-ins' outputs do not depend on the code version: the dependents stay cached.
     assert calls(standins) == expected

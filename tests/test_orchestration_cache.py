@@ -36,7 +36,7 @@ def make_spec(
         return ArtifactRef.of(out_dir / "result.txt"), {"loss": [1.0, 0.5], "rows": 3}
 
     return StageSpec(
-        stage=stage, settings={"value": value}, upstream=upstream, modules=[], compute=compute
+        stage=stage, settings={"value": value}, upstream=upstream, entries=[], compute=compute
     )
 
 
@@ -91,7 +91,7 @@ def test_failure_leaves_nothing_and_marks_run_failed(ctx) -> None:
         (out_dir / "half.txt").write_text("half")
         raise RuntimeError("boom")
 
-    spec = StageSpec(stage="fails", settings={}, upstream={}, modules=[], compute=compute)
+    spec = StageSpec(stage="fails", settings={}, upstream={}, entries=[], compute=compute)
     with pytest.raises(RuntimeError, match="boom"):
         execute_stage(ctx, spec)
     stage_dir = ctx.cfg.work_path / "artifacts" / "fails"

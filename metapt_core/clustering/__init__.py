@@ -41,6 +41,7 @@ from metapt_core.clustering.topics import lda_labels
 from metapt_core.config import ClusterConfig, ClusterMethod, PipelineConfig
 from metapt_core.embedding import read_embeddings, read_pool
 from metapt_core.errors import ConfigError, DataError
+from metapt_core.specs import ClusterSpec
 from metapt_core.store import ArtifactRef, atomic_path
 
 __all__ = [
@@ -150,7 +151,7 @@ def cluster_labels(
 def cluster_pool(
     pool_ref: ArtifactRef,
     embed_ref: ArtifactRef,
-    cfg: PipelineConfig,
+    cfg: ClusterSpec | PipelineConfig,
     out_dir: str | Path,
     progress: Progress | None = None,
 ) -> ClusterResult:
@@ -159,7 +160,8 @@ def cluster_pool(
     Args:
         pool_ref: the ingested pool (``pool.parquet`` or its folder).
         embed_ref: the embedding folder of the same pool (same rows, same order).
-        cfg: the pipeline settings (``cluster``, ``pool.classes``, ``min_rows_per_class()``).
+        cfg: what clustering reads (:class:`~metapt_core.specs.ClusterSpec`: ``cluster``, the
+            pool's classes, the rows a cluster needs per class), or a whole config.
         out_dir: the stage's folder, written atomically (``shards/`` and ``diagnostics/``).
         progress: called as ``progress(done, total, message)``.
 
@@ -173,8 +175,9 @@ def cluster_pool(
             usable clusters remain.
     """
     start = time.perf_counter()
-    cc = cfg.cluster
-    classes = list(cfg.pool.classes)
+    spec = ClusterSpec.of(cfg)
+    cc = spec.cluster
+    classes = list(spec.classes)
     pool = read_pool(pool_ref)
     vectors, row_ids = read_embeddings(embed_ref)
     if row_ids != pool["row_id"].astype(str).tolist():
@@ -200,7 +203,7 @@ def cluster_pool(
     log.info("cluster: %s gave %d clusters over %d rows", cc.method.value, found, n)
 
     step(1, "applying the small-cluster rule")
-    min_rows = cfg.min_rows_per_class()
+    min_rows = spec.min_rows_per_class
     labels, report = enforce_min_rows(
         labels, label_ids, len(classes), min_rows, vectors, cc.small_cluster_policy
     )

@@ -94,7 +94,8 @@ def umap_hdbscan_labels(
     log.info("cluster: UMAP %d -> %d dims on %d rows", vectors.shape[1], n_components, len(vectors))
     reduced = umap_reduce(vectors, n_components, n_neighbors, seed)
     clusterer = hdbscan.HDBSCAN(
-        min_cluster_size=min_cluster_size, cluster_selection_method=selection
+        min_cluster_size=min_cluster_size,
+        cluster_selection_method=str(getattr(selection, "value", selection)),
     )
     labels = np.asarray(clusterer.fit_predict(reduced), dtype=np.int64)
     found = len(np.unique(labels[labels != NOISE]))

@@ -48,6 +48,7 @@ from metapt_core.data.cleaning import clean_texts, normalize_text
 from metapt_core.data.labels import map_labels
 from metapt_core.data.sources import load_source
 from metapt_core.errors import DataError
+from metapt_core.specs import PoolSpec, TasksSpec
 from metapt_core.store import ArtifactRef, atomic_path, atomic_write_json
 
 if TYPE_CHECKING:
@@ -222,7 +223,7 @@ def _write_parquet(rows: Rows, target: Path, classes: Sequence[str] | None) -> N
         pq.write_table(rows.to_table(classes), tmp)
 
 
-def build_pool(cfg: PipelineConfig, assets: AssetPaths | None) -> tuple[Rows, dict[str, Any]]:
+def build_pool(cfg: PoolSpec, assets: AssetPaths | None) -> tuple[Rows, dict[str, Any]]:
     """The cleaned, sampled pool rows and their stats, in memory."""
     pool = cfg.pool
     seen: set[str] = set()
@@ -252,17 +253,21 @@ def build_pool(cfg: PipelineConfig, assets: AssetPaths | None) -> tuple[Rows, di
 
 
 def ingest_pool(
-    cfg: PipelineConfig,
+    cfg: PoolSpec | PipelineConfig,
     assets: AssetPaths | None,
     out_dir: Path,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> IngestResult:
     """Write the pre-training pool to ``out_dir/pool.parquet``.
 
+    ``cfg`` is what ingestion reads (:class:`~metapt_core.specs.PoolSpec`: ``pool``,
+    ``cleaning``), or a whole config to take it from.
+
     Returns:
         ``ref`` to ``pool.parquet`` (its sha256) and ``stats`` (per-source counts, rows, labels).
     """
     start = time.perf_counter()
+    cfg = PoolSpec.of(cfg)
     if progress is not None:
         progress(0, 2, f"reading {len(cfg.pool.sources)} source(s)")
     rows, stats = build_pool(cfg, assets)
@@ -313,7 +318,7 @@ def stratified_sample(labels: Sequence[int], k: int, seed: int) -> list[int]:
 
 
 def task_rows(
-    task: TaskSpec, cfg: PipelineConfig, assets: AssetPaths | None
+    task: TaskSpec, cfg: TasksSpec, assets: AssetPaths | None
 ) -> tuple[Rows, Rows, dict[str, Any]]:
     """Train and test rows of one task and their stats."""
     assert task.train is not None
@@ -372,7 +377,7 @@ def check_leakage(tests: dict[str, Rows], pool_texts: Sequence[str]) -> None:
 
 
 def ingest_tasks(
-    cfg: PipelineConfig,
+    cfg: TasksSpec | PipelineConfig,
     assets: AssetPaths | None,
     pool_ref: ArtifactRef | None,
     out_dir: Path,
@@ -381,7 +386,8 @@ def ingest_tasks(
     """Write ``out_dir/<task>/{train,test}.parquet`` and ``out_dir/tasks.json`` for every task.
 
     Args:
-        cfg: the pipeline config (``tasks``, ``cleaning``).
+        cfg: what task ingestion reads (:class:`~metapt_core.specs.TasksSpec`: ``tasks``,
+            ``cleaning``), or a whole config.
         assets: prepared assets (for builtin sets).
         pool_ref: the pool written by :func:`ingest_pool`, for the leakage check (None skips it,
             with a warning).
@@ -395,6 +401,7 @@ def ingest_tasks(
             (nothing is written then).
     """
     start = time.perf_counter()
+    cfg = TasksSpec.of(cfg)
     built: dict[str, tuple[Rows, Rows, dict[str, Any]]] = {}
     for i, task in enumerate(cfg.tasks):
         built[task.name] = task_rows(task, cfg, assets)

@@ -155,7 +155,9 @@ def _load_hub(src: SourceConfig, where: str) -> datasets.Dataset:
     import datasets
 
     try:
-        ds = datasets.load_dataset(src.path, src.hub_config or None, split=src.split)
+        ds = datasets.load_dataset(
+            src.path, src.hub_config or None, split=src.split, revision=src.revision or None
+        )
     except Exception as exc:
         raise DataError(
             where, src.path, f"cannot be loaded from the hub ({_first_line(exc)})"
@@ -163,6 +165,40 @@ def _load_hub(src: SourceConfig, where: str) -> datasets.Dataset:
     if not isinstance(ds, datasets.Dataset):
         raise DataError(f"source[{src.name}].split", src.split, "must name one split")
     return ds
+
+
+def hub_revision(src: SourceConfig) -> str:
+    """The commit a hub source resolves to, without downloading it: a 40-hex ``revision`` as
+    given, else the hub's answer for the branch or tag (online), else the commit the local hub
+    cache holds for it (offline), else ``unresolved:<revision>``.
+
+    A stage keyed by it recomputes when the dataset moves on the hub; ``revision`` pins it.
+    """
+    import re
+
+    wanted = src.revision or "main"
+    if re.fullmatch(r"[0-9a-f]{40}", wanted):
+        return wanted
+    try:
+        from huggingface_hub import constants
+
+        if not constants.HF_HUB_OFFLINE:
+            from huggingface_hub import HfApi
+
+            sha = HfApi().dataset_info(src.path, revision=wanted, timeout=10).sha
+            if sha:
+                return str(sha)
+        ref = (
+            Path(constants.HF_HUB_CACHE)
+            / f"datasets--{src.path.replace('/', '--')}"
+            / "refs"
+            / wanted
+        )
+        if ref.is_file():
+            return ref.read_text("utf-8").strip()
+    except Exception:  # no network, no such repo: the ingestion itself reports it
+        pass
+    return f"unresolved:{wanted}"
 
 
 def load_source(src: SourceConfig, assets: AssetPaths | None = None) -> datasets.Dataset:

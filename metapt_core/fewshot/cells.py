@@ -25,6 +25,7 @@ from metapt_core.fewshot.sampling import sample_split
 from metapt_core.fewshot.tuning import evaluate, evaluate_many, tune_prompts
 from metapt_core.lm import EncodedBatch, PromptModel, TaskFormat
 from metapt_core.prompt import init_prompt
+from metapt_core.specs import EvalSpec
 
 Progress = Callable[[int, int, str], None]
 
@@ -61,7 +62,7 @@ class CellResult:
         return dataclasses.asdict(self)
 
 
-def task_spec(cfg: PipelineConfig, name: str) -> TaskSpec:
+def task_spec(cfg: PipelineConfig | EvalSpec, name: str) -> TaskSpec:
     """The configured task called ``name``."""
     for spec in cfg.tasks:
         if spec.name == name:
@@ -91,7 +92,10 @@ def encode_rows(model: PromptModel, rows: pd.DataFrame, fmt: TaskFormat) -> Enco
 
 
 def initial_prompt(
-    model: PromptModel, cell: Cell, init_prompts: Mapping[InitMethod, Tensor], cfg: PipelineConfig
+    model: PromptModel,
+    cell: Cell,
+    init_prompts: Mapping[InitMethod, Tensor],
+    cfg: PipelineConfig | EvalSpec,
 ) -> Tensor:
     """The starting prompt ``[P, d]`` of a cell.
 
@@ -112,7 +116,7 @@ def run_cell_group(
     cells: Sequence[Cell],
     tasks_dir: str | Path,
     init_prompts: Mapping[InitMethod, Tensor],
-    cfg: PipelineConfig,
+    cfg: PipelineConfig | EvalSpec,
 ) -> list[CellResult]:
     """Tune and evaluate cells that share one split, training all their prompts together.
 
@@ -121,7 +125,8 @@ def run_cell_group(
         cells: cells with the same (task, shots, seed) (see ``group_cells``).
         tasks_dir: the ingest output holding ``<task>/{train,test}.parquet``.
         init_prompts: loaded ``[P, d]`` prompts of the pre-trained initialisations (PPT, MetaPT).
-        cfg: the pipeline settings (``fewshot``, ``prompt``, ``tasks``).
+        cfg: the group's :class:`~metapt_core.specs.EvalSpec` (``fewshot``, ``prompt``, its
+            task), or a whole config.
 
     Returns:
         One result per cell, in input order.

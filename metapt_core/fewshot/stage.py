@@ -13,6 +13,7 @@ from metapt_core.fewshot.cells import run_cell_group, task_spec, zero_shot
 from metapt_core.fewshot.grid import Cell
 from metapt_core.lm import PromptModel
 from metapt_core.prompt import load_prompt
+from metapt_core.specs import EvalSpec
 from metapt_core.store import ArtifactRef, atomic_path
 
 Progress = Callable[[int, int, str], None]
@@ -29,7 +30,7 @@ class GroupResult:
 
 
 def evaluate_group(
-    cfg: PipelineConfig,
+    cfg: EvalSpec | PipelineConfig,
     task_name: str,
     tasks_ref: ArtifactRef,
     shots: int,
@@ -39,30 +40,39 @@ def evaluate_group(
     out_dir: Path,
     progress: Progress | None = None,
 ) -> GroupResult:
-    """Tune and test every initialisation of ``cfg.grid.inits`` on one few-shot split.
+    """Tune and test every initialisation of the grid on one few-shot split.
 
-    Pre-trained initialisations (PPT, MetaPT) are read from ``prompts`` (init name -> prompt
-    folder); random and sampled-vocabulary prompts are drawn per cell. The zero-shot score of the
-    backbone is computed in the first (shots, seed) group of each task only.
+    ``cfg`` is what the group reads (:class:`~metapt_core.specs.EvalSpec`: its task, the tuning,
+    the prompt, the initialisations, whether prompts train batched and whether this group also
+    scores the zero-shot reference), or a whole config to take it from. Pre-trained
+    initialisations (PPT, MetaPT) are read from ``prompts`` (init name -> prompt folder); random
+    and sampled-vocabulary prompts are drawn per cell.
 
     Returns:
         A :class:`GroupResult` whose ``ref`` is ``out_dir/cells.json``.
     """
+    spec = cfg if isinstance(cfg, EvalSpec) else EvalSpec.of(cfg, task_name, shots, seed)
     init_prompts = {}
     for name, ref in prompts.items():
         if ref is None:
             continue
         path = ref.path if isinstance(ref, ArtifactRef) else ref["path"]
         init_prompts[InitMethod(name)], _ = load_prompt(path)
-    cells = [Cell(task=task_name, init=init, shots=shots, seed=seed) for init in cfg.grid.inits]
+    cells = [Cell(task=task_name, init=init, shots=shots, seed=seed) for init in spec.inits]
     if progress is not None:
         progress(0, 2, f"{task_name} k={shots} seed={seed}: tuning {len(cells)} prompts")
-    results = run_cell_group(model, cells, tasks_ref.path, init_prompts, cfg)
+    # batch_prompts: all prompts of the split in one batched pass, else cell by cell
+    groups = [cells] if spec.batch_prompts else [[cell] for cell in cells]
+    results = [
+        result
+        for group in groups
+        for result in run_cell_group(model, group, tasks_ref.path, init_prompts, spec)
+    ]
     rows = [r.to_dict() for r in results]
     stats: dict[str, Any] = {}
-    if cfg.grid.zero_shot and shots == cfg.fewshot.shots[0] and seed == cfg.fewshot.seeds[0]:
+    if spec.zero_shot:
         zs = zero_shot(
-            model, task_spec(cfg, task_name), tasks_ref.path, cfg.fewshot.eval_batch_size
+            model, task_spec(spec, task_name), tasks_ref.path, spec.fewshot.eval_batch_size
         )
         stats["zero_shot"] = {task_name: zs["accuracy"]}
         stats["zero_shot_macro_f1"] = {task_name: zs["macro_f1"]}

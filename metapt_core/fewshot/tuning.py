@@ -22,6 +22,7 @@ from torch import Tensor
 from metapt_core.config import FewShotConfig
 from metapt_core.errors import DataError
 from metapt_core.fewshot.metrics import classification_metrics
+from metapt_core.specs import FewShotTuning
 
 
 class Batch(Protocol):
@@ -101,7 +102,7 @@ def tune_prompts(
     model: PromptScorer,
     init_prompts: Tensor,
     train_batch: Batch,
-    cfg: FewShotConfig,
+    cfg: FewShotConfig | FewShotTuning,
     train_seeds: int | Sequence[int],
     dev_batch: Batch | None = None,
 ) -> tuple[Tensor, TuneHistory]:

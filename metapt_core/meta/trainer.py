@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from metapt_core.config import MetaAlgorithm, PipelineConfig, to_dict
+from metapt_core.config import MetaAlgorithm, Optimizer, PipelineConfig, to_dict
 from metapt_core.errors import ConfigError
 from metapt_core.meta import distributed as dist_utils
 from metapt_core.meta.checkpoint import (
@@ -47,6 +47,7 @@ from metapt_core.meta.episodes import (
     validation_episodes,
 )
 from metapt_core.meta.maml import Episode, inner_adapt, meta_gradient_sum
+from metapt_core.specs import MetaSpec, PPTSpec
 from metapt_core.store import ArtifactRef, atomic_path, atomic_write_json, sha256_file, stable_hash
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ def shards_path(shards: str | Path | ArtifactRef) -> Path:
     return Path(shards)
 
 
-def task_format(cfg: PipelineConfig) -> Any:
+def task_format(cfg: MetaSpec | PPTSpec) -> Any:
     """The pool's template and verbalizer as a :class:`metapt_core.lm.TaskFormat`.
 
     A model that is not a PromptModel (so :mod:`metapt_core.lm` was never imported, e.g. the
@@ -153,11 +154,11 @@ def grouped_concat(model: PromptObjective, episodes: Sequence[Episode[Any]]) -> 
     return getattr(type(episodes[0].support), "concat", None)
 
 
-def make_optimizer(name: str, params: list[Tensor], lr: float) -> torch.optim.Optimizer:
+def make_optimizer(name: Optimizer | str, params: list[Tensor], lr: float) -> torch.optim.Optimizer:
     """The outer optimiser: ``adam`` or ``sgd``."""
-    if name == "adam":
+    if name == Optimizer.ADAM:
         return torch.optim.Adam(params, lr=lr)
-    if name == "sgd":
+    if name == Optimizer.SGD:
         return torch.optim.SGD(params, lr=lr)
     raise ConfigError("meta.outer_optimizer", name, "must be adam or sgd")
 
@@ -342,7 +343,9 @@ def finish(
     return PretrainResult(ref=ArtifactRef.of(out_dir), metrics=metrics, history=history)
 
 
-def starting_prompt(model: PromptObjective, cfg: PipelineConfig, initial: Tensor | None) -> Tensor:
+def starting_prompt(
+    model: PromptObjective, cfg: MetaSpec | PPTSpec, initial: Tensor | None
+) -> Tensor:
     """``initial`` if given, else ``init_prompt(model, cfg.prompt)`` seeded by ``meta.seed``.
 
     The prompt is float32 (float64 kept for float64 toy models) on the model's device.
@@ -356,21 +359,17 @@ def starting_prompt(model: PromptObjective, cfg: PipelineConfig, initial: Tensor
     return initial.detach().to(device=model.device, dtype=dtype)
 
 
-def run_fingerprint(kind: str, cfg: PipelineConfig, shards: Path, extra: dict[str, Any]) -> str:
-    """Identity of a training run for resume: settings that change the trajectory + the data."""
-    meta = to_dict(cfg.meta)
+def run_fingerprint(kind: str, cfg: MetaSpec | PPTSpec, shards: Path, extra: dict[str, Any]) -> str:
+    """Identity of a training run for resume: the stage's spec (less the settings that only
+    schedule validation and checkpoints) and the data."""
+    spec = to_dict(cfg)
     for key in ("val_every", "val_episodes", "checkpoint_every"):
-        meta.pop(key, None)
+        spec["meta"].pop(key, None)
     manifest = shards / "manifest.json"
     return stable_hash(
         {
             "kind": kind,
-            "meta": meta,
-            "ppt": to_dict(cfg.ppt),
-            "prompt": to_dict(cfg.prompt),
-            "backbone": to_dict(cfg.backbone),
-            "scoring": to_dict(cfg.scoring),
-            "pool_format": [cfg.pool.template, cfg.pool.verbalizer],
+            "spec": spec,
             "shards": sha256_file(manifest) if manifest.is_file() else "",
             **extra,
         }
@@ -382,7 +381,7 @@ def run_fingerprint(kind: str, cfg: PipelineConfig, shards: Path, extra: dict[st
 
 def meta_pretrain(
     shards: str | Path | ArtifactRef,
-    cfg: PipelineConfig,
+    cfg: MetaSpec | PipelineConfig,
     algorithm: MetaAlgorithm,
     model: PromptObjective,
     out_dir: str | Path,
@@ -400,7 +399,8 @@ def meta_pretrain(
 
     Args:
         shards: the cluster stage's shards folder (or its reference).
-        cfg: the pipeline configuration (``meta``, ``prompt``, ``pool`` sections).
+        cfg: what MetaPT reads (:class:`~metapt_core.specs.MetaSpec`: ``meta``, ``prompt``, the
+            pool's format, the model's settings), or a whole config to take it from.
         algorithm: the meta-learner.
         model: the frozen prompt model (never modified).
         out_dir: the prompt folder to write (atomically); checkpoints go to ``<out_dir>.ckpt``.
@@ -414,6 +414,7 @@ def meta_pretrain(
     """
     started = time.perf_counter()
     algorithm = MetaAlgorithm(algorithm)
+    cfg = MetaSpec.of(cfg)
     meta = cfg.meta
     out = Path(out_dir)
     root = shards_path(shards)

@@ -25,6 +25,7 @@ from metapt_core.report.tables import (
     results_frame,
     summary_table,
 )
+from metapt_core.specs import ReportSpec
 from metapt_core.store import ArtifactRef, atomic_path
 
 BASELINES = ("random", "ppt")  # the comparisons the verdict states in words
@@ -108,7 +109,7 @@ def render_markdown(
     summary: pd.DataFrame,
     comparisons: pd.DataFrame,
     zero_shot: Mapping[str, float],
-    cfg: PipelineConfig,
+    cfg: ReportSpec,
     plots: Sequence[str],
     failed: Sequence[Mapping[str, Any]] = (),
 ) -> str:
@@ -118,7 +119,7 @@ def render_markdown(
     lines = [
         "# MetaPT few-shot evaluation",
         "",
-        f"Backbone `{cfg.backbone.name_or_path}`; tasks {', '.join(sorted(results['task'].unique()))}; "
+        f"Backbone `{cfg.backbone_name}`; tasks {', '.join(sorted(results['task'].unique()))}; "
         f"initialisations {', '.join(order)}; shots {sorted(int(s) for s in results['shots'].unique())}; "
         f"seeds {sorted(int(s) for s in results['seed'].unique())}. "
         f"Scores are test accuracy / macro-F1 in percent; intervals are {int(round(100 * level))}% "
@@ -191,7 +192,7 @@ def render_markdown(
 def build_report(
     cell_results: Sequence[Mapping[str, Any]],
     zero_shot: Mapping[str, float],
-    cfg: PipelineConfig,
+    cfg: ReportSpec | PipelineConfig,
     out_dir: str | Path,
 ) -> ReportResult:
     """Write results.csv, summary.csv, comparisons.csv, report.md and PNG plots to ``out_dir``.
@@ -203,9 +204,11 @@ def build_report(
     Args:
         cell_results: ``CellResult.to_dict()`` rows (any order).
         zero_shot: task -> zero-shot test accuracy of the backbone (may be empty).
-        cfg: the pipeline settings (``grid.bootstrap``, ``grid.ci_level``, ``grid.inits``).
+        cfg: what the report reads (:class:`~metapt_core.specs.ReportSpec`: ``grid.inits``,
+            ``grid.bootstrap``, ``grid.ci_level``, the backbone's name), or a whole config.
         out_dir: the report folder.
     """
+    cfg = ReportSpec.of(cfg)
     ok = [
         dict(r) for r in cell_results if not r.get("error") and r.get("test_accuracy") is not None
     ]

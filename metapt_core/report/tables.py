@@ -18,6 +18,7 @@ import pandas as pd
 from metapt_core.config import GridConfig, InitMethod
 from metapt_core.errors import DataError
 from metapt_core.report.stats import bootstrap_ci, mean_std, paired_comparison
+from metapt_core.specs import ReportGrid
 
 AVERAGE = "AVERAGE"
 METRICS = {"accuracy": "test_accuracy", "macro_f1": "test_macro_f1"}
@@ -59,7 +60,7 @@ def results_frame(cell_results: Sequence[dict[str, Any]]) -> pd.DataFrame:
     )
 
 
-def init_order(frame: pd.DataFrame, grid: GridConfig) -> list[str]:
+def init_order(frame: pd.DataFrame, grid: ReportGrid | GridConfig) -> list[str]:
     """Initialisations present, in the configured order, unknown ones last."""
     present = list(dict.fromkeys(frame["init"]))
     configured = [m.value for m in grid.inits if m.value in present]
@@ -79,13 +80,15 @@ def seed_average(frame: pd.DataFrame) -> pd.DataFrame:
     return out.merge(ids, on=["shots", "init", "seed"], how="left")
 
 
-def _stats_row(values: np.ndarray, grid: GridConfig, key: tuple[Any, ...]) -> dict[str, float]:
+def _stats_row(
+    values: np.ndarray, grid: ReportGrid | GridConfig, key: tuple[Any, ...]
+) -> dict[str, float]:
     mean, std = mean_std(values)
     low, high = bootstrap_ci(values, grid.bootstrap, grid.ci_level, stable_seed(*key))
     return {"mean": mean, "std": std, "ci_low": low, "ci_high": high}
 
 
-def summary_table(frame: pd.DataFrame, grid: GridConfig) -> pd.DataFrame:
+def summary_table(frame: pd.DataFrame, grid: ReportGrid | GridConfig) -> pd.DataFrame:
     """Per (task, shots, init), and AVERAGE over tasks: mean, std, bootstrap CI over seeds.
 
     Columns: task, shots, init, n_seeds, then for m in (accuracy, macro_f1): ``m_mean``,
@@ -140,7 +143,7 @@ def metapt_methods(order: Sequence[str]) -> list[str]:
     ]
 
 
-def comparisons_table(frame: pd.DataFrame, grid: GridConfig) -> pd.DataFrame:
+def comparisons_table(frame: pd.DataFrame, grid: ReportGrid | GridConfig) -> pd.DataFrame:
     """Each MetaPT init against every other init, paired on seed, per (task, shots) and AVERAGE.
 
     Pairs are the seeds both inits finished; their ``split_id`` must agree (same rows), else
