@@ -58,8 +58,11 @@ def run(mode: str) -> list[Row]:
         cached.append(metapt_run(profile, work, extra))
     note = f"profile {profile}" + (" with a tiny backbone" if mode == "tiny" else "")
     return [
-        Row("6 cache", "fully cached rerun vs cold run", median(cached), cold, "s", "<=0.05",
+        Row("6 cache", "fully cached rerun vs cold run", median(cached), cold, "s", "",
             f"{note}; whole command incl. process start"),
+        # the target is absolute: seconds, so the ratio is taken against 1 s
+        Row("6 cache", "fully cached rerun, wall seconds", median(cached), 1.0, "s", "<=3",
+            f"{note}; median of {len(cached)}; decided before torch, Prefect, MLflow load"),
         Row("6 cache", "--refresh cluster rerun vs cold run", single, cold, "s", "",
             "cluster recomputed; downstream reruns only if its output changed"),
     ]  # fmt: skip

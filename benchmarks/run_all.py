@@ -116,6 +116,38 @@ def update_readmes(latest_md: str) -> list[Path]:
     return updated
 
 
+def merge_previous(
+    saved: Path, mode: str, rows: list[Row], header: str, started: str
+) -> tuple[list[Row], str]:
+    """The saved run's rows with the benchmarks just run replaced by their new rows.
+
+    A row's benchmark is its label (``"6 cache"``); every row of a label that this run produced
+    is replaced, in place. The header names both runs. Without a saved run of the same mode the
+    new rows stand alone.
+    """
+    if not saved.is_file():
+        return rows, header
+    previous = json.loads(saved.read_text())
+    if previous.get("mode") != mode:
+        return rows, header
+    fresh = {row.benchmark for row in rows}
+    merged: list[Row] = []
+    placed: set[str] = set()
+    for old in (Row.from_dict(d) for d in previous.get("rows", [])):
+        if old.benchmark not in fresh:
+            merged.append(old)
+        elif old.benchmark not in placed:
+            merged.extend(r for r in rows if r.benchmark == old.benchmark)
+            placed.add(old.benchmark)
+    merged.extend(r for r in rows if r.benchmark not in placed)
+    took = ", ".join(f"{n} {s:.0f} s" for n, s in previous.get("seconds", {}).items())
+    first = str(
+        previous.get("header") or f"Run {previous.get('started', '?')}, `{mode}` mode ({took})."
+    )
+    replaced = ", ".join(sorted(fresh))
+    return merged, f"{first.rstrip('.')}; rows of {replaced} from the run of {started}: {header}"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0] if __doc__ else "",
@@ -159,24 +191,28 @@ def main() -> int:
         got, seconds[name] = run_one(name, mode, timeout)
         rows.extend(got)
     total_s = time.perf_counter() - total
-    table = markdown_table(rows)
-    durations = ", ".join(f"{n} {s:.0f} s" for n, s in seconds.items())
-    body = (
-        f"Run {started}, `{mode}` mode, {total_s / 60:.1f} min ({durations}).\n"
-        f"Machine: {machine_line(info)}.\n\n"
-        "Ratio = candidate / baseline, both measured in the same invocation (interleaved, medians).\n\n"
-        + table
-    )
-    print("\n# results\n\n" + body)
     default_dir = Path(tempfile.gettempdir()) if mode == "tiny" else HERE / "results"
     out = (
         Path(args.out)
         if args.out
         else default_dir / ("bench-dry-run.md" if mode == "tiny" else "latest.md")
     )
+    durations = ", ".join(f"{n} {s:.0f} s" for n, s in seconds.items())
+    header = f"Run {started}, `{mode}` mode, {total_s / 60:.1f} min ({durations})."
+    if args.only:
+        # --only replaces those benchmarks' rows in the saved table and keeps the others
+        rows, header = merge_previous(out.with_suffix(".json"), mode, rows, header, started)
+    table = markdown_table(rows)
+    body = (
+        f"{header}\n"
+        f"Machine: {machine_line(info)}.\n\n"
+        "Ratio = candidate / baseline, both measured in the same invocation (interleaved, medians).\n\n"
+        + table
+    )
+    print("\n# results\n\n" + body)
     atomic_write(out, f"# Benchmark results\n\n{body}")
     payload = {"mode": mode, "started": started, "seconds": seconds, "machine": info,
-               "rows": [r.to_dict() for r in rows]}  # fmt: skip
+               "header": header, "rows": [r.to_dict() for r in rows]}  # fmt: skip
     atomic_write(out.with_suffix(".json"), json.dumps(payload, indent=2) + "\n")
     print(f"wrote {out} and {out.with_suffix('.json')}")
     if not args.no_readme and mode != "tiny":

@@ -7,15 +7,15 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.context import Refs, pipeline_run, ref_dict, stage_kwargs
+from flows.context import Profile, Refs, flow_run_name, pipeline_run, ref_dict, stage_kwargs
 from flows.embed import embed_flow
 from tasks.cluster import cluster_task
-from tasks.common import to_ref
+from tasks.common import outcome_of, to_ref
 
 
-@flow(name="metapt-cluster")
+@flow(name="metapt-cluster", flow_run_name=flow_run_name)
 def cluster_flow(
-    profile: str = "default",
+    profile: Profile = "default",
     config_file: str = "",
     overrides: list[str] | str | None = None,
     refresh: list[str] | str | None = None,
@@ -29,5 +29,5 @@ def cluster_flow(
         refs = dict(upstream or {})
         if "embed" not in refs:
             refs = embed_flow(**stage_kwargs(profile, config_file, overrides, refresh, refs, ctx))
-        out = cluster_task(ctx, to_ref(refs["pool"]), to_ref(refs["embed"]))
+        out = outcome_of(cluster_task(ctx, to_ref(refs["pool"]), to_ref(refs["embed"])))
         return {**refs, "shards": ref_dict(out.ref)}

@@ -6,7 +6,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
 from flows.env import WORK_DIR_ENV
 from metapt_core.config import PipelineConfig, dump_yaml, load_config
@@ -21,9 +21,13 @@ from tasks.tracking import (
     Tracker,
     hold_alive,
     release_alive,
+    source_tags,
 )
 
 Refs = dict[str, dict[str, str]]
+# The bundled profiles, typed so that the deployments' parameter form offers them as a choice
+# (tests check it against metapt_core.config.PROFILES).
+Profile = Literal["smoke", "default", "study", "paper"]
 
 
 def as_list(value: list[str] | str | None) -> list[str]:
@@ -55,6 +59,23 @@ def ensure_work_dir(cfg: PipelineConfig) -> None:
         raise ConfigError("work_dir", cfg.work_dir, f"cannot be created ({reason})") from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise ConfigError("work_dir", cfg.work_dir, "is not writable")
+
+
+def flow_run_name() -> str:
+    """A flow run's name: its profile and a short hash of its resolved configuration
+    (``default-3f2a9c1e``), so runs of one configuration are recognisable in the Prefect UI."""
+    from prefect.runtime import flow_run
+
+    from metapt_core.config import to_dict
+    from metapt_core.store import stable_hash
+
+    params = dict(flow_run.parameters or {})
+    profile = str(params.get("profile") or "default")
+    try:
+        cfg = resolve_config(profile, params.get("config_file") or "", params.get("overrides"))
+    except Exception:  # the flow itself reports the bad setting
+        return f"{profile}-invalid"
+    return f"{profile}-{stable_hash(to_dict(cfg))[:8]}"
 
 
 def current_flow_run() -> tuple[str, str]:
@@ -108,6 +129,7 @@ def pipeline_run(
                 "metapt.overrides": " ".join(as_list(overrides)),
                 "metapt.refresh": " ".join(as_list(refresh)),
                 HOST_TAG: socket.gethostname(),
+                **source_tags(),
             },
             parent_run_id="",
         )

@@ -7,15 +7,15 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.context import Refs, pipeline_run, ref_dict, stage_kwargs
+from flows.context import Profile, Refs, flow_run_name, pipeline_run, ref_dict, stage_kwargs
 from flows.ingest import ingest_flow
-from tasks.common import to_ref
+from tasks.common import outcome_of, to_ref
 from tasks.embed import embed_task
 
 
-@flow(name="metapt-embed")
+@flow(name="metapt-embed", flow_run_name=flow_run_name)
 def embed_flow(
-    profile: str = "default",
+    profile: Profile = "default",
     config_file: str = "",
     overrides: list[str] | str | None = None,
     refresh: list[str] | str | None = None,
@@ -29,5 +29,5 @@ def embed_flow(
         refs = dict(upstream or {})
         if "pool" not in refs:
             refs = ingest_flow(**stage_kwargs(profile, config_file, overrides, refresh, refs, ctx))
-        out = embed_task(ctx, to_ref(refs["assets"]), to_ref(refs["pool"]))
+        out = outcome_of(embed_task(ctx, to_ref(refs["assets"]), to_ref(refs["pool"])))
         return {**refs, "embed": ref_dict(out.ref)}

@@ -9,11 +9,11 @@ from typing import Any
 
 from prefect import flow
 
-from flows.context import Refs, pipeline_run, ref_dict, stage_kwargs
+from flows.context import Profile, Refs, flow_run_name, pipeline_run, ref_dict, stage_kwargs
 from flows.pretrain import PROMPT_PREFIX, meta_pretrain_flow
 from metapt_core.config import GridConfig, TaskRunner
 from tasks.cache import StageOutcome
-from tasks.common import to_ref
+from tasks.common import outcome_of, to_ref
 from tasks.evaluate import eval_group_task, report_task
 from tasks.progress import StageProgress, run_logger
 
@@ -43,9 +43,9 @@ def make_task_runner(grid: GridConfig) -> Any:
     return ThreadPoolTaskRunner(max_workers=workers)
 
 
-@flow(name="metapt-evaluate")
+@flow(name="metapt-evaluate", flow_run_name=flow_run_name)
 def evaluate_flow(
-    profile: str = "default",
+    profile: Profile = "default",
     config_file: str = "",
     overrides: list[str] | str | None = None,
     refresh: list[str] | str | None = None,
@@ -110,7 +110,7 @@ def evaluate_flow(
                 progress(index, len(futures), label)
         if not done:
             raise RuntimeError(f"every evaluation group failed: {', '.join(failed)}")
-        report = report_task(ctx, done, failed)
+        report = outcome_of(report_task(ctx, done, failed))
         return {
             **refs,
             "report": ref_dict(report.ref),

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.context import Refs, pipeline_run, ref_dict
+from flows.context import Profile, Refs, flow_run_name, pipeline_run, ref_dict
 from tasks.assets import prepare_assets_task
+from tasks.common import outcome_of
 from tasks.ingest import ingest_pool_task, ingest_tasks_task
 
 
-@flow(name="metapt-ingest")
+@flow(name="metapt-ingest", flow_run_name=flow_run_name)
 def ingest_flow(
-    profile: str = "default",
+    profile: Profile = "default",
     config_file: str = "",
     overrides: list[str] | str | None = None,
     refresh: list[str] | str | None = None,
@@ -26,8 +27,8 @@ def ingest_flow(
         "ingest", profile, config_file, overrides, refresh, mlflow_parent_run_id
     ) as ctx:
         assets = prepare_assets_task(ctx.cfg)
-        pool = ingest_pool_task(ctx, assets)
-        tasks = ingest_tasks_task(ctx, assets, pool.ref)
+        pool = outcome_of(ingest_pool_task(ctx, assets))
+        tasks = outcome_of(ingest_tasks_task(ctx, assets, pool.ref))
         return {
             **(upstream or {}),
             "assets": ref_dict(assets),

@@ -10,16 +10,16 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.cluster import cluster_flow
-from flows.context import Refs, pipeline_run, stage_kwargs
+from flows.context import Profile, Refs, flow_run_name, pipeline_run, stage_kwargs
 from flows.embed import embed_flow
 from flows.evaluate import evaluate_flow
 from flows.ingest import ingest_flow
 from flows.pretrain import meta_pretrain_flow
 
 
-@flow(name="metapt")
+@flow(name="metapt", flow_run_name=flow_run_name)
 def metapt_flow(
-    profile: str = "default",
+    profile: Profile = "default",
     config_file: str = "",
     overrides: list[str] | str | None = None,
     refresh: list[str] | str | None = None,

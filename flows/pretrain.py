@@ -8,17 +8,17 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.cluster import cluster_flow
-from flows.context import Refs, pipeline_run, ref_dict, stage_kwargs
-from tasks.common import to_ref
+from flows.context import Profile, Refs, flow_run_name, pipeline_run, ref_dict, stage_kwargs
+from tasks.common import outcome_of, to_ref
 from tasks.meta import meta_pretrain_task
 from tasks.ppt import ppt_task
 
 PROMPT_PREFIX = "prompt:"
 
 
-@flow(name="metapt-meta-pretrain")
+@flow(name="metapt-meta-pretrain", flow_run_name=flow_run_name)
 def meta_pretrain_flow(
-    profile: str = "default",
+    profile: Profile = "default",
     config_file: str = "",
     overrides: list[str] | str | None = None,
     refresh: list[str] | str | None = None,
@@ -42,8 +42,8 @@ def meta_pretrain_flow(
                 continue
             algorithm = init.meta_algorithm
             if algorithm is None:
-                out = ppt_task(ctx, assets, shards)
+                out = outcome_of(ppt_task(ctx, assets, shards))
             else:
-                out = meta_pretrain_task(ctx, algorithm, assets, shards)
+                out = outcome_of(meta_pretrain_task(ctx, algorithm, assets, shards))
             refs[PROMPT_PREFIX + init.value] = ref_dict(out.ref)
         return refs

@@ -465,7 +465,9 @@ def check_task(
     from metapt_core.specs import TasksSpec
 
     task = next(t for t in cfg.tasks if t.name == name)
-    train, test, _ = task_rows(task, TasksSpec.of(cfg), assets)  # labels, cleaning, empty classes/test
+    train, test, _ = task_rows(
+        task, TasksSpec.of(cfg), assets
+    )  # labels, cleaning, empty classes/test
     if pool_texts is not None:
         check_leakage({name: test}, pool_texts)
     counts = train.label_counts(task.classes)

@@ -7,6 +7,11 @@ stats, and the MLflow run that computed it). A record is trusted only if the art
 to still matches its fingerprint, so a deleted or altered artifact is recomputed. The folder is
 built in ``<key[:16]>.partial/`` and renamed into place, so a failure leaves the previous state.
 
+Checking a fingerprint reads every byte. The record also keeps a signature of ``out/``: each
+file's relative path, size, modification time (ns) and inode. When the signature is unchanged
+the content is trusted without reading it; when anything differs (a write, a copy, a touch), or
+with ``METAPT_VERIFY=1`` (``metapt run --verify``), the sha256 of every file is checked as before.
+
 Resume and concurrency: the computing process holds an exclusive lock on ``<key[:16]>.lock``
 (``flock``, released by the kernel even on SIGKILL), so a second process or flow run that needs
 the same output waits, then serves it from the store. The ``.partial`` folder is named by the key,
@@ -38,6 +43,23 @@ OUT = "out"
 PARTIAL = ".partial"
 LOCK = ".lock"
 CHECKPOINT_SUFFIX = ".ckpt"  # folders kept in a .partial folder across a kill (resume)
+VERIFY_ENV = "METAPT_VERIFY"  # "1": check every stored artifact's sha256, ignore signatures
+
+
+def signature(folder: Path) -> list[list[Any]]:
+    """``[relative path, size, mtime_ns, inode]`` of every file under ``folder``, sorted."""
+    rows = []
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            stat = path.stat()
+            rel = path.relative_to(folder).as_posix()
+            rows.append([rel, stat.st_size, stat.st_mtime_ns, stat.st_ino])
+    return rows
+
+
+def verify_all() -> bool:
+    """True when every lookup must check sha256s (``METAPT_VERIFY=1``)."""
+    return os.environ.get(VERIFY_ENV, "") == "1"
 
 
 @dataclass(frozen=True)
@@ -126,8 +148,14 @@ def stage_lock(
         os.close(fd)
 
 
-def lookup(work_dir: str | os.PathLike[str], stage: str, key: str) -> StageOutcome | None:
-    """The stored outcome for ``key`` if its record exists and its artifact is intact, else None."""
+def lookup(
+    work_dir: str | os.PathLike[str], stage: str, key: str, verify: bool | None = None
+) -> StageOutcome | None:
+    """The stored outcome for ``key`` if its record exists and its artifact is intact, else None.
+
+    Intact: the ``out/`` signature is the recorded one (unless ``verify``, default
+    :func:`verify_all`), else every fingerprint matches.
+    """
     folder = stage_folder(work_dir, stage, key)
     record_file = folder / RECORD
     if not record_file.is_file():
@@ -139,12 +167,23 @@ def lookup(work_dir: str | os.PathLike[str], stage: str, key: str) -> StageOutco
         ref = ArtifactRef(path=str(folder / record["ref"]["rel"]), sha256=record["ref"]["sha256"])
     except (ValueError, KeyError, TypeError):
         return None
-    if not ref.is_valid():
-        return None
-    # The whole output folder too: a file beside the reference (diagnostics) may be altered.
-    whole = record.get("out_sha256")
-    if whole is not None and (not (folder / OUT).is_dir() or fingerprint(folder / OUT) != whole):
-        return None
+    verify = verify_all() if verify is None else verify
+    recorded = record.get("signature")
+    unchanged = (
+        not verify
+        and recorded is not None
+        and (folder / OUT).is_dir()
+        and signature(folder / OUT) == recorded
+    )
+    if not unchanged:
+        if not ref.is_valid():
+            return None
+        # The whole output folder too: a file beside the reference (diagnostics) may be altered.
+        whole = record.get("out_sha256")
+        if whole is not None and (
+            not (folder / OUT).is_dir() or fingerprint(folder / OUT) != whole
+        ):
+            return None
     return StageOutcome(
         stage=stage,
         key=key,
@@ -194,6 +233,8 @@ class PendingStage:
             "stage": self.stage,
             "ref": {"rel": rel, "sha256": ref.sha256},
             "out_sha256": fingerprint(self.out_dir),
+            # renaming the folder into place keeps each file's inode and mtime
+            "signature": signature(self.out_dir),
             "stats": stats,
             "source_run_id": source_run_id,
             "seconds": seconds,

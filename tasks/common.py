@@ -9,12 +9,12 @@ from typing import Any
 from metapt_core.config import PipelineConfig, to_dict
 from metapt_core.store import ArtifactRef, stable_hash
 from tasks.core import core
+from tasks.plan import BACKBONE_LOADER, assets_ref
+
+__all__ = ["BACKBONE_LOADER", "assets_ref"]
 
 # Stage tasks are cached by the artifact store (see tasks.cache), not by Prefect's result cache.
 TASK_OPTIONS: dict[str, Any] = {"persist_result": False, "log_prints": True}
-
-# The loader of the frozen backbone: an entry point of every stage that receives the model.
-BACKBONE_LOADER = "metapt_core.lm:load_prompt_model"
 
 _backbones: dict[str, Any] = {}
 _backbone_lock = threading.Lock()
@@ -26,20 +26,28 @@ def no_cache() -> Any:
     return NO_CACHE
 
 
+def as_state(outcome: Any) -> Any:
+    """What a stage task returns: for an outcome served from the store, a Completed state named
+    ``Cached`` (so the Prefect UI shows the task run as cached) holding the outcome; else the
+    outcome. Flows read either with :func:`outcome_of`."""
+    if not getattr(outcome, "cached", False):
+        return outcome
+    from prefect.states import Completed
+
+    message = f"served from the store (computed by MLflow run {outcome.source_run_id})"
+    return Completed(name="Cached", data=outcome, message=message)
+
+
+def outcome_of(value: Any) -> Any:
+    """The stage outcome of a task call: the value itself, or the data of its returned state."""
+    from prefect.states import State
+
+    return value.result() if isinstance(value, State) else value
+
+
 def to_ref(value: ArtifactRef | dict[str, str]) -> ArtifactRef:
     """An ArtifactRef from itself or its plain dict (as flows pass it between each other)."""
     return value if isinstance(value, ArtifactRef) else ArtifactRef(**value)
-
-
-def assets_ref(cfg: PipelineConfig) -> ArtifactRef:
-    """A fingerprint of the prepared assets: their manifests (which hold their content hashes)."""
-    root = cfg.assets_path
-    manifests = (
-        {p.parent.name: p.read_text("utf-8") for p in sorted(root.glob("*/manifest.json"))}
-        if root.is_dir()
-        else {}
-    )
-    return ArtifactRef(path=str(root), sha256=stable_hash(manifests))
 
 
 def asset_paths(cfg: PipelineConfig) -> Any:

@@ -6,31 +6,25 @@ from pathlib import Path
 
 from prefect import task
 
-from metapt_core.config import to_dict
 from metapt_core.store import ArtifactRef
+from tasks import plan
 from tasks.cache import StageOutcome
-from tasks.common import TASK_OPTIONS, no_cache
+from tasks.common import TASK_OPTIONS, as_state, no_cache
 from tasks.core import core
 from tasks.progress import StageProgress
 from tasks.stage import RunContext, StageSpec, core_output, execute_stage
 
-CORE = "metapt_core.embedding:embed_pool"
+CORE = plan.EMBED_CORE
 
 
 @task(name="embed", cache_policy=no_cache(), **TASK_OPTIONS)
 def embed_task(ctx: RunContext, assets: ArtifactRef, pool: ArtifactRef) -> StageOutcome:
     """Sentence-embed every pool row into ``embeddings.npy`` (+ ``row_ids.parquet``)."""
     cfg = ctx.cfg
+    stage = plan.embed(cfg, assets, pool)
 
     def compute(out_dir: Path, progress: StageProgress) -> tuple[ArtifactRef, dict]:
-        result = core(CORE)(pool, cfg.embed, cfg.assets_path, out_dir, progress=progress)
+        result = core(CORE)(pool, stage.spec.embed, cfg.assets_path, out_dir, progress=progress)
         return core_output(result)
 
-    spec = StageSpec(
-        stage="embed",
-        settings={"embed": to_dict(cfg.embed)},  # the core receives cfg.embed
-        upstream={"assets": assets, "pool": pool},
-        entries=[CORE],
-        compute=compute,
-    )
-    return execute_stage(ctx, spec)
+    return as_state(execute_stage(ctx, StageSpec.of(stage, compute)))

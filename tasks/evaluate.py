@@ -14,19 +14,18 @@ from typing import Any
 
 from prefect import task
 
-from metapt_core.config import to_dict
-from metapt_core.specs import EvalSpec, ReportSpec
 from metapt_core.store import ArtifactRef, atomic_write_json, seal
+from tasks import plan
 from tasks.cache import StageOutcome
-from tasks.common import BACKBONE_LOADER, TASK_OPTIONS, get_backbone, no_cache
+from tasks.common import TASK_OPTIONS, as_state, get_backbone, no_cache
 from tasks.core import core
 from tasks.progress import StageProgress
 from tasks.stage import RunContext, StageSpec, execute_stage, plain, result_stats
 from tasks.tracking import CACHED_TAG, KIND_TAG, SOURCE_RUN_TAG, STAGE_TAG
 
-CELLS_CORE = "metapt_core.fewshot.stage:evaluate_group"
-REPORT_CORE = "metapt_core.report:build_report"
-CELL_ENTRIES = [CELLS_CORE, BACKBONE_LOADER]  # their import closure is the code key
+CELLS_CORE = plan.CELLS_CORE
+REPORT_CORE = plan.REPORT_CORE
+CELL_ENTRIES = [CELLS_CORE, plan.BACKBONE_LOADER]  # their import closure is the code key
 CELL_PARAMS = ("task", "method", "shots", "seed", "split_seed")
 CELLS_FILE = "cells.json"
 
@@ -65,7 +64,8 @@ def eval_group_task(
     random and sample_vocab). Returns the group's outcome; ``stats["cells"]`` lists the cells.
     """
     cfg = ctx.cfg
-    reads = EvalSpec.of(cfg, task_name, shots, seed)  # what the core receives is what is keyed
+    stage = plan.eval_group(cfg, task_name, shots, seed, assets, tasks_ref, prompts)
+    reads = stage.spec  # what the core receives is what the key hashes
     defaults = {"task": task_name, "shots": shots, "seed": seed, "split_seed": reads.task.seed}
 
     def compute(out_dir: Path, progress: StageProgress) -> tuple[ArtifactRef, dict[str, Any]]:
@@ -88,20 +88,12 @@ def eval_group_task(
         stats = result_stats(result) if hasattr(result, "ref") else {}
         return ref, {**stats, "cells": rows}
 
-    upstream: dict[str, ArtifactRef] = {"assets": assets, "tasks": tasks_ref}
-    upstream.update({f"prompt:{name}": ref for name, ref in prompts.items() if ref is not None})
-    spec = StageSpec(
-        stage="evaluate-cells",
-        settings={**to_dict(reads), "shots": shots, "cell_seed": seed},
-        upstream=upstream,
-        entries=CELL_ENTRIES,
-        compute=compute,
-        run_name=f"evaluate-{task_name}-k{shots}-s{seed}",
-        params=defaults,
+    spec = StageSpec.of(
+        stage, compute, run_name=f"evaluate-{task_name}-k{shots}-s{seed}", params=defaults
     )
     outcome = execute_stage(ctx, spec)
     log_cells(ctx, outcome)
-    return outcome
+    return as_state(outcome)
 
 
 def log_cells(ctx: RunContext, outcome: StageOutcome) -> list[str]:
@@ -131,28 +123,20 @@ def log_cells(ctx: RunContext, outcome: StageOutcome) -> list[str]:
 @task(name="report", cache_policy=no_cache(), **TASK_OPTIONS)
 def report_task(ctx: RunContext, groups: list[StageOutcome], failed: list[str]) -> StageOutcome:
     """Aggregate the cells (mean, spread, intervals) into ``results.csv``, ``report.md``, plots."""
-    reads = ReportSpec.of(ctx.cfg)
+    stage = plan.report(ctx.cfg, [g.ref for g in groups], failed)
     cells = [cell for group in groups for cell in group.stats.get("cells", [])]
 
     def compute(out_dir: Path, progress: StageProgress) -> tuple[ArtifactRef, dict[str, Any]]:
         zero_shot: dict[str, float] = {}
         for group in groups:
             zero_shot.update(group.stats.get("zero_shot") or {})
-        result = core(REPORT_CORE)(cells, zero_shot, reads, out_dir)
+        result = core(REPORT_CORE)(cells, zero_shot, stage.spec, out_dir)
         return result.ref, {**result_stats(result), "cells": len(cells), "failed_groups": failed}
 
-    spec = StageSpec(
-        stage="report",
-        settings={**to_dict(reads), "failed": sorted(failed)},
-        # by position, not by the groups' keys: a group recomputed to the same cells keeps the report
-        upstream={f"group:{index}": g.ref for index, g in enumerate(groups)},
-        entries=[REPORT_CORE],
-        compute=compute,
-        artifacts=["."],
-    )
+    spec = StageSpec.of(stage, compute, artifacts=["."])
     outcome = execute_stage(ctx, spec)
     publish_report(ctx, outcome)
-    return outcome
+    return as_state(outcome)
 
 
 def report_files(outcome: StageOutcome) -> tuple[Path, Path]:

@@ -27,6 +27,7 @@ from tasks.cache import (
 )
 from tasks.common import scoring_tags
 from tasks.core import code_identity
+from tasks.plan import STORE_EPOCH, StagePlan
 from tasks.progress import StageProgress, run_logger
 from tasks.tracking import (
     CACHED_TAG,
@@ -36,9 +37,6 @@ from tasks.tracking import (
     STAGE_TAG,
     Tracker,
 )
-
-# Bump to invalidate every stored stage output at once (e.g. after a change of record format).
-STORE_EPOCH = "1"
 
 # Names accepted by --refresh, mapped to the store stages they force.
 REFRESH_GROUPS: dict[str, tuple[str, ...]] = {
@@ -61,6 +59,9 @@ REFRESH_GROUPS: dict[str, tuple[str, ...]] = {
         "report",
     ),
 }
+
+
+Compute = Callable[[Path, StageProgress], tuple[ArtifactRef, dict[str, Any]]]
 
 
 class CoreResult(Protocol):
@@ -133,19 +134,33 @@ class StageSpec:
     settings: dict[str, Any]
     upstream: dict[str, ArtifactRef]
     entries: list[str]  # ``module:function`` the stage runs: their import closure is keyed
-    compute: Callable[[Path, StageProgress], tuple[ArtifactRef, dict[str, Any]]]
+    compute: Compute
     artifacts: list[str] = field(default_factory=list)  # paths in out/ logged to MLflow
     run_name: str = ""
     params: dict[str, Any] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     parent_run_id: str | None = None  # default: the pipeline run
+    wrapper: str = ""  # the task module (default: the module that defines ``compute``)
+
+    @classmethod
+    def of(cls, plan: StagePlan, compute: Compute, **options: Any) -> StageSpec:
+        """The spec of a :class:`~tasks.plan.StagePlan` (its key parts) and how it computes."""
+        return cls(
+            stage=plan.stage,
+            settings=plan.settings,
+            upstream=plan.upstream,
+            entries=list(plan.entries),
+            compute=compute,
+            wrapper=plan.wrapper,
+            **options,
+        )
 
 
 def execute_stage(ctx: RunContext, spec: StageSpec) -> StageOutcome:
     """Serve ``spec`` from the store, or compute and store it; either way, trace it in MLflow."""
     logger = run_logger()
     # The wrapper's own module is part of the code identity: it shapes what is stored too.
-    wrapper = getattr(spec.compute, "__module__", "") or ""
+    wrapper = spec.wrapper or getattr(spec.compute, "__module__", "") or ""
     identity = code_identity(spec.entries, wrapper)
     key = stage_key(spec.stage, f"{STORE_EPOCH}:{identity.digest}", spec.settings, spec.upstream)
     tracker = ctx.tracker

@@ -35,14 +35,35 @@ _clients: dict[str, Any] = {}
 _lock = threading.Lock()
 
 
+def served_mlflow(cfg: PipelineConfig) -> str:
+    """The URL of the MLflow server ``make serve`` runs for this work folder, if it answers.
+
+    Its backend is the work folder's SQLite file, so a run written through it lands in the same
+    store; its artifacts are proxied, so they must be written through it too.
+    """
+    import json
+    import urllib.request
+
+    state = cfg.work_path / "services" / "state.json"
+    try:
+        url = str(json.loads(state.read_text("utf-8"))["mlflow_url"])
+        with urllib.request.urlopen(f"{url}/health", timeout=0.5) as answer:  # noqa: S310
+            return url if answer.status == 200 else ""
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+
+
 def resolve_tracking_uri(cfg: PipelineConfig) -> str:
-    """``tracking.mlflow_uri``, else ``$MLFLOW_TRACKING_URI``, else SQLite under the work dir.
+    """``tracking.mlflow_uri``, else ``$MLFLOW_TRACKING_URI``, else the ``make serve`` MLflow
+    server of the work folder when it is up, else SQLite under the work dir.
 
     Raises:
         ConfigError: a relative SQLite path or a bare relative folder, which would resolve
             against whatever folder a worker process happens to run in.
     """
     uri = cfg.tracking.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri:
+        uri = served_mlflow(cfg)
     if not uri:
         db = cfg.work_path / "mlflow" / "mlflow.db"
         db.parent.mkdir(parents=True, exist_ok=True)
@@ -69,6 +90,37 @@ def client_for(uri: str) -> Any:
         if uri not in _clients:
             _clients[uri] = MlflowClient(tracking_uri=uri)
         return _clients[uri]
+
+
+def source_tags() -> dict[str, str]:
+    """MLflow's source tags of a pipeline run: the git commit (``+dirty`` when the checkout has
+    changes), the command, its type, and the user."""
+    import getpass
+    import subprocess
+    import sys
+
+    tags = {
+        "mlflow.source.name": " ".join(["metapt", *sys.argv[1:]])[:500] or "metapt",
+        "mlflow.source.type": "LOCAL",
+    }
+    with contextlib.suppress(Exception):
+        tags["mlflow.user"] = getpass.getuser()
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        if commit:
+            dirty = subprocess.run(
+                ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+            ).stdout.strip()
+            tags["mlflow.source.git.commit"] = commit + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return tags
 
 
 def _plain_params(params: dict[str, Any]) -> dict[str, str]:

@@ -94,6 +94,64 @@ def test_altered_or_truncated_real_output_is_rejected(real_store: Path, stage: s
         assert valid(folder, stage)
 
 
+def test_fully_cached_rerun_is_decided_before_torch_and_prefect(
+    real_store: Path, tmp_path: Path, assets_dir: Path
+) -> None:
+    """Nothing to compute: the stored report is printed from the records alone (no torch, no
+    Prefect imported), and the rerun is one MLflow pipeline run linked to the computing run."""
+    import subprocess
+    import sys
+
+    from mlflow.tracking import MlflowClient
+
+    work = tmp_path / "work"
+    shutil.copytree(real_store, work)  # new inodes: every stored artifact is hashed once
+    argv = [
+        "run",
+        "--profile",
+        "smoke",
+        "--set",
+        f"work_dir={work}",
+        "--set",
+        f"assets_dir={assets_dir}",
+    ]
+    code = (
+        "import sys\n"
+        "from flows.cli import main\n"
+        f"rc = main({argv!r})\n"
+        "print('HEAVY', sorted(m for m in ('torch', 'prefect', 'transformers') if m in sys.modules))\n"
+        "sys.exit(rc)\n"
+    )
+    env = isolated_env(tmp_path / "home")
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
+        cwd=Path(__file__).resolve().parent.parent,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "every stage (9) was served from the store" in done.stdout
+    assert "HEAVY []" in done.stdout
+    assert "# MetaPT few-shot evaluation" in done.stdout
+    report = next(iter(records(work)["report"]))
+    client = MlflowClient(tracking_uri=f"sqlite:///{work / 'mlflow' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("metapt")
+    assert experiment is not None
+    cached = client.search_runs(
+        [experiment.experiment_id],
+        "tags.`metapt.kind` = 'pipeline' and tags.`metapt.cached` = 'true'",
+    )
+    assert len(cached) == 1 and cached[0].info.status == "FINISHED"
+    assert cached[0].data.tags["metapt.source_run_id"] == report["source_run_id"]
+    assert cached[0].data.tags["metapt.source_pipeline_run"]
+    assert "results/report.md" in {
+        a.path for a in client.list_artifacts(cached[0].info.run_id, "results")
+    }
+    # a changed setting is not served whole: the pipeline runs (and computes the report anew)
+    again = run(work, assets_dir, env, tmp_path / "changed.log", "--set", "grid.bootstrap=150")
+    assert again.returncode == 0, again.output[-3000:]
+    assert "every stage" not in again.output
+    assert "report: computing" in again.output
+
+
 def test_tampered_real_outputs_are_recomputed_never_used(
     real_store: Path, tmp_path: Path, assets_dir: Path
 ) -> None:

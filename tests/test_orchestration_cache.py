@@ -111,3 +111,29 @@ def test_key_depends_on_code_settings_and_upstream_content() -> None:
     assert base != stage_key("s", "code2", {"k": 1}, {"u": ref})
     assert base != stage_key("s", "code", {"k": 2}, {"u": ref})
     assert base != stage_key("s", "code", {"k": 1}, {"u": ArtifactRef(path="/x", sha256="2" * 64)})
+
+
+def test_signature_trusts_unchanged_files_and_verify_reads_every_byte(ctx) -> None:
+    """An unchanged out/ (size, mtime, inode) is trusted without hashing; any write, even of the
+    same size, changes the signature and the sha256 is checked; --verify always checks it."""
+    import os
+
+    calls: list[str] = []
+    outcome = execute_stage(ctx, make_spec(calls, {}, "sig", stage="signature"))
+    work = ctx.cfg.work_path
+    assert lookup(work, "signature", outcome.key) is not None
+    file = Path(outcome.ref.path)
+    stat = file.stat()
+    file.write_text("xyz")  # same size, new bytes, new mtime
+    assert lookup(work, "signature", outcome.key) is None
+    # the same edit with its old mtime restored keeps the signature: only --verify sees it
+    os.utime(file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert lookup(work, "signature", outcome.key) is not None
+    assert lookup(work, "signature", outcome.key, verify=True) is None
+    os.environ["METAPT_VERIFY"] = "1"
+    try:
+        assert lookup(work, "signature", outcome.key) is None
+    finally:
+        del os.environ["METAPT_VERIFY"]
+    file.write_text("sig")
+    assert lookup(work, "signature", outcome.key) is not None  # full check: the content is back

@@ -96,3 +96,47 @@ def test_failed_group_is_retried_and_reported(
     assert made.count("evaluate-cells mr/k2/s0") == 1 and made[-1] == "report"
     report = (Path(refs["report"]["path"]) / "results.csv").read_text()
     assert "metapt_maml" in report
+
+
+def test_stored_stages_are_cached_states_and_runs_are_named(
+    harness, fakes: Path, tmp_path: Path
+) -> None:
+    """In the Prefect UI a stage served from the store is a Cached task run (type COMPLETED), a
+    computed one Completed; the flow run is named from the profile and the config's hash; the
+    profile parameter is a choice list in the deployments' form."""
+    import asyncio
+    import typing
+
+    from prefect.client.orchestration import get_client
+
+    from flows.context import Profile
+    from flows.metapt import metapt_flow
+    from metapt_core.config import PROFILES, load_config, to_dict
+    from metapt_core.store import stable_hash
+
+    work = f"work_dir={tmp_path / 'work'}"
+    metapt_flow(profile="smoke", overrides=[work])
+    assert len(calls(fakes)) == 9
+    state = metapt_flow(profile="smoke", overrides=[work], return_state=True)
+    assert calls(fakes) == []
+
+    async def read() -> tuple[str, list[tuple[str, str, str]]]:
+        async with get_client() as client:
+            flow_run = await client.read_flow_run(state.state_details.flow_run_id)
+            runs = await client.read_task_runs()
+            return flow_run.name, [
+                (r.name.rsplit("-", 1)[0], r.state.name, r.state.type.value)
+                for r in runs
+                if r.state is not None
+            ]
+
+    name, task_runs = asyncio.run(read())
+    digest = stable_hash(to_dict(load_config("smoke", overrides=[work])))[:8]
+    assert name == f"smoke-{digest}"
+    for stage in ("ingest-pool", "ingest-tasks", "embed", "cluster", "ppt", "meta-pretrain",
+                  "evaluate-cells", "report"):  # fmt: skip
+        seen = {(n, t) for s, n, t in task_runs if s == stage}
+        assert ("Completed", "COMPLETED") in seen, (stage, seen)  # the first run computed it
+        assert ("Cached", "COMPLETED") in seen, (stage, seen)  # the second served it
+    assert typing.get_args(Profile) == PROFILES
+    assert metapt_flow.parameters.properties["profile"]["enum"] == list(PROFILES)

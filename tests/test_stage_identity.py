@@ -17,27 +17,32 @@ from pathlib import Path
 
 import pytest
 
-import tasks.cluster
-import tasks.embed
-import tasks.evaluate
-import tasks.ingest
-import tasks.meta
-import tasks.ppt
+from metapt_core.config import MetaAlgorithm, load_config
+from metapt_core.store import ArtifactRef
 from tasks import core as identity
+from tasks import plan
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# stage: (entry points, task wrapper module), read from the task modules that key them
-STAGES: dict[str, tuple[list[str], str]] = {
-    "ingest-pool": ([tasks.ingest.POOL_CORE], "tasks.ingest"),
-    "ingest-tasks": ([tasks.ingest.TASKS_CORE], "tasks.ingest"),
-    "embed": ([tasks.embed.CORE], "tasks.embed"),
-    "cluster": ([tasks.cluster.CORE], "tasks.cluster"),
-    "ppt": (list(tasks.ppt.ENTRIES), "tasks.ppt"),
-    "meta-pretrain": (list(tasks.meta.ENTRIES), "tasks.meta"),
-    "evaluate-cells": (list(tasks.evaluate.CELL_ENTRIES), "tasks.evaluate"),
-    "report": ([tasks.evaluate.REPORT_CORE], "tasks.evaluate"),
-}
+
+def _stages() -> dict[str, tuple[list[str], str]]:
+    """stage: (entry points, task wrapper module), as the stage plans key them."""
+    cfg = load_config("smoke")
+    ref = ArtifactRef(path="x", sha256="0" * 64)
+    plans = [
+        plan.ingest_pool(cfg, ref),
+        plan.ingest_tasks(cfg, ref, ref),
+        plan.embed(cfg, ref, ref),
+        plan.cluster(cfg, ref, ref),
+        plan.ppt(cfg, ref, ref),
+        plan.meta_pretrain(cfg, MetaAlgorithm.MAML, ref, ref),
+        plan.eval_group(cfg, cfg.tasks[0].name, 2, 0, ref, ref, {}),
+        plan.report(cfg, [ref], []),
+    ]
+    return {p.stage: (list(p.entries), p.wrapper) for p in plans}
+
+
+STAGES = _stages()
 PROBE = "\n\ndef _identity_probe() -> int:  # added by test_stage_identity\n    return 1\n"
 
 

@@ -1,0 +1,151 @@
+"""A fully cached run, decided before torch, Prefect or MLflow is imported.
+
+``metapt run`` first walks the stage plans (:mod:`tasks.plan`) in pipeline order: each stage's
+key from its code identity, its spec and its inputs' references, each input reference from the
+stored record of the stage before it. If every stage of the run is in the store, intact, the
+run has nothing to compute: the stored report is printed and the rerun is recorded as one MLflow
+run, tagged ``metapt.cached=true`` and linked to the runs that computed the report. The first
+stage that is missing ends the walk, and the pipeline runs as usual (its flows then serve what
+is stored and compute the rest).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from metapt_core.config import PipelineConfig
+from tasks import plan
+from tasks.cache import StageOutcome, lookup, stage_key
+
+
+@dataclass
+class CachedRun:
+    """Every stage outcome of a fully stored run, by label, and the report's."""
+
+    stages: dict[str, StageOutcome] = field(default_factory=dict)
+
+    @property
+    def report(self) -> StageOutcome:
+        return self.stages["report"]
+
+    def report_markdown(self) -> str:
+        root = Path(self.report.ref.path)
+        root = root if root.is_dir() else root.parent
+        found = sorted(root.rglob("report.md"))
+        return found[0].read_text("utf-8") if found else f"(report at {root})"
+
+
+def find_cached_run(cfg: PipelineConfig) -> CachedRun | None:
+    """The stored outcomes of every stage of ``cfg``'s run, or None at the first one missing."""
+    from tasks.core import code_identity
+
+    digests: dict[tuple[tuple[str, ...], str], str] = {}
+    run = CachedRun()
+
+    def stored(label: str, stage: plan.StagePlan) -> StageOutcome | None:
+        code = (stage.entries, stage.wrapper)
+        if code not in digests:
+            digests[code] = code_identity(stage.entries, stage.wrapper).digest
+        key = stage_key(
+            stage.stage, f"{plan.STORE_EPOCH}:{digests[code]}", stage.settings, stage.upstream
+        )
+        outcome = lookup(cfg.work_path, stage.stage, key)
+        if outcome is not None:
+            run.stages[label] = outcome
+        return outcome
+
+    assets = plan.assets_ref(cfg)
+    pool = stored("ingest-pool", plan.ingest_pool(cfg, assets))
+    if pool is None:
+        return None
+    tasks = stored("ingest-tasks", plan.ingest_tasks(cfg, assets, pool.ref))
+    embedded = stored("embed", plan.embed(cfg, assets, pool.ref))
+    if tasks is None or embedded is None:
+        return None
+    shards = stored("cluster", plan.cluster(cfg, pool.ref, embedded.ref))
+    if shards is None:
+        return None
+    prompts: dict[str, Any] = {}
+    for init in cfg.grid.inits:
+        if not init.is_pretrained:
+            prompts[init.value] = None
+            continue
+        algorithm = init.meta_algorithm
+        if algorithm is None:
+            made = stored("ppt", plan.ppt(cfg, assets, shards.ref))
+        else:
+            label = f"meta-pretrain-{algorithm.value}"
+            made = stored(label, plan.meta_pretrain(cfg, algorithm, assets, shards.ref))
+        if made is None:
+            return None
+        prompts[init.value] = made.ref
+    group_refs = []
+    for task, shots, seed in plan.groups(cfg):
+        group = plan.eval_group(cfg, task, shots, seed, assets, tasks.ref, prompts)
+        done = stored(f"evaluate-{task}-k{shots}-s{seed}", group)
+        if done is None:
+            return None
+        group_refs.append(done.ref)
+    if stored("report", plan.report(cfg, group_refs, [])) is None:
+        return None
+    return run
+
+
+def record_cached_run(
+    cfg: PipelineConfig, run: CachedRun, overrides: list[str], profile: str
+) -> str:
+    """One MLflow pipeline run for a rerun served whole from the store; its id.
+
+    Tagged ``metapt.cached=true``, ``metapt.source_run_id`` (the report's computing run) and
+    ``metapt.source_pipeline_run`` (the pipeline run it belongs to); it holds the resolved
+    configuration, the report's metrics and ``results/report.md``.
+    """
+    import socket
+
+    from tasks.tracking import (
+        CACHED_TAG,
+        HOST_TAG,
+        KIND_TAG,
+        PARENT_TAG,
+        SOURCE_RUN_TAG,
+        Tracker,
+        source_tags,
+    )
+
+    tracker = Tracker.open(cfg)
+    for run_id in tracker.reap_killed():
+        print(f"marked MLflow run {run_id} KILLED (its process died)", flush=True)
+    source = run.report.source_run_id
+    source_pipeline = ""
+    if source:
+        try:
+            source_pipeline = tracker.client.get_run(source).data.tags.get(PARENT_TAG, "")
+        except Exception:  # the computing run lives in another tracking store
+            source_pipeline = ""
+    run_id = tracker.start_run(
+        "metapt-cached",
+        tags={
+            KIND_TAG: "pipeline",
+            CACHED_TAG: "true",
+            SOURCE_RUN_TAG: source,
+            "metapt.source_pipeline_run": source_pipeline,
+            "metapt.flow": "metapt",
+            "metapt.profile": profile,
+            "metapt.overrides": " ".join(overrides),
+            "metapt.stages_served": str(len(run.stages)),
+            HOST_TAG: socket.gethostname(),
+            **source_tags(),
+        },
+        parent_run_id="",
+    )
+    try:
+        tracker.log_config(run_id, cfg)
+        tracker.log_stats(run_id, {k: v for k, v in run.report.stats.items() if k != "cells"})
+        tracker.client.log_text(run_id, run.report_markdown(), "results/report.md")
+    except BaseException:
+        tracker.end(run_id, ok=False)
+        raise
+    tracker.end(run_id)
+    return run_id

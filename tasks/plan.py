@@ -1,0 +1,176 @@
+"""What each stage is keyed on, without Prefect, MLflow or torch: one function per stage.
+
+A plan names the stage's entry points (the ``module:function`` strings that
+:func:`tasks.core.core` imports to run it, and whose import closure is its code identity), its
+task wrapper module, the spec its core function receives (hashed as its settings) and the
+references of its inputs. The Prefect tasks build their :class:`~tasks.stage.StageSpec` from
+these plans, and :mod:`flows.cached` walks the same plans to decide, before importing anything
+heavy, that a run has nothing to compute.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from metapt_core.config import MetaAlgorithm, PipelineConfig, SourceConfig, SourceFormat, to_dict
+from metapt_core.specs import (
+    ClusterSpec,
+    EmbedSpec,
+    EvalSpec,
+    MetaSpec,
+    PoolSpec,
+    PPTSpec,
+    ReportSpec,
+    TasksSpec,
+)
+from metapt_core.store import ArtifactRef
+
+# Bump to invalidate every stored stage output at once (e.g. after a change of record format).
+STORE_EPOCH = "1"
+
+BACKBONE_LOADER = "metapt_core.lm:load_prompt_model"  # entry of every stage given the model
+POOL_CORE = "metapt_core.data:ingest_pool"
+TASKS_CORE = "metapt_core.data:ingest_tasks"
+EMBED_CORE = "metapt_core.embedding:embed_pool"
+CLUSTER_CORE = "metapt_core.clustering:cluster_pool"
+PPT_CORE = "metapt_core.ppt:ppt_pretrain"
+META_CORE = "metapt_core.meta:meta_pretrain"
+CELLS_CORE = "metapt_core.fewshot.stage:evaluate_group"
+REPORT_CORE = "metapt_core.report:build_report"
+PROMPT_PREFIX = "prompt:"
+
+# Sources read from the user's files: their content is part of the ingestion's key.
+FILE_FORMATS = (SourceFormat.CSV, SourceFormat.JSON, SourceFormat.PARQUET, SourceFormat.DISK)
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """One stage computation's identity: entry points, wrapper, spec, input references."""
+
+    stage: str
+    entries: tuple[str, ...]
+    wrapper: str
+    spec: Any  # the object the core function receives (None: the settings say it all)
+    upstream: dict[str, ArtifactRef]
+    extra: dict[str, Any] = field(default_factory=dict)  # further core arguments (shots, seed)
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The spec as plain data, with the extra core arguments: what the key hashes."""
+        data = to_dict(self.spec) if self.spec is not None else {}
+        return {**data, **self.extra}
+
+
+def assets_ref(cfg: PipelineConfig) -> ArtifactRef:
+    """A fingerprint of the prepared assets: their manifests (which hold their content hashes)."""
+    from metapt_core.store import stable_hash
+
+    root = cfg.assets_path
+    manifests = (
+        {p.parent.name: p.read_text("utf-8") for p in sorted(root.glob("*/manifest.json"))}
+        if root.is_dir()
+        else {}
+    )
+    return ArtifactRef(path=str(root), sha256=stable_hash(manifests))
+
+
+def source_refs(sources: Iterable[SourceConfig | None]) -> dict[str, ArtifactRef]:
+    """Content fingerprints of the user's data files (builtin sources are in the assets' ref),
+    and the resolved commit of each hub source.
+
+    Editing a file in place then recomputes its ingestion and whatever follows from it; so does
+    a hub dataset that moved on (``revision`` pins one).
+    """
+    from metapt_core.data.sources import hub_revision
+
+    refs: dict[str, ArtifactRef] = {}
+    for src in sources:
+        if src is not None and SourceFormat(src.format) is SourceFormat.HUB:
+            refs[f"hub:{src.name}:{src.path}"] = ArtifactRef(
+                path=src.path, sha256=hub_revision(src)
+            )
+            continue
+        if src is None or SourceFormat(src.format) not in FILE_FORMATS:
+            continue
+        path = Path(src.path).expanduser()
+        if path.exists():  # a missing file fails in the core with its own message
+            refs[f"source:{src.name}:{src.path}"] = ArtifactRef.of(path)
+    return refs
+
+
+def task_sources(cfg: PipelineConfig) -> list[SourceConfig | None]:
+    return [source for spec in cfg.tasks for source in (spec.train, spec.test)]
+
+
+def ingest_pool(cfg: PipelineConfig, assets: ArtifactRef) -> StagePlan:
+    upstream = {"assets": assets, **source_refs(cfg.pool.sources)}
+    return StagePlan("ingest-pool", (POOL_CORE,), "tasks.ingest", PoolSpec.of(cfg), upstream)
+
+
+def ingest_tasks(cfg: PipelineConfig, assets: ArtifactRef, pool: ArtifactRef) -> StagePlan:
+    upstream = {"assets": assets, "pool": pool, **source_refs(task_sources(cfg))}
+    return StagePlan("ingest-tasks", (TASKS_CORE,), "tasks.ingest", TasksSpec.of(cfg), upstream)
+
+
+def embed(cfg: PipelineConfig, assets: ArtifactRef, pool: ArtifactRef) -> StagePlan:
+    upstream = {"assets": assets, "pool": pool}
+    return StagePlan("embed", (EMBED_CORE,), "tasks.embed", EmbedSpec.of(cfg), upstream)
+
+
+def cluster(cfg: PipelineConfig, pool: ArtifactRef, embedded: ArtifactRef) -> StagePlan:
+    upstream = {"pool": pool, "embed": embedded}
+    return StagePlan("cluster", (CLUSTER_CORE,), "tasks.cluster", ClusterSpec.of(cfg), upstream)
+
+
+def ppt(cfg: PipelineConfig, assets: ArtifactRef, shards: ArtifactRef) -> StagePlan:
+    upstream = {"assets": assets, "shards": shards}
+    entries = (PPT_CORE, BACKBONE_LOADER)
+    return StagePlan("ppt", entries, "tasks.ppt", PPTSpec.of(cfg), upstream)
+
+
+def meta_pretrain(
+    cfg: PipelineConfig, algorithm: MetaAlgorithm, assets: ArtifactRef, shards: ArtifactRef
+) -> StagePlan:
+    upstream = {"assets": assets, "shards": shards}
+    entries = (META_CORE, BACKBONE_LOADER)
+    extra = {"algorithm": algorithm.value}
+    return StagePlan("meta-pretrain", entries, "tasks.meta", MetaSpec.of(cfg), upstream, extra)
+
+
+def eval_group(
+    cfg: PipelineConfig,
+    task: str,
+    shots: int,
+    seed: int,
+    assets: ArtifactRef,
+    tasks_ref: ArtifactRef,
+    prompts: Mapping[str, ArtifactRef | None],
+) -> StagePlan:
+    upstream: dict[str, ArtifactRef] = {"assets": assets, "tasks": tasks_ref}
+    upstream.update({f"{PROMPT_PREFIX}{n}": ref for n, ref in prompts.items() if ref is not None})
+    spec = EvalSpec.of(cfg, task, shots, seed)
+    entries = (CELLS_CORE, BACKBONE_LOADER)
+    extra = {"shots": shots, "cell_seed": seed}
+    return StagePlan("evaluate-cells", entries, "tasks.evaluate", spec, upstream, extra)
+
+
+def groups(cfg: PipelineConfig) -> list[tuple[str, int, int]]:
+    """The grid's (task, shots, seed) groups, in the order the report receives them."""
+    return [
+        (spec.name, shots, seed)
+        for spec in cfg.tasks
+        for shots in cfg.fewshot.shots
+        for seed in cfg.fewshot.seeds
+    ]
+
+
+def report(cfg: PipelineConfig, group_refs: list[ArtifactRef], failed: list[str]) -> StagePlan:
+    # by position, not by the groups' keys: a group recomputed to the same cells keeps the report
+    upstream = {f"group:{index}": ref for index, ref in enumerate(group_refs)}
+    extra = {"failed": sorted(failed)}
+    return StagePlan(
+        "report", (REPORT_CORE,), "tasks.evaluate", ReportSpec.of(cfg), upstream, extra
+    )
