@@ -36,7 +36,13 @@ def build_deployments() -> list[Any]:
             (ingest_flow, embed_flow, cluster_flow, meta_pretrain_flow, evaluate_flow),
         )
     )
-    options: dict[str, Any] = {"entrypoint_type": EntrypointType.MODULE_PATH, "tags": ["metapt"]}
+    # One run at a time per deployment (the serve process belongs to one work folder); runs of
+    # different deployments may overlap safely: each stage key is computed once, under its lock.
+    options: dict[str, Any] = {
+        "entrypoint_type": EntrypointType.MODULE_PATH,
+        "tags": ["metapt"],
+        "concurrency_limit": 1,
+    }
     built = [
         metapt_flow.to_deployment(
             name=FULL_PIPELINE,

@@ -45,16 +45,14 @@ def _private_home(shared: Path) -> Path:
     exists"), so a concurrent run gets its own database, removed when the run exits.
     """
     import atexit
-    import fcntl
     import shutil
     import tempfile
 
+    from metapt_core.locks import try_acquire
+
     shared.mkdir(parents=True, exist_ok=True)  # sqlite cannot create the database's folder
-    fd = os.open(shared / "home.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
+    fd = try_acquire(shared / "home.lock")
+    if fd is None:
         home = Path(tempfile.mkdtemp(prefix="concurrent-", dir=shared))
         # registered before prefect's own exit hook, so it runs after the server has stopped
         atexit.register(shutil.rmtree, home, True)

@@ -22,7 +22,6 @@ Usage::
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -38,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from metapt_core.errors import ConfigError, DataError
+from metapt_core.locks import file_lock
 from metapt_core.store import atomic_path, atomic_write_json, open_sealed, seal, sha256_file
 
 log = logging.getLogger(__name__)
@@ -183,12 +183,8 @@ def is_valid(folder: Path, builder: AssetBuilder | None = None) -> bool:
 def _lock(assets_dir: Path, name: str) -> Iterator[None]:
     """Hold an exclusive lock on one asset for the duration of the block."""
     assets_dir.mkdir(parents=True, exist_ok=True)
-    with open(assets_dir / f".{name}.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with file_lock(assets_dir / f".{name}.lock"):
+        yield
 
 
 def _remove_stale(assets_dir: Path, name: str) -> None:

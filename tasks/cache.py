@@ -26,7 +26,6 @@ deleted. The store key covers all of this and is shared by every process and flo
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -36,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from metapt_core.locks import file_lock
 from metapt_core.store import ArtifactRef, atomic_write_json, fingerprint, stable_hash
 
 RECORD = "record.json"
@@ -113,39 +113,11 @@ def stage_lock(
     """Hold the exclusive lock of one stage computation (across processes and threads).
 
     ``on_wait`` is called once if another holder makes us wait. The lock file is removed on
-    release; a waiter that then finds its file unlinked (or replaced) tries again, so two
-    holders can never hold different files of the same name.
+    release (:func:`metapt_core.locks.file_lock` with ``remove``).
     """
     final = stage_folder(work_dir, stage, key)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    path = final.with_name(final.name + LOCK)
-    waited = False
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if not waited and on_wait is not None:
-                    on_wait()
-                waited = True
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            try:
-                same = os.stat(path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same = False
-        except BaseException:
-            os.close(fd)
-            raise
-        if same:
-            break
-        os.close(fd)  # the previous holder removed that file: lock the current one
-    try:
+    with file_lock(final.with_name(final.name + LOCK), on_wait=on_wait, remove=True):
         yield
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-        os.close(fd)
 
 
 def lookup(

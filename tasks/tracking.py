@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from metapt_core import locks
 from metapt_core.config import PipelineConfig, dump_yaml, flatten, to_dict
 from metapt_core.errors import ConfigError
+from metapt_core.locks import file_lock
 
 PARENT_TAG = "mlflow.parentRunId"
 RUN_NAME_TAG = "mlflow.runName"
@@ -154,16 +156,8 @@ def _sqlite_setup_lock(uri: str) -> Iterator[None]:
     if not uri.startswith("sqlite:///"):
         yield
         return
-    import fcntl
-
-    lock = Path(uri.removeprefix("sqlite:///")).with_suffix(".lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with file_lock(Path(uri.removeprefix("sqlite:///")).with_suffix(".lock")):
         yield
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -280,7 +274,7 @@ class Tracker:
             lock = tags.get(ALIVE_TAG)
             if tags.get(KIND_TAG) != "pipeline" or not lock:
                 continue
-            if tags.get(HOST_TAG) != socket.gethostname() or not _lock_is_free(Path(lock)):
+            if tags.get(HOST_TAG) != socket.gethostname() or not locks.is_free(Path(lock)):
                 continue
             dead.add(run.info.run_id)
         if not dead:
@@ -302,36 +296,10 @@ class Tracker:
         return killed
 
 
-def _lock_is_free(path: Path) -> bool:
-    """True if nobody holds ``path`` locked (a missing file: its holder is gone too)."""
-    import fcntl
-
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
-        return True
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    finally:
-        os.close(fd)
-    return True
-
-
 def hold_alive(path: Path) -> int:
     """Create and lock ``path`` for as long as this process lives (or until :func:`release_alive`)."""
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    return fd
+    return locks.acquire(path)
 
 
 def release_alive(path: Path, fd: int) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-    os.close(fd)
+    locks.release(fd, path)
