@@ -152,12 +152,12 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def cmd_assets(args: argparse.Namespace) -> int:
     cfg = _resolve(args)
-    from tasks.core import core
+    from metapt_core.assets import prepare_assets
 
     def progress(done: int, total: int, message: str) -> None:
         print(f"assets: {done}/{total} {message}", flush=True)
 
-    paths = core("metapt_core.assets:prepare_assets")(cfg.assets_path, progress=progress)
+    paths = prepare_assets(cfg.assets_path, progress=progress)
     print(f"assets ready under {cfg.assets_path}: {paths}")
     return 0
 

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from prefect import task
 
+from metapt_core.assets import prepare_assets
 from metapt_core.config import PipelineConfig
 from metapt_core.store import ArtifactRef
 from tasks.common import TASK_OPTIONS, assets_ref, no_cache
-from tasks.core import core
 from tasks.progress import StageProgress
-
-CORE = "metapt_core.assets:prepare_assets"
 
 
 @task(name="assets", cache_policy=no_cache(), **TASK_OPTIONS)
@@ -20,5 +18,5 @@ def prepare_assets_task(cfg: PipelineConfig) -> ArtifactRef:
     Returns:
         A reference to the assets folder whose sha256 covers every asset's manifest.
     """
-    core(CORE)(cfg.assets_path, progress=StageProgress("assets"))
+    prepare_assets(cfg.assets_path, progress=StageProgress("assets"))
     return assets_ref(cfg)

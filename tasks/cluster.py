@@ -6,11 +6,11 @@ from pathlib import Path
 
 from prefect import task
 
+from metapt_core.clustering import cluster_pool
 from metapt_core.store import ArtifactRef
 from tasks import plan
 from tasks.cache import StageOutcome
 from tasks.common import TASK_OPTIONS, as_state, no_cache
-from tasks.core import core
 from tasks.progress import StageProgress
 from tasks.stage import RunContext, StageSpec, core_output, execute_stage
 
@@ -24,7 +24,7 @@ def cluster_task(ctx: RunContext, pool: ArtifactRef, embed: ArtifactRef) -> Stag
     stage = plan.cluster(cfg, pool, embed)
 
     def compute(out_dir: Path, progress: StageProgress) -> tuple[ArtifactRef, dict]:
-        return core_output(core(CORE)(pool, embed, stage.spec, out_dir, progress=progress))
+        return core_output(cluster_pool(pool, embed, stage.spec, out_dir, progress=progress))
 
     spec = StageSpec.of(
         stage,

@@ -8,7 +8,6 @@ from typing import Any
 
 from metapt_core.config import PipelineConfig, to_dict
 from metapt_core.store import ArtifactRef, stable_hash
-from tasks.core import core
 from tasks.plan import BACKBONE_LOADER, assets_ref
 
 __all__ = ["BACKBONE_LOADER", "assets_ref"]
@@ -67,6 +66,14 @@ def _backbone_key(cfg: PipelineConfig) -> str:
     )
 
 
+def load_prompt_model(cfg: PipelineConfig) -> Any:
+    """:func:`metapt_core.lm.load_prompt_model` (the ``BACKBONE_LOADER`` entry), imported when a
+    stage first computes: importing this module (as the fully cached run does) loads no torch."""
+    from metapt_core.lm import load_prompt_model as load
+
+    return load(cfg)
+
+
 def get_backbone(cfg: PipelineConfig) -> Any:
     """The frozen backbone, loaded once per process and shared by the stages that compute.
 
@@ -75,7 +82,7 @@ def get_backbone(cfg: PipelineConfig) -> Any:
     key = _backbone_key(cfg)
     with _backbone_lock:
         if key not in _backbones:
-            _backbones[key] = core(BACKBONE_LOADER)(cfg)
+            _backbones[key] = load_prompt_model(cfg)
         return _backbones[key]
 
 

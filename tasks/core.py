@@ -1,4 +1,4 @@
-"""Resolve a core function by name, lazily, and compute the code identity of a stage.
+"""The code identity of a stage, computed from the code.
 
 A stage's code identity is computed from the code, never listed by hand: the closure of project
 modules that its entry points import (followed through every ``import`` statement, at module level
@@ -13,9 +13,8 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
-import importlib
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -23,17 +22,6 @@ from typing import Any
 
 # Top-level packages whose modules are followed into a closure (the rest are libraries).
 PROJECT_PACKAGES = ("metapt_core",)
-
-
-def core(qualname: str) -> Callable[..., Any]:
-    """The function ``module:attr`` (e.g. ``metapt_core.clustering:cluster_pool``).
-
-    Imported on first use, so that a task module can be imported (and a fully cached run can
-    finish) without loading torch or the model code. The same string is the stage's entry point
-    for its code identity (:func:`code_identity`), so what runs is what is keyed.
-    """
-    module_name, attr = qualname.split(":")
-    return getattr(importlib.import_module(module_name), attr)  # type: ignore[no-any-return]
 
 
 def project_root() -> Path:

@@ -6,11 +6,11 @@ from pathlib import Path
 
 from prefect import task
 
+from metapt_core.embedding import embed_pool
 from metapt_core.store import ArtifactRef
 from tasks import plan
 from tasks.cache import StageOutcome
 from tasks.common import TASK_OPTIONS, as_state, no_cache
-from tasks.core import core
 from tasks.progress import StageProgress
 from tasks.stage import RunContext, StageSpec, core_output, execute_stage
 
@@ -24,7 +24,7 @@ def embed_task(ctx: RunContext, assets: ArtifactRef, pool: ArtifactRef) -> Stage
     stage = plan.embed(cfg, assets, pool)
 
     def compute(out_dir: Path, progress: StageProgress) -> tuple[ArtifactRef, dict]:
-        result = core(CORE)(pool, stage.spec.embed, cfg.assets_path, out_dir, progress=progress)
+        result = embed_pool(pool, stage.spec.embed, cfg.assets_path, out_dir, progress=progress)
         return core_output(result)
 
     return as_state(execute_stage(ctx, StageSpec.of(stage, compute)))

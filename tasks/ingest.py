@@ -6,15 +6,15 @@ from pathlib import Path
 
 from prefect import task
 
+from metapt_core.data import ingest_pool, ingest_tasks
 from metapt_core.store import ArtifactRef
 from tasks import plan
 from tasks.cache import StageOutcome
 from tasks.common import TASK_OPTIONS, as_state, asset_paths, no_cache
-from tasks.core import core
 from tasks.progress import StageProgress
 from tasks.stage import RunContext, StageSpec, core_output, execute_stage
 
-POOL_CORE = plan.POOL_CORE
+POOL_CORE = plan.POOL_CORE  # "metapt_core.data:ingest_pool", its code identity's entry
 TASKS_CORE = plan.TASKS_CORE
 
 
@@ -25,7 +25,7 @@ def ingest_pool_task(ctx: RunContext, assets: ArtifactRef) -> StageOutcome:
     stage = plan.ingest_pool(cfg, assets)  # what the core receives is what the key hashes
 
     def compute(out_dir: Path, progress: StageProgress) -> tuple[ArtifactRef, dict]:
-        result = core(POOL_CORE)(stage.spec, asset_paths(cfg), out_dir, progress=progress)
+        result = ingest_pool(stage.spec, asset_paths(cfg), out_dir, progress=progress)
         return core_output(result)
 
     return as_state(execute_stage(ctx, StageSpec.of(stage, compute)))
@@ -38,7 +38,7 @@ def ingest_tasks_task(ctx: RunContext, assets: ArtifactRef, pool: ArtifactRef) -
     stage = plan.ingest_tasks(cfg, assets, pool)
 
     def compute(out_dir: Path, progress: StageProgress) -> tuple[ArtifactRef, dict]:
-        result = core(TASKS_CORE)(stage.spec, asset_paths(cfg), pool, out_dir, progress=progress)
+        result = ingest_tasks(stage.spec, asset_paths(cfg), pool, out_dir, progress=progress)
         return core_output(result)
 
     return as_state(execute_stage(ctx, StageSpec.of(stage, compute)))

@@ -7,11 +7,11 @@ from pathlib import Path
 from prefect import task
 
 from metapt_core.config import MetaAlgorithm
+from metapt_core.meta import meta_pretrain
 from metapt_core.store import ArtifactRef
 from tasks import plan
 from tasks.cache import StageOutcome
 from tasks.common import TASK_OPTIONS, as_state, get_backbone, no_cache
-from tasks.core import core
 from tasks.progress import StageProgress
 from tasks.stage import RunContext, StageSpec, core_output, execute_stage
 
@@ -29,7 +29,7 @@ def meta_pretrain_task(
 
     def compute(out_dir: Path, progress: StageProgress) -> tuple[ArtifactRef, dict]:
         model = get_backbone(cfg)
-        result = core(CORE)(shards, stage.spec, algorithm, model, out_dir, progress=progress)
+        result = meta_pretrain(shards, stage.spec, algorithm, model, out_dir, progress=progress)
         return core_output(result)
 
     spec = StageSpec.of(

@@ -1,7 +1,7 @@
 """What each stage is keyed on, without Prefect, MLflow or torch: one function per stage.
 
-A plan names the stage's entry points (the ``module:function`` strings that
-:func:`tasks.core.core` imports to run it, and whose import closure is its code identity), its
+A plan names the stage's entry points (the ``module:function`` its task module imports and
+calls, whose import closure is its code identity: :func:`tasks.core.code_identity`), its
 task wrapper module, the spec its core function receives (hashed as its settings) and the
 references of its inputs. The Prefect tasks build their :class:`~tasks.stage.StageSpec` from
 these plans, and :mod:`flows.cached` walks the same plans to decide, before importing anything

@@ -6,11 +6,11 @@ from pathlib import Path
 
 from prefect import task
 
+from metapt_core.ppt import ppt_pretrain
 from metapt_core.store import ArtifactRef
 from tasks import plan
 from tasks.cache import StageOutcome
 from tasks.common import TASK_OPTIONS, as_state, get_backbone, no_cache
-from tasks.core import core
 from tasks.progress import StageProgress
 from tasks.stage import RunContext, StageSpec, core_output, execute_stage
 
@@ -28,7 +28,7 @@ def ppt_task(ctx: RunContext, assets: ArtifactRef, shards: ArtifactRef) -> Stage
     stage = plan.ppt(cfg, assets, shards)
 
     def compute(out_dir: Path, progress: StageProgress) -> tuple[ArtifactRef, dict]:
-        result = core(CORE)(shards, stage.spec, get_backbone(cfg), out_dir, progress=progress)
+        result = ppt_pretrain(shards, stage.spec, get_backbone(cfg), out_dir, progress=progress)
         return core_output(result)
 
     return as_state(execute_stage(ctx, StageSpec.of(stage, compute, artifacts=["."])))

@@ -3,8 +3,8 @@
 Not a test module (pytest does not collect it) and never used by the pipeline itself: the
 end-to-end, resume, concurrency and cache-integrity tests run the real core. The orchestration
 unit tests (cache keys, recomputation of dependents, retries) call :func:`install`, which
-monkeypatches the ``core`` resolver of every task module in-process so that each core function
-named here is replaced by its stand-in. Each call appends its stage name to
+monkeypatches, in-process, each core function that the task modules import by name with the
+stand-in of the same name. Each call appends its stage name to
 ``$METAPT_FAKE_LOG`` (so tests see what was recomputed) and sleeps ``$METAPT_FAKE_SECONDS``.
 ``$METAPT_FAKE_FAIL`` names a cell group (``task/kN/sN``) that always fails. Outputs are
 deterministic functions of their inputs and settings.
@@ -18,7 +18,6 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,18 +43,33 @@ TASK_MODULES = (
 )
 
 
-def resolve(qualname: str) -> Callable[..., Any]:
-    """The stand-in for core function ``module:attr`` if there is one, else the real one."""
-    from tasks.core import core
-
-    replacement = getattr(sys.modules[__name__], qualname.split(":")[1], None)
-    return replacement if callable(replacement) else core(qualname)
+STANDINS = (
+    "prepare_assets",
+    "ingest_pool",
+    "ingest_tasks",
+    "embed_pool",
+    "cluster_pool",
+    "load_prompt_model",
+    "meta_pretrain",
+    "ppt_pretrain",
+    "evaluate_group",
+    "build_report",
+)
 
 
 def install(monkeypatch: Any) -> None:
-    """Use the stand-ins in this process (undone with ``monkeypatch``)."""
+    """Use the stand-ins in this process (undone with ``monkeypatch``): every task module's
+    imported core function of one of these names is replaced by its stand-in."""
+    this = sys.modules[__name__]
+    replaced = set()
     for name in TASK_MODULES:
-        monkeypatch.setattr(importlib.import_module(name), "core", resolve)
+        module = importlib.import_module(name)
+        for attr in STANDINS:
+            if callable(getattr(module, attr, None)):
+                monkeypatch.setattr(module, attr, getattr(this, attr))
+                replaced.add(attr)
+    missing = set(STANDINS) - replaced
+    assert not missing, f"no task module calls {sorted(missing)}: the stand-ins are stale"
 
 
 @dataclass

@@ -170,3 +170,29 @@ def test_relative_imports_and_absent_libraries(tmp_path: Path) -> None:
     assert modules == ["metapt_core", "metapt_core.b", "metapt_core.sub", "metapt_core.sub.a"]
     assert libraries == ["no_such_lib_xyz"]  # json is the standard library
     assert identity.library_versions(libraries) == {"import:no_such_lib_xyz": "absent"}
+
+
+def test_what_runs_is_what_is_keyed() -> None:
+    """Each task module calls its core function by name; that function is the plan's entry
+    point (same name, defined inside the entry's closure), so the key follows what runs."""
+    import importlib
+
+    calls = {
+        "tasks.ingest": ["ingest_pool", "ingest_tasks"],
+        "tasks.embed": ["embed_pool"],
+        "tasks.cluster": ["cluster_pool"],
+        "tasks.ppt": ["ppt_pretrain"],
+        "tasks.meta": ["meta_pretrain"],
+        "tasks.evaluate": ["evaluate_group", "build_report"],
+    }
+    entries = {e.split(":")[1]: e for entries, _ in STAGES.values() for e in entries}
+    for module_name, names in calls.items():
+        module = importlib.import_module(module_name)
+        for name in names:
+            function = getattr(module, name)
+            closure, _ = identity.module_closure([entries[name]])
+            assert function.__name__ == name and function.__module__ in closure, name
+            wrappers = {
+                w for ents, w in STAGES.values() if any(e.endswith(f":{name}") for e in ents)
+            }
+            assert wrappers == {module_name}, name
