@@ -15,7 +15,8 @@ use ``metapt_core`` directly.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import TypeVar
 
 from metapt_core.config import (
     BackboneConfig,
@@ -33,6 +34,13 @@ from metapt_core.config import (
     ScoringConfig,
     TaskSpec,
 )
+
+T = TypeVar("T")
+
+
+def _project(cls: type[T], section: object) -> T:
+    """``cls`` built from the same-named fields of ``section`` (a spec that is part of one)."""
+    return cls(**{f.name: getattr(section, f.name) for f in fields(cls)})  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -119,19 +127,7 @@ class EpisodeSettings:
 
     @classmethod
     def of(cls, meta: MetaConfig) -> EpisodeSettings:
-        return cls(
-            meta.meta_steps,
-            meta.meta_batch_size,
-            meta.support_size,
-            meta.query_size,
-            meta.inner_steps,
-            meta.inner_lr,
-            meta.val_every,
-            meta.val_episodes,
-            meta.val_fraction,
-            meta.checkpoint_every,
-            meta.seed,
-        )
+        return _project(cls, meta)
 
 
 @dataclass(frozen=True)
@@ -198,15 +194,7 @@ class FewShotTuning:
 
     @classmethod
     def of(cls, fewshot: FewShotConfig) -> FewShotTuning:
-        return cls(
-            fewshot.dev_per_class,
-            fewshot.steps,
-            fewshot.batch_size,
-            fewshot.lr,
-            fewshot.optimizer,
-            fewshot.eval_every,
-            fewshot.eval_batch_size,
-        )
+        return _project(cls, fewshot)
 
 
 @dataclass(frozen=True)

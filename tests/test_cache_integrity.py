@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from smoke_runs import isolated_env, records, results_table, run
+from smoke_runs import isolated_env, records, results_table, run, run_command
 
 from tasks.cache import RECORD, lookup
 
@@ -106,15 +106,7 @@ def test_fully_cached_rerun_is_decided_before_torch_and_prefect(
 
     work = tmp_path / "work"
     shutil.copytree(real_store, work)  # new inodes: every stored artifact is hashed once
-    argv = [
-        "run",
-        "--profile",
-        "smoke",
-        "--set",
-        f"work_dir={work}",
-        "--set",
-        f"assets_dir={assets_dir}",
-    ]
+    argv = run_command(work, assets_dir)[1:]  # the metapt command's arguments
     code = (
         "import sys\n"
         "from flows.cli import main\n"

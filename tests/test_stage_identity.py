@@ -93,25 +93,29 @@ def test_copy_has_the_same_identity(copy_root: Path) -> None:
         assert digest(stage, copy_root) == digest(stage, ROOT), stage
 
 
+def closures(stage: str, root: Path, imported: dict[str, set[str]]) -> tuple[set[str], set[str]]:
+    """(the static closure of a stage, the project modules Python loads for its entries)."""
+    entries, _ = STAGES[stage]
+    static, _ = identity.module_closure(entries, root)
+    return set(static), set().union(*(imported[e.split(":")[0]] for e in entries))
+
+
 @pytest.mark.parametrize("stage", list(STAGES))
 def test_static_closure_covers_what_python_imports(
     stage: str, copy_root: Path, imported: dict[str, set[str]]
 ) -> None:
-    entries, wrapper = STAGES[stage]
-    modules, _ = identity.module_closure(entries, copy_root)
-    runtime = set().union(*(imported[e.split(":")[0]] for e in entries))
+    static, runtime = closures(stage, copy_root, imported)
     assert runtime, stage
-    assert runtime <= set(modules), sorted(runtime - set(modules))
+    assert runtime <= static, sorted(runtime - static)
 
 
 @pytest.mark.parametrize("stage", list(STAGES))
 def test_editing_a_module_changes_exactly_the_stages_that_reach_it(
     stage: str, copy_root: Path, imported: dict[str, set[str]]
 ) -> None:
-    entries, wrapper = STAGES[stage]
-    closure, _ = identity.module_closure(entries, copy_root)
-    runtime = set().union(*(imported[e.split(":")[0]] for e in entries))
-    reached = set(closure) | runtime
+    wrapper = STAGES[stage][1]
+    static, runtime = closures(stage, copy_root, imported)
+    reached = static | runtime
     before = digest(stage, copy_root)
     outside = [m for m in project_modules(copy_root) if m not in reached]
     assert outside, "every stage leaves some module out"

@@ -1,0 +1,57 @@
+"""What each stage receives: the specs hold exactly the settings their stage may read."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from metapt_core.config import MetaConfig, load_config, to_dict
+from metapt_core.specs import ClusterSpec, EpisodeSettings, EvalSpec, PPTSpec, ReportSpec
+
+
+def test_ppt_reads_the_shared_episode_settings_not_the_outer_optimiser() -> None:
+    cfg = load_config("default")
+    spec = PPTSpec.of(cfg)
+    assert spec.ppt_budget() == cfg.ppt_budget()
+    for name in ("outer_lr", "outer_optimizer", "reptile_step", "group_tasks"):
+        with pytest.raises(AttributeError):
+            getattr(spec.meta, name)
+    outer = load_config("default", overrides=["meta.outer_lr=0.5", "meta.outer_optimizer=sgd"])
+    assert to_dict(PPTSpec.of(outer)) == to_dict(spec)
+    shared = load_config("default", overrides=["meta.support_size=3"])
+    assert to_dict(PPTSpec.of(shared)) != to_dict(spec)
+
+
+def test_episode_settings_are_the_same_named_meta_fields() -> None:
+    meta = MetaConfig(inner_lr=1.5, seed=7)
+    settings = EpisodeSettings.of(meta)
+    names = {f.name for f in dataclasses.fields(EpisodeSettings)}
+    assert names < {f.name for f in dataclasses.fields(MetaConfig)}
+    assert all(getattr(settings, n) == getattr(meta, n) for n in names)
+
+
+def test_an_evaluation_group_holds_its_own_task_shots_and_seed() -> None:
+    cfg = load_config("default")
+    first, other = cfg.tasks[0].name, cfg.tasks[1].name
+    spec = to_dict(EvalSpec.of(cfg, first, 16, 1))
+    more_seeds = load_config("default", overrides=["fewshot.seeds=[0, 1, 2, 3, 4]"])
+    assert to_dict(EvalSpec.of(more_seeds, first, 16, 1)) == spec
+    other_task = load_config("default", overrides=[f"tasks[{other}].max_test=7"])
+    assert to_dict(EvalSpec.of(other_task, first, 16, 1)) == spec
+    template = load_config(
+        "default", overrides=[f"tasks[{first}].template='{{text}} So: {{answer}}'"]
+    )
+    assert to_dict(EvalSpec.of(template, first, 16, 1)) != spec
+    # the zero-shot reference is scored in the first (shots, seed) group only
+    assert EvalSpec.of(cfg, first, 16, 0).zero_shot and not EvalSpec.of(cfg, first, 16, 1).zero_shot
+    assert EvalSpec.of(cfg, first, 16, 0).tasks == [cfg.tasks[0]]
+
+
+def test_cluster_and_report_specs() -> None:
+    cfg = load_config("default")
+    assert ClusterSpec.of(cfg).min_rows_per_class == cfg.min_rows_per_class()
+    report = ReportSpec.of(cfg)
+    assert report.grid.inits == cfg.grid.inits and report.backbone_name == cfg.backbone.name_or_path
+    workers = load_config("default", overrides=["grid.max_workers=2"])
+    assert to_dict(ReportSpec.of(workers)) == to_dict(report)
