@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.context import Profile, Refs, flow_run_name, pipeline_run, ref_dict, stage_kwargs
+from flows.context import Profile, Refs, flow_run_name, ref_dict, stage_flow_run
 from flows.embed import embed_flow
 from tasks.cluster import cluster_task
 from tasks.common import outcome_of, to_ref
@@ -23,11 +23,7 @@ def cluster_flow(
     mlflow_parent_run_id: str = "",
 ) -> Refs:
     """Steps: (ingest, embed) -> shards/ + diagnostics/."""
-    with pipeline_run(
-        "cluster", profile, config_file, overrides, refresh, mlflow_parent_run_id
-    ) as ctx:
-        refs = dict(upstream or {})
-        if "embed" not in refs:
-            refs = embed_flow(**stage_kwargs(profile, config_file, overrides, refresh, refs, ctx))
+    params = locals()  # this flow's parameters, before any other local
+    with stage_flow_run("cluster", params, ("embed",), embed_flow) as (ctx, refs):
         out = outcome_of(cluster_task(ctx, to_ref(refs["pool"]), to_ref(refs["embed"])))
         return {**refs, "shards": ref_dict(out.ref)}

@@ -181,3 +181,41 @@ def stage_kwargs(
         "upstream": upstream,
         "mlflow_parent_run_id": ctx.tracker.parent_run_id,
     }
+
+
+@contextlib.contextmanager
+def stage_flow_run(
+    name: str,
+    params: dict[str, Any],
+    needs: tuple[str, ...] = (),
+    upstream_flow: Any = None,
+) -> Iterator[tuple[RunContext, Refs]]:
+    """The preamble of every stage flow: open (or join) the pipeline run, then take the refs
+    handed down, running ``upstream_flow`` as a subflow first when one of ``needs`` is missing.
+
+    ``params`` are the flow's own parameters (``profile``, ``config_file``, ``overrides``,
+    ``refresh``, ``upstream``, ``mlflow_parent_run_id``); ``needs`` may name a prefix
+    (``prompt:``) that any key satisfies. Yields the run context and the refs so far.
+    """
+    with pipeline_run(
+        name,
+        params["profile"],
+        params["config_file"],
+        params["overrides"],
+        params["refresh"],
+        params.get("mlflow_parent_run_id", ""),
+    ) as ctx:
+        refs: Refs = dict(params.get("upstream") or {})
+        missing = [n for n in needs if not any(k == n or k.startswith(n) for k in refs)]
+        if missing and upstream_flow is not None:
+            refs = upstream_flow(
+                **stage_kwargs(
+                    params["profile"],
+                    params["config_file"],
+                    params["overrides"],
+                    params["refresh"],
+                    refs,
+                    ctx,
+                )
+            )
+        yield ctx, refs

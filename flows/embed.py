@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.context import Profile, Refs, flow_run_name, pipeline_run, ref_dict, stage_kwargs
+from flows.context import Profile, Refs, flow_run_name, ref_dict, stage_flow_run
 from flows.ingest import ingest_flow
 from tasks.common import outcome_of, to_ref
 from tasks.embed import embed_task
@@ -23,11 +23,7 @@ def embed_flow(
     mlflow_parent_run_id: str = "",
 ) -> Refs:
     """Steps: (ingest) -> embeddings.npy + row_ids.parquet."""
-    with pipeline_run(
-        "embed", profile, config_file, overrides, refresh, mlflow_parent_run_id
-    ) as ctx:
-        refs = dict(upstream or {})
-        if "pool" not in refs:
-            refs = ingest_flow(**stage_kwargs(profile, config_file, overrides, refresh, refs, ctx))
+    params = locals()  # this flow's parameters, before any other local
+    with stage_flow_run("embed", params, ("pool",), ingest_flow) as (ctx, refs):
         out = outcome_of(embed_task(ctx, to_ref(refs["assets"]), to_ref(refs["pool"])))
         return {**refs, "embed": ref_dict(out.ref)}

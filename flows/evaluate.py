@@ -9,7 +9,7 @@ from typing import Any
 
 from prefect import flow
 
-from flows.context import Profile, Refs, flow_run_name, pipeline_run, ref_dict, stage_kwargs
+from flows.context import Profile, Refs, flow_run_name, ref_dict, stage_flow_run
 from flows.pretrain import PROMPT_PREFIX, meta_pretrain_flow
 from metapt_core.config import GridConfig, TaskRunner
 from tasks.cache import StageOutcome
@@ -57,14 +57,11 @@ def evaluate_flow(
     A failed group is retried ``grid.retries`` times, then reported as missing while the others
     are kept.
     """
-    with pipeline_run(
-        "evaluate", profile, config_file, overrides, refresh, mlflow_parent_run_id
-    ) as ctx:
-        refs = dict(upstream or {})
-        if "tasks" not in refs or not any(k.startswith(PROMPT_PREFIX) for k in refs):
-            refs = meta_pretrain_flow(
-                **stage_kwargs(profile, config_file, overrides, refresh, refs, ctx)
-            )
+    params = locals()  # this flow's parameters, before any other local
+    with stage_flow_run("evaluate", params, ("tasks", PROMPT_PREFIX), meta_pretrain_flow) as (
+        ctx,
+        refs,
+    ):
         cfg = ctx.cfg
         prompts = {
             init.value: (to_ref(refs[PROMPT_PREFIX + init.value]) if init.is_pretrained else None)

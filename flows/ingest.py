@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.context import Profile, Refs, flow_run_name, pipeline_run, ref_dict
+from flows.context import Profile, Refs, flow_run_name, ref_dict, stage_flow_run
 from tasks.assets import prepare_assets_task
 from tasks.common import outcome_of
 from tasks.ingest import ingest_pool_task, ingest_tasks_task
@@ -23,14 +23,13 @@ def ingest_flow(
     mlflow_parent_run_id: str = "",
 ) -> Refs:
     """Steps: assets -> pool.parquet -> tasks/<task>/{train,test}.parquet."""
-    with pipeline_run(
-        "ingest", profile, config_file, overrides, refresh, mlflow_parent_run_id
-    ) as ctx:
+    params = locals()  # this flow's parameters, before any other local
+    with stage_flow_run("ingest", params) as (ctx, refs):
         assets = prepare_assets_task(ctx.cfg)
         pool = outcome_of(ingest_pool_task(ctx, assets))
         tasks = outcome_of(ingest_tasks_task(ctx, assets, pool.ref))
         return {
-            **(upstream or {}),
+            **refs,
             "assets": ref_dict(assets),
             "pool": ref_dict(pool.ref),
             "tasks": ref_dict(tasks.ref),

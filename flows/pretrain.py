@@ -8,7 +8,7 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.cluster import cluster_flow
-from flows.context import Profile, Refs, flow_run_name, pipeline_run, ref_dict, stage_kwargs
+from flows.context import Profile, Refs, flow_run_name, ref_dict, stage_flow_run
 from tasks.common import outcome_of, to_ref
 from tasks.meta import meta_pretrain_task
 from tasks.ppt import ppt_task
@@ -30,12 +30,8 @@ def meta_pretrain_flow(
     Returns the upstream refs plus ``prompt:<init>`` for each of ``ppt``, ``metapt_*`` in
     ``grid.inits``.
     """
-    with pipeline_run(
-        "meta-pretrain", profile, config_file, overrides, refresh, mlflow_parent_run_id
-    ) as ctx:
-        refs = dict(upstream or {})
-        if "shards" not in refs:
-            refs = cluster_flow(**stage_kwargs(profile, config_file, overrides, refresh, refs, ctx))
+    params = locals()  # this flow's parameters, before any other local
+    with stage_flow_run("meta-pretrain", params, ("shards",), cluster_flow) as (ctx, refs):
         assets, shards = to_ref(refs["assets"]), to_ref(refs["shards"])
         for init in ctx.cfg.grid.inits:
             if not init.is_pretrained:

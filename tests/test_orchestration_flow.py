@@ -140,3 +140,16 @@ def test_stored_stages_are_cached_states_and_runs_are_named(
         assert ("Cached", "COMPLETED") in seen, (stage, seen)  # the second served it
     assert typing.get_args(Profile) == PROFILES
     assert metapt_flow.parameters.properties["profile"]["enum"] == list(PROFILES)
+
+
+def test_a_stage_flow_alone_runs_what_it_needs_first(harness, fakes: Path, tmp_path: Path) -> None:
+    """What a stage deployment does: with no refs handed down, the evaluate flow runs its
+    upstream flows as subflows (everything, the first time), then only itself."""
+    from flows.cluster import cluster_flow
+    from flows.evaluate import evaluate_flow
+
+    work = f"work_dir={tmp_path / 'work'}"
+    refs = evaluate_flow(profile="smoke", overrides=[work])
+    assert len(calls(fakes)) == 9 and "report" in refs and "prompt:ppt" in refs
+    shards = cluster_flow(profile="smoke", overrides=[work])
+    assert calls(fakes) == [] and shards["shards"] == refs["shards"]  # served from the store
