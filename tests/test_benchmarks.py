@@ -71,3 +71,21 @@ def test_readme_markers_are_replaced() -> None:
     readme = (BENCH / "README.md").read_text()
     assert run_all.replace_between(readme, "latest-results", "x") is not None
     assert run_all.replace_between(readme, "gpu-results", "x") is not None
+
+
+def test_only_replaces_its_benchmarks_rows_in_the_saved_table(tmp_path: Path) -> None:
+    old = [
+        _common.Row("1 a", "x", 2.0, 1.0),
+        _common.Row("6 cache", "old cached", 9.0, 10.0),
+        _common.Row("6 cache", "old refresh", 5.0, 10.0),
+        _common.Row("8 b", "y", 1.0, 1.0),
+    ]
+    saved = tmp_path / "latest.json"
+    saved.write_text(json.dumps({"mode": "quick", "started": "T0", "seconds": {"a": 3.0},
+                                 "rows": [r.to_dict() for r in old]}))  # fmt: skip
+    new = [_common.Row("6 cache", "cached", 2.0, 60.0)]
+    rows, header = run_all.merge_previous(saved, "quick", new, "Run T1.", "T1")
+    assert [r.metric for r in rows] == ["x", "cached", "y"]
+    assert "T0" in header and "T1" in header and "6 cache" in header
+    # another mode's table is not merged
+    assert run_all.merge_previous(saved, "full", new, "Run T1.", "T1") == (new, "Run T1.")
