@@ -128,7 +128,10 @@ class InitMethod(str, Enum):
 
     RANDOM = "random"
     SAMPLE_VOCAB = "sample_vocab"
+    LABEL_WORDS = "label_words"  # the task's label words' embeddings, then sampled vocabulary
+    TEXT = "text"  # embeddings of the task's description (``tasks[].description``)
     PPT = "ppt"
+    PPT_BALANCED = "ppt_balanced"  # PPT on exactly MetaPT's episode rows, with no inner step
     METAPT_MAML = "metapt_maml"
     METAPT_FOMAML = "metapt_fomaml"
     METAPT_REPTILE = "metapt_reptile"
@@ -143,7 +146,19 @@ class InitMethod(str, Enum):
     @property
     def is_pretrained(self) -> bool:
         """True for initialisations that need a pre-training stage (PPT and MetaPT)."""
-        return self is InitMethod.PPT or self.meta_algorithm is not None
+        return self.is_ppt or self.meta_algorithm is not None
+
+    @property
+    def is_ppt(self) -> bool:
+        """True for the PPT controls (mixed pool, or MetaPT's episode rows)."""
+        return self in (InitMethod.PPT, InitMethod.PPT_BALANCED)
+
+
+class Protocol(str, Enum):
+    """How the grid tunes a prompt on the few-shot rows."""
+
+    FEWSHOT = "fewshot"  # ``fewshot.optimizer`` at ``fewshot.lr`` for ``fewshot.steps`` steps
+    INNER = "inner"  # the meta-learner's own rule: full-batch SGD at alpha, ``meta.inner_steps``
 
 
 class TaskRunner(str, Enum):
@@ -283,6 +298,7 @@ class TaskSpec:
     verbalizer: list[str] = field(default_factory=lambda: ["bad", "good"])
     template: str = "{text} It was {answer}."
     max_test: int = 0  # 0: the whole test split; else a seeded stratified sample
+    description: str = ""  # the ``text`` initialisation's text; empty: "<words> or <words>?"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -414,13 +430,17 @@ class MetaConfig:
     support_size: int = 4  # examples per task in the support batch
     query_size: int = 4  # examples per task in the query batch (disjoint from the support)
     inner_steps: int = 1
-    inner_lr: float = 0.3
+    inner_lr: float | str = 0.3  # alpha, or "auto": chosen from inner_lr_grid on held-out clusters
+    inner_lr_grid: list[float] = field(default_factory=lambda: [0.1, 0.3, 1.0, 3.0, 10.0, 30.0])
     outer_lr: float = 0.03
     outer_optimizer: Optimizer = Optimizer.ADAM
     reptile_step: float = 1.0  # Reptile: outer step is outer_lr * reptile_step * (adapted - init)
     val_every: int = 20
     val_episodes: int = 8
     val_fraction: float = 0.1  # of each shard held out for validation episodes
+    val_clusters: int = 0  # whole clusters held out (unseen tasks) for validation and "auto"
+    keep_best: bool = False  # keep the prompt of the best validation loss, not the last
+    clip_grad_norm: float = 0.0  # 0: off; else the (meta-)gradient's norm is clipped to it
     checkpoint_every: int = 10
     group_tasks: bool = True  # MAML/FOMAML: the meta-batch's tasks in grouped passes
     seed: int = 0
@@ -430,7 +450,23 @@ class MetaConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"meta.{name}", value, "must be a positive integer")
-        _positive("meta.inner_lr", self.inner_lr)
+        if isinstance(self.inner_lr, str):
+            if self.inner_lr != "auto":
+                raise ConfigError("meta.inner_lr", self.inner_lr, "must be a positive number or auto")
+            if self.val_clusters <= 0:
+                raise ConfigError(
+                    "meta.val_clusters", self.val_clusters,
+                    "must be at least 1 when meta.inner_lr=auto (alpha is chosen on held-out clusters)",
+                )  # fmt: skip
+        else:
+            _positive("meta.inner_lr", self.inner_lr)
+        if not self.inner_lr_grid:
+            raise ConfigError("meta.inner_lr_grid", self.inner_lr_grid, "needs at least one value")
+        for value in self.inner_lr_grid:
+            _positive("meta.inner_lr_grid", value)
+        if not isinstance(self.val_clusters, int) or self.val_clusters < 0:
+            raise ConfigError("meta.val_clusters", self.val_clusters, "must be zero or more")
+        _non_negative("meta.clip_grad_norm", self.clip_grad_norm)
         _positive("meta.outer_lr", self.outer_lr)
         _positive("meta.reptile_step", self.reptile_step)
         _non_negative("meta.val_every", self.val_every)
@@ -440,20 +476,33 @@ class MetaConfig:
 
 @dataclass
 class PPTConfig:
-    """PPT baseline: the same pool as one mixed task, with the same budget of examples seen.
+    """PPT baseline: the same pool as one mixed task, matched to MetaPT by construction.
 
-    ``steps`` 0 means matched to MetaPT: ``meta.meta_steps`` steps of
-    ``meta.meta_batch_size * (support_size + query_size)`` examples.
+    Every setting left unset is MetaPT's: ``steps`` 0 is ``meta.meta_steps``, ``batch_size`` 0
+    is ``meta.meta_batch_size * (support_size + query_size)`` (the rows of a meta-batch), an
+    unset ``lr`` / ``optimizer`` is ``meta.outer_lr`` / ``meta.outer_optimizer``.
     """
 
     steps: int = 0
     batch_size: int = 0  # 0: matched (see above)
-    lr: float = 0.03
+    lr: float | None = None  # None: meta.outer_lr
+    optimizer: Optimizer | None = None  # None: meta.outer_optimizer
 
     def __post_init__(self) -> None:
         _non_negative("ppt.steps", self.steps)
         _non_negative("ppt.batch_size", self.batch_size)
-        _positive("ppt.lr", self.lr)
+        if self.lr is not None:
+            _positive("ppt.lr", self.lr)
+
+    def matched(self, meta: MetaConfig) -> PPTConfig:
+        """This section with every unset setting taken from ``meta`` (steps, rows, lr, optimiser)."""
+        return PPTConfig(
+            steps=self.steps or meta.meta_steps,
+            batch_size=self.batch_size
+            or meta.meta_batch_size * (meta.support_size + meta.query_size),
+            lr=meta.outer_lr if self.lr is None else self.lr,
+            optimizer=meta.outer_optimizer if self.optimizer is None else self.optimizer,
+        )
 
 
 @dataclass
@@ -505,12 +554,23 @@ class GridConfig:
     batch_prompts: bool = True  # train the cells of one (task, shots, seed) in one batched pass
     retries: int = 1
     zero_shot: bool = True  # score the backbone without a prompt as a reference line
+    pretrain_seeds: list[int] = field(default_factory=list)  # empty: [meta.seed]
+    protocols: list[Protocol] = field(default_factory=lambda: [Protocol.FEWSHOT])
+    untuned: bool = True  # also score every initialisation with no tuning (once per prompt)
     bootstrap: int = 2000
     ci_level: float = 0.95
 
     def __post_init__(self) -> None:
         if not self.inits:
             raise ConfigError("grid.inits", self.inits, "needs at least one initialisation")
+        if len(set(self.inits)) != len(self.inits):
+            raise ConfigError("grid.inits", [i.value for i in self.inits], "lists an init twice")
+        if len(set(self.pretrain_seeds)) != len(self.pretrain_seeds):
+            raise ConfigError("grid.pretrain_seeds", self.pretrain_seeds, "must be distinct")
+        if not self.protocols or len(set(self.protocols)) != len(self.protocols):
+            raise ConfigError(
+                "grid.protocols", [p.value for p in self.protocols], "must be distinct, at least one"
+            )
         _positive("grid.max_workers", self.max_workers)
         _non_negative("grid.retries", self.retries)
         _positive("grid.bootstrap", self.bootstrap)
@@ -571,11 +631,17 @@ class PipelineConfig:
 
     def ppt_budget(self) -> tuple[int, int]:
         """(steps, batch size) of PPT, matched to MetaPT's examples seen unless set."""
-        batch = self.ppt.batch_size or self.meta.meta_batch_size * (
-            self.meta.support_size + self.meta.query_size
-        )
-        steps = self.ppt.steps or self.meta.meta_steps
-        return steps, batch
+        matched = self.ppt.matched(self.meta)
+        return matched.steps, matched.batch_size
+
+    @property
+    def pretrain_seeds(self) -> list[int]:
+        """The pre-training seeds of the grid (``grid.pretrain_seeds``, else ``[meta.seed]``)."""
+        return list(self.grid.pretrain_seeds) or [self.meta.seed]
+
+    def with_pretrain_seed(self, seed: int) -> PipelineConfig:
+        """This config with ``meta.seed = seed``: what PPT and MetaPT of that seed read."""
+        return dataclasses.replace(self, meta=dataclasses.replace(self.meta, seed=seed))
 
 
 def _default_pool_source() -> SourceConfig:

@@ -129,6 +129,10 @@ class PromptModel:
 
     # ---------------------------------------------------------------- encoding
 
+    def task_format(self, template: str, verbalizer: Sequence[str], name: str = "") -> TaskFormat:
+        """A template and its label words as this model's :class:`TaskFormat`."""
+        return TaskFormat.of(template, list(verbalizer), name=name)
+
     def label_tokens(self, fmt: TaskFormat) -> tuple[tuple[int, ...], ...]:
         """Token ids of each label word, as the model would see it after the template."""
         return self.encoder.label_tokens(fmt)

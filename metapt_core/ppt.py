@@ -1,12 +1,20 @@
-"""PPT baseline: pre-train the prompt on the whole pool as one mixed task.
+"""The PPT controls: pre-train the prompt with no meta-learning, matched to MetaPT.
 
-The control for MetaPT: the same shards' training rows pooled together (no clusters, no
-meta-learning), the same backbone, initialisation and validation episodes, and the same budget
-of examples seen (``cfg.ppt_budget()``: by default ``meta.meta_steps`` steps of
-``meta.meta_batch_size * (support_size + query_size)`` rows). Each step minimises the mean
-cross-entropy of a batch with Adam at ``ppt.lr``:
+Both controls read the clusters, held-out clusters, validation episodes, initial prompt,
+optimiser, learning rate, steps and rows per step that MetaPT of the same seed reads
+(:class:`~metapt_core.specs.PPTSpec`, ``ppt.*`` unset), so the only difference left is the
+objective:
 
-    theta <- Adam(theta, grad (1/B) sum_b L(theta; x_b, y_b))
+- **PPT** (Gu et al. 2022): the training rows of all training clusters pooled into one task;
+  step ``t`` draws ``B`` rows from the pool with ``rng(seed, POOL, t)``.
+- **class-balanced PPT** (``balanced=True``): exactly MetaPT's episode rows (the support and
+  query of each task of step ``t``'s meta-batch, drawn with MetaPT's own ``rng(seed, TRAIN,
+  t)``), with no inner step. It separates the effect of meta-learning from that of class
+  balance, cluster-wise batches and batch size.
+
+Each step minimises the mean cross-entropy of its rows with the (matched) outer optimiser:
+
+    theta <- Opt(theta, grad (1/B) sum_b L(theta; x_b, y_b))
 """
 
 from __future__ import annotations
@@ -21,23 +29,16 @@ from torch import Tensor
 from metapt_core.config import PipelineConfig, to_dict
 from metapt_core.meta import distributed as dist_utils
 from metapt_core.meta.checkpoint import checkpoint_dir
-from metapt_core.meta.episodes import POOL_STREAM, load_tasks, rng_for, validation_episodes
-from metapt_core.meta.trainer import (
-    EncodedTasks,
-    LoopSettings,
-    PretrainResult,
-    Progress,
-    PromptObjective,
-    evaluate_adapted,
-    finish,
+from metapt_core.meta.episodes import POOL_STREAM, TRAIN_STREAM, rng_for, sample_meta_batch
+from metapt_core.pretraining.adaptation import collapse_warnings, resolve_inner_lr, validation_fn
+from metapt_core.pretraining.data import PromptObjective, load_pretrain_data, pool_format, shards_path
+from metapt_core.pretraining.loop import LoopSettings, PretrainResult, Progress, finish, train_prompt
+from metapt_core.pretraining.start import (
     frozen_backbone,
     make_optimizer,
     run_fingerprint,
-    shards_path,
     starting_prompt,
-    task_format,
     tensor_hash,
-    train_prompt,
 )
 from metapt_core.specs import PPTSpec
 from metapt_core.store import ArtifactRef
@@ -51,27 +52,29 @@ def ppt_pretrain(
     progress: Progress | None = None,
     resume: bool = True,
     initial_prompt: Tensor | None = None,
+    balanced: bool = False,
 ) -> PretrainResult:
-    """Train a prompt on all shards' training rows pooled into one task.
+    """Train a prompt on the training clusters' rows, pooled (PPT) or MetaPT's episodes.
 
-    Step ``t`` draws ``B`` rows without replacement from the pool with ``rng(meta.seed, t)``
-    (with replacement only if the pool is smaller than ``B``); validation, checkpoints and the
-    output folder are those of :func:`metapt_core.meta.trainer.train_prompt`.
+    Step ``t`` draws its rows (module docstring) with replacement only if the pool is smaller
+    than ``B``; validation, selection, clipping, checkpoints and the output folder are those of
+    :func:`metapt_core.pretraining.loop.train_prompt`.
 
     Args:
         shards: the cluster stage's shards folder (or its reference).
-        cfg: what PPT reads (:class:`~metapt_core.specs.PPTSpec`: ``ppt``, the episode settings
-            it shares with MetaPT, ``prompt``, the pool's format, the model's settings), or a
-            whole config to take it from; ``(steps, B) = cfg.ppt_budget()``.
+        cfg: what PPT reads (:class:`~metapt_core.specs.PPTSpec`: the matched ``ppt`` section,
+            the episode settings it shares with MetaPT, ``prompt``, the pool's format, the
+            model's settings), or a whole config to take it from.
         model: the frozen prompt model.
         out_dir: the prompt folder to write; checkpoints go to ``<out_dir>.ckpt``.
         progress: ``progress(done, total, message)`` per step.
         resume: continue from a matching checkpoint.
         initial_prompt: a starting ``Tensor[P, d]`` instead of ``init_prompt``.
+        balanced: the class-balanced control (MetaPT's episode rows, no inner step).
 
     Returns:
-        :class:`~metapt_core.meta.trainer.PretrainResult`; ``metrics["examples_seen"]`` equals
-        MetaPT's under the default budget.
+        :class:`~metapt_core.pretraining.loop.PretrainResult`; ``metrics["examples_seen"]``
+        equals MetaPT's under the default budget.
     """
     started = time.perf_counter()
     cfg = PPTSpec.of(cfg)
@@ -79,56 +82,71 @@ def ppt_pretrain(
     steps, batch_size = cfg.ppt_budget()
     out = Path(out_dir)
     root = shards_path(shards)
-    tasks = load_tasks(
-        root, cfg.pool.classes, meta.val_fraction, meta.support_size + meta.query_size, meta.seed
-    )
-    # The pool: (task, row) of every training row, validation rows kept out as in MetaPT.
+    data = load_pretrain_data(root, meta, cfg.pool, model)
+    tasks = data.tasks
+    # The pool: (task, row) of every training row, validation rows and clusters kept out.
     pool = np.asarray(
         [(ti, int(r)) for ti, task in enumerate(tasks) for r in task.train_rows], dtype=np.int64
     )
-    val_rows = validation_episodes(
-        tasks, meta.val_episodes, meta.support_size, meta.query_size, meta.seed
-    )
-    val_set = EncodedTasks(model, tasks, task_format(cfg)).episodes(val_rows)
-    # Tokenised once per stage: each step selects its rows.
     pool_batch = model.encode(
         [tasks[ti].texts[r] for ti, r in pool],
         [int(tasks[ti].labels[r]) for ti, r in pool],
-        task_format(cfg),
+        pool_format(model, cfg.pool),
     )
+    where = {(int(ti), int(r)): i for i, (ti, r) in enumerate(pool)}  # (task, row) -> pool index
+
+    def picks_of(step: int) -> list[int]:
+        if not balanced:
+            rng = rng_for(meta.seed, POOL_STREAM, step)
+            drawn = rng.choice(len(pool), size=batch_size, replace=batch_size > len(pool))
+            return [int(i) for i in drawn]
+        episodes = sample_meta_batch(
+            tasks,
+            meta.meta_batch_size,
+            meta.support_size,
+            meta.query_size,
+            rng_for(meta.seed, TRAIN_STREAM, step),
+        )
+        return [
+            where[(e.task_index, int(r))] for e in episodes for r in (*e.support, *e.query)
+        ]
 
     def step_fn(step: int, prompt: Tensor) -> tuple[Tensor, dict[str, float]]:
-        rng = rng_for(meta.seed, POOL_STREAM, step)
-        picks = rng.choice(len(pool), size=batch_size, replace=batch_size > len(pool))
-        local = dist_utils.local_slice(list(picks))
+        picks = picks_of(step)
+        local = dist_utils.local_slice(picks)
         grad_sum = torch.zeros_like(prompt)
         loss_sum = 0.0
         if local:
-            batch = pool_batch.select([int(i) for i in local])
+            batch = pool_batch.select(local)
             theta = prompt.detach().requires_grad_(True)
             # Sum over rows (mean times count), so ranks can all-reduce then divide by B.
             loss = model.loss(theta, batch) * len(local)
             (grad,) = torch.autograd.grad(loss, theta)
             grad_sum, loss_sum = grad.detach(), float(loss.detach())
         grad, (loss_total, count) = dist_utils.reduce_sums(grad_sum, [loss_sum, len(local)])
-        return grad / count, {"loss": loss_total / count, "examples": float(batch_size)}
+        return grad / count, {"loss": loss_total / count, "examples": float(len(picks))}
 
-    def val_fn(prompt: Tensor) -> dict[str, float]:
-        return evaluate_adapted(prompt, val_set, model, meta.inner_lr, meta.inner_steps)
-
+    name = "ppt-balanced" if balanced else "ppt"
     initial = starting_prompt(model, cfg, initial_prompt)
+    calibration = resolve_inner_lr(
+        meta.inner_lr, meta.inner_lr_grid, meta.inner_steps, initial, data.unseen, model
+    )
+    val_fn = validation_fn(data.val, data.unseen, model, calibration.alpha, meta.inner_steps)
     settings = LoopSettings(
-        total_steps=steps,
-        val_every=meta.val_every if val_set else 0,
+        total_steps=steps if not balanced else meta.meta_steps,
+        val_every=meta.val_every if val_fn is not None else 0,
         checkpoint_every=meta.checkpoint_every,
-        fingerprint=run_fingerprint("ppt", cfg, root, {"initial": tensor_hash(initial)}),
-        name="ppt",
+        fingerprint=run_fingerprint(name, cfg, root, {"initial": tensor_hash(initial)}),
+        name=name,
+        keep_best=meta.keep_best,
+        select_on="unseen_loss" if data.unseen else "val_loss",
+        clip_grad_norm=meta.clip_grad_norm,
     )
     ckpt = checkpoint_dir(out)
     with frozen_backbone(model):
         prompt, history = train_prompt(
             initial,
-            lambda params: make_optimizer("adam", params, cfg.ppt.lr),
+            lambda params: make_optimizer(cfg.ppt.optimizer or "adam", params, float(cfg.ppt.lr)),
             step_fn,
             val_fn,
             settings,
@@ -137,11 +155,16 @@ def ppt_pretrain(
             resume,
         )
     info = {
-        "made_by": "ppt",
+        "made_by": name,
         "backbone": getattr(model, "name", type(model).__name__),
         "init": cfg.prompt.init.value,
-        "steps": steps,
+        "seed": meta.seed,
+        "steps": settings.total_steps,
         "batch_size": batch_size,
+        "held_out_clusters": data.held_out_ids,
+        "inner_lr": calibration.alpha,
+        "calibration": calibration.to_dict(),
+        "warnings": collapse_warnings(history, len(cfg.pool.classes)),
         "config": {"ppt": to_dict(cfg.ppt), "prompt": to_dict(cfg.prompt)},
     }
     return finish(out, ckpt, prompt, info, history, started, model)

@@ -28,6 +28,7 @@ from metapt_core.config import (
     MetaConfig,
     Optimizer,
     PipelineConfig,
+    Protocol,
     PoolConfig,
     PPTConfig,
     PromptConfig,
@@ -109,19 +110,24 @@ class PoolFormat:
 
 @dataclass(frozen=True)
 class EpisodeSettings:
-    """The part of ``meta`` that PPT reads: its budget is matched to MetaPT's examples seen, and
-    it is validated on the same episodes with the same adaptation. MetaPT's outer optimiser
-    (``outer_lr``, ``outer_optimizer``, ``reptile_step``) and ``group_tasks`` are not here."""
+    """The part of ``meta`` that PPT reads: its rows, held-out clusters, validation episodes,
+    adaptation, selection and clipping are MetaPT's. MetaPT's outer optimiser is not here: PPT
+    receives it resolved into its own section (:meth:`PPTConfig.matched`), so an explicit
+    ``ppt.lr`` keeps PPT stored when ``meta.outer_lr`` changes."""
 
     meta_steps: int
     meta_batch_size: int
     support_size: int
     query_size: int
     inner_steps: int
-    inner_lr: float
+    inner_lr: float | str
+    inner_lr_grid: list[float]
     val_every: int
     val_episodes: int
     val_fraction: float
+    val_clusters: int
+    keep_best: bool
+    clip_grad_norm: float
     checkpoint_every: int
     seed: int
 
@@ -163,7 +169,7 @@ class PPTSpec:
         if isinstance(cfg, PPTSpec):
             return cfg
         return cls(
-            cfg.ppt,
+            cfg.ppt.matched(cfg.meta),
             EpisodeSettings.of(cfg.meta),
             cfg.prompt,
             PoolFormat.of(cfg.pool),
@@ -177,6 +183,7 @@ class PPTSpec:
         m = self.meta
         batch = self.ppt.batch_size or m.meta_batch_size * (m.support_size + m.query_size)
         return self.ppt.steps or m.meta_steps, batch
+
 
 
 @dataclass(frozen=True)
@@ -198,10 +205,19 @@ class FewShotTuning:
 
 
 @dataclass(frozen=True)
+class InnerRule:
+    """The meta-learner's own adaptation, as a few-shot protocol: ``steps`` full-batch SGD
+    steps at ``lr`` (a number, or ``"auto"``: the alpha each MetaPT prompt records)."""
+
+    lr: float | str
+    steps: int
+
+
+@dataclass(frozen=True)
 class EvalSpec:
-    """One evaluation group: its task (only that one), the tuning, the prompt, which
-    initialisations, whether prompts train in one batched pass, whether this group also scores
-    the zero-shot reference, and the model."""
+    """One evaluation group: its task (only that one), its pre-training seed, the tuning and
+    its protocols, the prompt, which initialisations, whether prompts train in one batched pass,
+    whether this group also scores the zero-shot reference and the untuned prompts, the model."""
 
     task: TaskSpec
     fewshot: FewShotTuning
@@ -211,17 +227,26 @@ class EvalSpec:
     zero_shot: bool
     backbone: BackboneConfig
     scoring: ScoringConfig
+    pretrain_seed: int = 0
+    protocols: list[Protocol] = field(default_factory=lambda: [Protocol.FEWSHOT])
+    inner: InnerRule = field(default_factory=lambda: InnerRule(0.3, 1))
+    untuned: bool = False
 
     @classmethod
-    def of(cls, cfg: PipelineConfig, task: str, shots: int, seed: int) -> EvalSpec:
-        """The spec of group (``task``, ``shots``, ``seed``); the zero-shot reference is scored
-        in the first (shots, seed) group of each task."""
+    def of(
+        cls, cfg: PipelineConfig, task: str, shots: int, seed: int, pretrain_seed: int | None = None
+    ) -> EvalSpec:
+        """The spec of group (``task``, ``shots``, ``seed``, ``pretrain_seed``); the zero-shot
+        reference is scored in the first group of each task, the untuned prompts in the first
+        (shots, seed) group of each (task, pre-training seed): neither depends on the split."""
         from metapt_core.errors import ConfigError
 
         found = [t for t in cfg.tasks if t.name == task]
         if not found:
             known = ", ".join(t.name for t in cfg.tasks)
             raise ConfigError("tasks", task, f"no such task (known: {known})")
+        pseeds = cfg.pretrain_seeds
+        pseed = pseeds[0] if pretrain_seed is None else pretrain_seed
         first = shots == cfg.fewshot.shots[0] and seed == cfg.fewshot.seeds[0]
         return cls(
             found[0],
@@ -229,9 +254,13 @@ class EvalSpec:
             cfg.prompt,
             list(cfg.grid.inits),
             cfg.grid.batch_prompts,
-            cfg.grid.zero_shot and first,
+            cfg.grid.zero_shot and first and pseed == pseeds[0],
             cfg.backbone,
             cfg.scoring,
+            pseed,
+            list(cfg.grid.protocols),
+            InnerRule(cfg.meta.inner_lr, cfg.meta.inner_steps),
+            cfg.grid.untuned and first,
         )
 
     @property

@@ -10,15 +10,21 @@ from metapt_core.config import MetaConfig, load_config, to_dict
 from metapt_core.specs import ClusterSpec, EpisodeSettings, EvalSpec, PPTSpec, ReportSpec
 
 
-def test_ppt_reads_the_shared_episode_settings_not_the_outer_optimiser() -> None:
+def test_ppt_is_matched_to_metapt_unless_its_own_settings_are_given() -> None:
     cfg = load_config("default")
     spec = PPTSpec.of(cfg)
     assert spec.ppt_budget() == cfg.ppt_budget()
     for name in ("outer_lr", "outer_optimizer", "reptile_step", "group_tasks"):
         with pytest.raises(AttributeError):
             getattr(spec.meta, name)
-    outer = load_config("default", overrides=["meta.outer_lr=0.5", "meta.outer_optimizer=sgd"])
-    assert to_dict(PPTSpec.of(outer)) == to_dict(spec)
+    assert (spec.ppt.lr, spec.ppt.optimizer) == (cfg.meta.outer_lr, cfg.meta.outer_optimizer)
+    outer = ["meta.outer_lr=0.5", "meta.outer_optimizer=sgd"]
+    moved = PPTSpec.of(load_config("default", overrides=outer))
+    assert (moved.ppt.lr, moved.ppt.optimizer.value) == (0.5, "sgd")
+    # set explicitly, PPT's own settings win and its key stays when MetaPT's move
+    own = ["ppt.lr=0.03", "ppt.optimizer=adam"]
+    pinned = to_dict(PPTSpec.of(load_config("default", overrides=own)))
+    assert to_dict(PPTSpec.of(load_config("default", overrides=own + outer))) == pinned
     shared = load_config("default", overrides=["meta.support_size=3"])
     assert to_dict(PPTSpec.of(shared)) != to_dict(spec)
 

@@ -22,7 +22,7 @@ from metapt_core.store import atomic_path
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "last.pt"
-FORMAT = 1
+FORMAT = 2
 
 
 @dataclass
@@ -35,6 +35,8 @@ class TrainState:
         optimizer: the outer optimiser's ``state_dict()``.
         history: one dict per step (losses, validation metrics).
         fingerprint: hash of the settings the run was started with.
+        best: the prompt of the best validation so far (``meta.keep_best``), or None.
+        best_step: the step of ``best`` (-1: none).
     """
 
     step: int
@@ -42,6 +44,8 @@ class TrainState:
     optimizer: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
     fingerprint: str = ""
+    best: Tensor | None = None
+    best_step: int = -1
 
 
 def checkpoint_dir(out_dir: str | Path) -> Path:
@@ -60,6 +64,8 @@ def save_checkpoint(folder: str | Path, state: TrainState) -> Path:
         "optimizer": state.optimizer,
         "history": state.history,
         "fingerprint": state.fingerprint,
+        "best": None if state.best is None else state.best.detach().cpu().clone(),
+        "best_step": int(state.best_step),
     }
     with atomic_path(target) as tmp:
         torch.save(payload, tmp)
@@ -89,6 +95,8 @@ def load_checkpoint(folder: str | Path, fingerprint: str) -> TrainState | None:
         optimizer=payload["optimizer"],
         history=list(payload["history"]),
         fingerprint=payload["fingerprint"],
+        best=payload.get("best"),
+        best_step=int(payload.get("best_step", -1)),
     )
 
 

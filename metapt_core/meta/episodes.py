@@ -7,6 +7,7 @@ before.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Sequence
@@ -22,6 +23,8 @@ TRAIN_STREAM = 0
 VAL_STREAM = 1
 SPLIT_STREAM = 2
 POOL_STREAM = 3
+HOLDOUT_STREAM = 4
+UNSEEN_STREAM = 5
 
 
 @dataclass(frozen=True)
@@ -242,4 +245,49 @@ def validation_episodes(
         return []
     return sample_meta_batch(
         tasks, count, support_size, query_size, rng_for(seed, VAL_STREAM, 0), validation=True
+    )
+
+
+def hold_out_clusters(
+    tasks: Sequence[ShardTask], count: int, seed: int
+) -> tuple[list[ShardTask], list[ShardTask]]:
+    """Split the tasks into those trained on and ``count`` whole clusters held out (unseen).
+
+    The held-out clusters are drawn with ``rng(seed, HOLDOUT_STREAM, 0)``; so PPT and MetaPT of
+    one seed hold out the same clusters. Every row of a held-out cluster is validation data.
+
+    Returns:
+        ``(train_tasks, held_out)``, each in cluster order.
+
+    Raises:
+        DataError: ``count`` leaves no cluster to train on.
+    """
+    if count <= 0:
+        return list(tasks), []
+    if count >= len(tasks):
+        raise DataError(
+            "meta.val_clusters", count, f"must leave a cluster to train on ({len(tasks)} clusters)"
+        )
+    picked = set(rng_for(seed, HOLDOUT_STREAM, 0).choice(len(tasks), size=count, replace=False))
+    held = [
+        dataclasses.replace(
+            t, train_rows=np.arange(len(t.labels), dtype=np.int64), val_rows=np.empty(0, np.int64)
+        )
+        for i, t in enumerate(tasks)
+        if i in picked
+    ]
+    return [t for i, t in enumerate(tasks) if i not in picked], held
+
+
+def unseen_episodes(
+    held_out: Sequence[ShardTask], count: int, support_size: int, query_size: int, seed: int
+) -> list[EpisodeRows]:
+    """A fixed set of ``count`` episodes from held-out clusters (all their rows; empty if none).
+
+    ``task_index`` indexes ``held_out``.
+    """
+    if count <= 0 or not held_out:
+        return []
+    return sample_meta_batch(
+        held_out, count, support_size, query_size, rng_for(seed, UNSEEN_STREAM, 0)
     )

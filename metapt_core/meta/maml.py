@@ -64,12 +64,26 @@ class MetaGradient(NamedTuple):
 
 
 class MetaGradientSum(NamedTuple):
-    """Per-task sums (not means) of a meta-gradient and its losses, for all-reduce."""
+    """Per-task sums (not means) of a meta-gradient and its losses, for all-reduce.
+
+    ``inner_shift`` is the sum over tasks of ``||theta'_i - theta||_F``, the size of the inner
+    update (for one step, ``||alpha * grad L_{S_i}(theta)||``; for Reptile ``||phi_i - theta||``).
+    """
 
     grad: Tensor
     query_loss: float
     support_loss: float
     tasks: int
+    inner_shift: float = 0.0
+
+
+def _shift(adapted: Tensor, prompt: Tensor) -> float:
+    """``sum_i ||adapted_i - prompt||_F`` over the leading task axis of grouped ``[n, P, d]``
+    copies, or ``||adapted - prompt||_F`` for one ``[P, d]`` prompt."""
+    diff = (adapted.detach() - prompt.detach()).float()
+    if diff.dim() == 3:
+        return float(diff.flatten(1).norm(dim=1).sum())
+    return float(diff.norm())
 
 
 @contextlib.contextmanager
@@ -184,8 +198,9 @@ def maml_vjp_gradient(
             sums per-task losses).
 
     Returns:
-        ``(grad, query_loss, support_loss)``: the meta-gradient (detached, shape of
-        ``prompt``), the query loss at ``theta_k`` and the support loss at ``theta``.
+        ``(grad, query_loss, support_loss, adapted)``: the meta-gradient (detached, shape of
+        ``prompt``), the query loss at ``theta_k``, the support loss at ``theta`` and
+        ``theta_k`` (detached).
     """
     current = prompt.detach().requires_grad_(True)
     steps: list[tuple[Tensor, Tensor]] = []
@@ -203,7 +218,7 @@ def maml_vjp_gradient(
     for theta_j, grad_j in reversed(steps):
         (hvp,) = torch.autograd.grad(grad_j, theta_j, grad_outputs=vector)
         vector = vector - inner_lr * hvp
-    return vector.detach(), query_loss.detach(), support_loss
+    return vector.detach(), query_loss.detach(), support_loss, current.detach()
 
 
 def grouped_meta_gradient_sum(
@@ -236,7 +251,7 @@ def grouped_meta_gradient_sum(
         return loss_fn(theta, batch) * n
 
     if MetaAlgorithm(algorithm) is MetaAlgorithm.MAML:
-        grads, query_loss, support_loss = maml_vjp_gradient(
+        grads, query_loss, support_loss, adapted = maml_vjp_gradient(
             copies, support, query, summed, inner_lr, inner_steps
         )
     else:
@@ -245,7 +260,13 @@ def grouped_meta_gradient_sum(
         )
         (grads,) = torch.autograd.grad(query_sum, adapted)
         query_loss, support_loss = query_sum.detach(), support_sum
-    return MetaGradientSum(grads.sum(0).detach(), float(query_loss), float(support_loss), n)
+    return MetaGradientSum(
+        grads.sum(0).detach(),
+        float(query_loss),
+        float(support_loss),
+        n,
+        _shift(adapted, copies),
+    )
 
 
 def reptile_adapt(
@@ -285,26 +306,31 @@ def task_meta_gradient(
         prompt: ``theta``, ``Tensor[P, d]`` (its own grad state is ignored).
 
     Returns:
-        ``(grad, query_loss, support_loss)`` with ``grad`` a detached ``Tensor[P, d]``.
+        ``(grad, query_loss, support_loss, shift)`` with ``grad`` a detached ``Tensor[P, d]``
+        and ``shift`` the size ``||theta' - theta||_F`` of the inner update (Reptile:
+        ``||phi - theta||_F``, its whole support-then-query trajectory).
     """
     algorithm = MetaAlgorithm(algorithm)
     theta = prompt.detach().requires_grad_(True)
     if algorithm is MetaAlgorithm.MAML:
-        grad, query_loss, support_loss = maml_vjp_gradient(
+        grad, query_loss, support_loss, adapted = maml_vjp_gradient(
             theta, episode.support, episode.query, loss_fn, inner_lr, inner_steps
         )
+        shift = _shift(adapted, theta)
     elif algorithm is MetaAlgorithm.FOMAML:
         query_loss, support_loss, adapted = maml_task_loss(
             theta, episode, loss_fn, inner_lr, inner_steps, create_graph=False
         )
         # The adapted prompt is a leaf: this is grad L_Q at theta', not through it.
         (grad,) = torch.autograd.grad(query_loss, adapted)
+        shift = _shift(adapted, theta)
     else:
         phi, query_loss, support_loss = reptile_adapt(
             theta, episode, loss_fn, inner_lr, inner_steps
         )
         grad = reptile_step * (theta.detach() - phi)
-    return grad.detach(), float(query_loss.detach()), float(support_loss)
+        shift = _shift(phi, theta)
+    return grad.detach(), float(query_loss.detach()), float(support_loss), shift
 
 
 def meta_gradient_sum(
@@ -337,14 +363,16 @@ def meta_gradient_sum(
     grad_sum = torch.zeros_like(prompt, dtype=prompt.dtype).detach()
     query_sum = 0.0
     support_sum = 0.0
+    shift_sum = 0.0
     for episode in episodes:
-        grad, query_loss, support_loss = task_meta_gradient(
+        grad, query_loss, support_loss, shift = task_meta_gradient(
             prompt, episode, loss_fn, algorithm, inner_lr, inner_steps, reptile_step
         )
         grad_sum += grad
         query_sum += query_loss
         support_sum += support_loss
-    return MetaGradientSum(grad_sum, query_sum, support_sum, len(episodes))
+        shift_sum += shift
+    return MetaGradientSum(grad_sum, query_sum, support_sum, len(episodes), shift_sum)
 
 
 def meta_gradient(

@@ -70,6 +70,10 @@ class ToyPromptModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.prompt_proj.dtype
 
+    def task_format(self, template: str, verbalizer: Sequence[str], name: str = "") -> Any:
+        """The toy ignores formats: the plain ``(template, label words)`` pair."""
+        return (template, tuple(verbalizer))
+
     def encode(
         self, texts: Sequence[str], labels: Sequence[int] | None, fmt: Any = None
     ) -> ToyBatch:
