@@ -67,24 +67,17 @@ def find_cached_run(cfg: PipelineConfig) -> CachedRun | None:
     shards = stored("cluster", plan.cluster(cfg, pool.ref, embedded.ref))
     if shards is None:
         return None
-    prompts: dict[str, Any] = {}
-    for init in cfg.grid.inits:
-        if not init.is_pretrained:
-            prompts[init.value] = None
-            continue
-        algorithm = init.meta_algorithm
-        if algorithm is None:
-            made = stored("ppt", plan.ppt(cfg, assets, shards.ref))
-        else:
-            label = f"meta-pretrain-{algorithm.value}"
-            made = stored(label, plan.meta_pretrain(cfg, algorithm, assets, shards.ref))
+    made_by: dict[str, Any] = {}
+    for init, seed in plan.pretrain_runs(cfg):
+        made = stored(f"{init.value}@{seed}", plan.pretrain(cfg, init, seed, assets, shards.ref))
         if made is None:
             return None
-        prompts[init.value] = made.ref
+        made_by[plan.prompt_key(init, seed)] = made.ref
     group_refs = []
-    for task, shots, seed in plan.groups(cfg):
-        group = plan.eval_group(cfg, task, shots, seed, assets, tasks.ref, prompts)
-        done = stored(f"evaluate-{task}-k{shots}-s{seed}", group)
+    for task, shots, seed, pseed in plan.groups(cfg):
+        prompts = plan.group_prompts(cfg, made_by, pseed)
+        group = plan.eval_group(cfg, task, shots, seed, pseed, assets, tasks.ref, prompts)
+        done = stored(plan.group_label(task, shots, seed, pseed), group)
         if done is None:
             return None
         group_refs.append(done.ref)

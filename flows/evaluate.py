@@ -12,6 +12,7 @@ from prefect import flow
 from flows.context import Profile, Refs, flow_run_name, ref_dict, stage_flow_run
 from flows.pretrain import PROMPT_PREFIX, meta_pretrain_flow
 from metapt_core.config import GridConfig, TaskRunner
+from tasks import plan
 from tasks.cache import StageOutcome
 from tasks.common import outcome_of, to_ref
 from tasks.evaluate import eval_group_task, report_task
@@ -52,7 +53,7 @@ def evaluate_flow(
     upstream: Refs | None = None,
     mlflow_parent_run_id: str = "",
 ) -> Refs:
-    """Steps: (ingest ... meta-pretrain) -> one task per (task, shots, seed) group -> report.
+    """Steps: (ingest ... meta-pretrain) -> one task per (task, shots, seed, pretrain seed) group -> report.
 
     A failed group is retried ``grid.retries`` times, then reported as missing while the others
     are kept.
@@ -63,16 +64,8 @@ def evaluate_flow(
         refs,
     ):
         cfg = ctx.cfg
-        prompts = {
-            init.value: (to_ref(refs[PROMPT_PREFIX + init.value]) if init.is_pretrained else None)
-            for init in cfg.grid.inits
-        }
-        groups = [
-            (spec.name, shots, seed)
-            for spec in cfg.tasks
-            for shots in cfg.fewshot.shots
-            for seed in cfg.fewshot.seeds
-        ]
+        made = {key: to_ref(value) for key, value in refs.items() if key.startswith(PROMPT_PREFIX)}
+        groups = plan.groups(cfg)
         cell_task = eval_group_task.with_options(retries=cfg.grid.retries)
         progress = StageProgress("evaluate", f"{len(groups)} groups")
         done: list[StageOutcome] = []
@@ -80,7 +73,7 @@ def evaluate_flow(
         with make_task_runner(cfg.grid) as runner:
             futures = [
                 (
-                    f"{name}/k{shots}/s{seed}",
+                    f"{name}/k{shots}/s{seed}/p{pseed}",
                     runner.submit(
                         cell_task,
                         parameters={
@@ -88,13 +81,14 @@ def evaluate_flow(
                             "task_name": name,
                             "shots": shots,
                             "seed": seed,
+                            "pretrain_seed": pseed,
                             "assets": to_ref(refs["assets"]),
                             "tasks_ref": to_ref(refs["tasks"]),
-                            "prompts": prompts,
+                            "prompts": plan.group_prompts(cfg, made, pseed),
                         },
                     ),
                 )
-                for name, shots, seed in groups
+                for name, shots, seed, pseed in groups
             ]
             for index, (label, future) in enumerate(futures, start=1):
                 future.wait()

@@ -9,11 +9,13 @@ from prefect import flow
 
 from flows.cluster import cluster_flow
 from flows.context import Profile, Refs, flow_run_name, ref_dict, stage_flow_run
+from metapt_core.config import InitMethod
+from tasks import plan
 from tasks.common import outcome_of, to_ref
 from tasks.meta import meta_pretrain_task
 from tasks.ppt import ppt_task
 
-PROMPT_PREFIX = "prompt:"
+PROMPT_PREFIX = plan.PROMPT_PREFIX
 
 
 @flow(name="metapt-meta-pretrain", flow_run_name=flow_run_name)
@@ -27,19 +29,18 @@ def meta_pretrain_flow(
 ) -> Refs:
     """Steps: (ingest, embed, cluster) -> a prompt folder per pre-trained initialisation.
 
-    Returns the upstream refs plus ``prompt:<init>`` for each of ``ppt``, ``metapt_*`` in
-    ``grid.inits``.
+    Returns the upstream refs plus ``prompt:<init>@<seed>`` for each pre-trained init of
+    ``grid.inits`` (PPT, class-balanced PPT, MetaPT variants) and each pre-training seed.
     """
     params = locals()  # this flow's parameters, before any other local
     with stage_flow_run("meta-pretrain", params, ("shards",), cluster_flow) as (ctx, refs):
         assets, shards = to_ref(refs["assets"]), to_ref(refs["shards"])
-        for init in ctx.cfg.grid.inits:
-            if not init.is_pretrained:
-                continue
+        for init, seed in plan.pretrain_runs(ctx.cfg):
             algorithm = init.meta_algorithm
             if algorithm is None:
-                out = outcome_of(ppt_task(ctx, assets, shards))
+                balanced = init is InitMethod.PPT_BALANCED
+                out = outcome_of(ppt_task(ctx, assets, shards, seed, balanced))
             else:
-                out = outcome_of(meta_pretrain_task(ctx, algorithm, assets, shards))
-            refs[PROMPT_PREFIX + init.value] = ref_dict(out.ref)
+                out = outcome_of(meta_pretrain_task(ctx, algorithm, assets, shards, seed))
+            refs[plan.prompt_key(init, seed)] = ref_dict(out.ref)
         return refs

@@ -452,7 +452,9 @@ class MetaConfig:
                 raise ConfigError(f"meta.{name}", value, "must be a positive integer")
         if isinstance(self.inner_lr, str):
             if self.inner_lr != "auto":
-                raise ConfigError("meta.inner_lr", self.inner_lr, "must be a positive number or auto")
+                raise ConfigError(
+                    "meta.inner_lr", self.inner_lr, "must be a positive number or auto"
+                )
             if self.val_clusters <= 0:
                 raise ConfigError(
                     "meta.val_clusters", self.val_clusters,
@@ -569,7 +571,9 @@ class GridConfig:
             raise ConfigError("grid.pretrain_seeds", self.pretrain_seeds, "must be distinct")
         if not self.protocols or len(set(self.protocols)) != len(self.protocols):
             raise ConfigError(
-                "grid.protocols", [p.value for p in self.protocols], "must be distinct, at least one"
+                "grid.protocols",
+                [p.value for p in self.protocols],
+                "must be distinct, at least one",
             )
         _positive("grid.max_workers", self.max_workers)
         _non_negative("grid.retries", self.retries)

@@ -31,8 +31,19 @@ from metapt_core.meta import distributed as dist_utils
 from metapt_core.meta.checkpoint import checkpoint_dir
 from metapt_core.meta.episodes import POOL_STREAM, TRAIN_STREAM, rng_for, sample_meta_batch
 from metapt_core.pretraining.adaptation import collapse_warnings, resolve_inner_lr, validation_fn
-from metapt_core.pretraining.data import PromptObjective, load_pretrain_data, pool_format, shards_path
-from metapt_core.pretraining.loop import LoopSettings, PretrainResult, Progress, finish, train_prompt
+from metapt_core.pretraining.data import (
+    PromptObjective,
+    load_pretrain_data,
+    pool_format,
+    shards_path,
+)
+from metapt_core.pretraining.loop import (
+    LoopSettings,
+    PretrainResult,
+    Progress,
+    finish,
+    train_prompt,
+)
 from metapt_core.pretraining.start import (
     frozen_backbone,
     make_optimizer,
@@ -107,9 +118,7 @@ def ppt_pretrain(
             meta.query_size,
             rng_for(meta.seed, TRAIN_STREAM, step),
         )
-        return [
-            where[(e.task_index, int(r))] for e in episodes for r in (*e.support, *e.query)
-        ]
+        return [where[(e.task_index, int(r))] for e in episodes for r in (*e.support, *e.query)]
 
     def step_fn(step: int, prompt: Tensor) -> tuple[Tensor, dict[str, float]]:
         picks = picks_of(step)

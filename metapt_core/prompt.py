@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -65,6 +66,36 @@ def init_prompt(
             f"holds a prompt of shape {tuple(prompt.shape)}, expected {(length, dim)}",
         )
     return prompt
+
+
+def label_word_prompt(
+    model: PromptModel,
+    label_tokens: Sequence[Sequence[int]],
+    cfg: PromptConfig,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """The label-word initialisation of Lester et al. (2021), ``[P, d]`` float32 on CPU.
+
+    Row ``c < C`` is the mean embedding of class c's label-word tokens (as the template places
+    them, ``label_tokens[c]``); the remaining ``P - C`` rows are a sampled-vocabulary prompt
+    drawn from ``generator``. With ``P < C`` the first P classes' rows are kept.
+    """
+    emb = model.embedding_matrix.detach().float().cpu()
+    rows = [emb[torch.tensor(list(ids))].mean(dim=0) for ids in label_tokens if len(ids)]
+    if len(rows) != len(label_tokens):
+        raise ConfigError("grid.inits", "label_words", "a label word tokenises to nothing")
+    words = torch.stack(rows)[: cfg.length]
+    rest = cfg.length - len(words)
+    if rest <= 0:
+        return words.clone()
+    filler_cfg = PromptConfig(length=rest, init=PromptInit.SAMPLE_VOCAB)
+    return torch.cat([words, init_prompt(model, filler_cfg, generator)])
+
+
+def task_description(verbalizer: Sequence[str], description: str = "") -> str:
+    """The ``text`` initialisation's text: the task's description, else its label words as a
+    question ("bad or good?")."""
+    return description or f"{' or '.join(verbalizer)}?"
 
 
 def save_prompt(folder: str | Path, prompt: Tensor, meta: dict[str, Any]) -> Path:

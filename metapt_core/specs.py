@@ -28,10 +28,10 @@ from metapt_core.config import (
     MetaConfig,
     Optimizer,
     PipelineConfig,
-    Protocol,
     PoolConfig,
     PPTConfig,
     PromptConfig,
+    Protocol,
     ScoringConfig,
     TaskSpec,
 )
@@ -183,7 +183,6 @@ class PPTSpec:
         m = self.meta
         batch = self.ppt.batch_size or m.meta_batch_size * (m.support_size + m.query_size)
         return self.ppt.steps or m.meta_steps, batch
-
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from tasks.tracking import CACHED_TAG, KIND_TAG, SOURCE_RUN_TAG, STAGE_TAG
 CELLS_CORE = plan.CELLS_CORE
 REPORT_CORE = plan.REPORT_CORE
 CELL_ENTRIES = [CELLS_CORE, plan.BACKBONE_LOADER]  # their import closure is the code key
-CELL_PARAMS = ("task", "method", "shots", "seed", "split_seed")
+CELL_PARAMS = ("task", "method", "shots", "seed", "pretrain_seed", "protocol", "split_seed")
 CELLS_FILE = "cells.json"
 
 
@@ -55,19 +55,28 @@ def eval_group_task(
     task_name: str,
     shots: int,
     seed: int,
+    pretrain_seed: int,
     assets: ArtifactRef,
     tasks_ref: ArtifactRef,
     prompts: dict[str, ArtifactRef | None],
 ) -> StageOutcome:
-    """Few-shot tune and test every initialisation of one (task, shots, seed) group.
+    """Few-shot tune and test every initialisation of one (task, shots, seed, pretrain seed)
+    group.
 
-    ``prompts`` maps each initialisation in ``grid.inits`` to its pre-trained prompt (None for
-    random and sample_vocab). Returns the group's outcome; ``stats["cells"]`` lists the cells.
+    ``prompts`` maps each initialisation in ``grid.inits`` to its pre-trained prompt of that
+    pre-training seed (None for untrained inits). Returns the group's outcome;
+    ``stats["cells"]`` lists the cells.
     """
     cfg = ctx.cfg
-    stage = plan.eval_group(cfg, task_name, shots, seed, assets, tasks_ref, prompts)
+    stage = plan.eval_group(cfg, task_name, shots, seed, pretrain_seed, assets, tasks_ref, prompts)
     reads = stage.spec  # what the core receives is what the key hashes
-    defaults = {"task": task_name, "shots": shots, "seed": seed, "split_seed": reads.task.seed}
+    defaults = {
+        "task": task_name,
+        "shots": shots,
+        "seed": seed,
+        "pretrain_seed": pretrain_seed,
+        "split_seed": reads.task.seed,
+    }
 
     def compute(out_dir: Path, progress: StageProgress) -> tuple[ArtifactRef, dict[str, Any]]:
         result = evaluate_group(
@@ -90,7 +99,10 @@ def eval_group_task(
         return ref, {**stats, "cells": rows}
 
     spec = StageSpec.of(
-        stage, compute, run_name=f"evaluate-{task_name}-k{shots}-s{seed}", params=defaults
+        stage,
+        compute,
+        run_name=plan.group_label(task_name, shots, seed, pretrain_seed),
+        params=defaults,
     )
     outcome = execute_stage(ctx, spec)
     log_cells(ctx, outcome)
@@ -106,7 +118,10 @@ def log_cells(ctx: RunContext, outcome: StageOutcome) -> list[str]:
     run_ids = []
     for cell in outcome.stats.get("cells", []):
         params = {k: cell.get(k) for k in CELL_PARAMS}
-        name = f"{cell.get('task')}/{cell.get('method')}/k{cell.get('shots')}/s{cell.get('seed')}"
+        name = (
+            f"{cell.get('task')}/{cell.get('method')}/k{cell.get('shots')}/s{cell.get('seed')}"
+            f"/p{cell.get('pretrain_seed')}/{cell.get('protocol')}"
+        )
         tags = {
             KIND_TAG: "cell",
             STAGE_TAG: "evaluate-cells",
@@ -129,9 +144,15 @@ def report_task(ctx: RunContext, groups: list[StageOutcome], failed: list[str]) 
 
     def compute(out_dir: Path, progress: StageProgress) -> tuple[ArtifactRef, dict[str, Any]]:
         zero_shot: dict[str, float] = {}
+        untuned: list[dict[str, Any]] = []
+        warnings: dict[str, list[str]] = {}
         for group in groups:
             zero_shot.update(group.stats.get("zero_shot") or {})
-        result = build_report(cells, zero_shot, stage.spec, out_dir)
+            untuned += group.stats.get("untuned") or []
+            pseed = group.stats.get("pretrain_seed", 0)
+            for init, found in (group.stats.get("pretrain_warnings") or {}).items():
+                warnings[f"{init}@{pseed}"] = list(found)
+        result = build_report(cells, zero_shot, stage.spec, out_dir, untuned, warnings)
         return result.ref, {**result_stats(result), "cells": len(cells), "failed_groups": failed}
 
     spec = StageSpec.of(stage, compute, artifacts=["."])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from prefect import task
 
-from metapt_core.config import MetaAlgorithm
+from metapt_core.config import InitMethod, MetaAlgorithm
 from metapt_core.meta import meta_pretrain
 from metapt_core.store import ArtifactRef
 from tasks import plan
@@ -21,11 +21,12 @@ ENTRIES = [CORE, plan.BACKBONE_LOADER]  # their import closure is the code key
 
 @task(name="meta-pretrain", cache_policy=no_cache(), **TASK_OPTIONS)
 def meta_pretrain_task(
-    ctx: RunContext, algorithm: MetaAlgorithm, assets: ArtifactRef, shards: ArtifactRef
+    ctx: RunContext, algorithm: MetaAlgorithm, assets: ArtifactRef, shards: ArtifactRef, seed: int
 ) -> StageOutcome:
-    """Meta-learn a prompt initialisation over the cluster shards (a prompt folder)."""
+    """Meta-learn a prompt initialisation of pre-training seed ``seed`` over the cluster
+    shards (a prompt folder)."""
     cfg = ctx.cfg
-    stage = plan.meta_pretrain(cfg, algorithm, assets, shards)
+    stage = plan.pretrain(cfg, InitMethod(f"metapt_{algorithm.value}"), seed, assets, shards)
 
     def compute(out_dir: Path, progress: StageProgress) -> tuple[ArtifactRef, dict]:
         model = get_backbone(cfg)
@@ -36,7 +37,7 @@ def meta_pretrain_task(
         stage,
         compute,
         artifacts=["."],
-        run_name=f"meta-pretrain-{algorithm.value}",
-        params={"algorithm": algorithm.value},
+        run_name=f"meta-pretrain-{algorithm.value}-p{seed}",
+        params={"algorithm": algorithm.value, "pretrain_seed": seed},
     )
     return as_state(execute_stage(ctx, spec))

@@ -15,7 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metapt_core.config import MetaAlgorithm, PipelineConfig, SourceConfig, SourceFormat, to_dict
+from metapt_core.config import (
+    InitMethod,
+    MetaAlgorithm,
+    PipelineConfig,
+    SourceConfig,
+    SourceFormat,
+    to_dict,
+)
 from metapt_core.specs import (
     ClusterSpec,
     EmbedSpec,
@@ -125,10 +132,13 @@ def cluster(cfg: PipelineConfig, pool: ArtifactRef, embedded: ArtifactRef) -> St
     return StagePlan("cluster", (CLUSTER_CORE,), "tasks.cluster", ClusterSpec.of(cfg), upstream)
 
 
-def ppt(cfg: PipelineConfig, assets: ArtifactRef, shards: ArtifactRef) -> StagePlan:
+def ppt(
+    cfg: PipelineConfig, assets: ArtifactRef, shards: ArtifactRef, balanced: bool = False
+) -> StagePlan:
     upstream = {"assets": assets, "shards": shards}
     entries = (PPT_CORE, BACKBONE_LOADER)
-    return StagePlan("ppt", entries, "tasks.ppt", PPTSpec.of(cfg), upstream)
+    extra = {"balanced": balanced}
+    return StagePlan("ppt", entries, "tasks.ppt", PPTSpec.of(cfg), upstream, extra)
 
 
 def meta_pretrain(
@@ -140,31 +150,74 @@ def meta_pretrain(
     return StagePlan("meta-pretrain", entries, "tasks.meta", MetaSpec.of(cfg), upstream, extra)
 
 
+def pretrain(
+    cfg: PipelineConfig, init: InitMethod, seed: int, assets: ArtifactRef, shards: ArtifactRef
+) -> StagePlan:
+    """The stage that makes pre-trained initialisation ``init`` of pre-training seed ``seed``:
+    PPT, class-balanced PPT or a MetaPT variant, reading ``cfg`` with ``meta.seed = seed``."""
+    seeded = cfg.with_pretrain_seed(seed)
+    algorithm = init.meta_algorithm
+    if algorithm is None:
+        return ppt(seeded, assets, shards, balanced=init is InitMethod.PPT_BALANCED)
+    return meta_pretrain(seeded, algorithm, assets, shards)
+
+
+def pretrain_runs(cfg: PipelineConfig) -> list[tuple[InitMethod, int]]:
+    """Every (pre-trained init, pre-training seed) of the grid, seed-major."""
+    return [
+        (init, seed) for seed in cfg.pretrain_seeds for init in cfg.grid.inits if init.is_pretrained
+    ]
+
+
+def prompt_key(init: InitMethod | str, seed: int) -> str:
+    """The refs key of a pre-trained prompt: ``prompt:<init>@<seed>``."""
+    name = init.value if isinstance(init, InitMethod) else init
+    return f"{PROMPT_PREFIX}{name}@{seed}"
+
+
 def eval_group(
     cfg: PipelineConfig,
     task: str,
     shots: int,
     seed: int,
+    pretrain_seed: int,
     assets: ArtifactRef,
     tasks_ref: ArtifactRef,
     prompts: Mapping[str, ArtifactRef | None],
 ) -> StagePlan:
+    """One group; ``prompts`` maps each init of the grid to its prompt of ``pretrain_seed``."""
     upstream: dict[str, ArtifactRef] = {"assets": assets, "tasks": tasks_ref}
     upstream.update({f"{PROMPT_PREFIX}{n}": ref for n, ref in prompts.items() if ref is not None})
-    spec = EvalSpec.of(cfg, task, shots, seed)
+    spec = EvalSpec.of(cfg, task, shots, seed, pretrain_seed)
     entries = (CELLS_CORE, BACKBONE_LOADER)
     extra = {"shots": shots, "cell_seed": seed}
     return StagePlan("evaluate-cells", entries, "tasks.evaluate", spec, upstream, extra)
 
 
-def groups(cfg: PipelineConfig) -> list[tuple[str, int, int]]:
-    """The grid's (task, shots, seed) groups, in the order the report receives them."""
+def groups(cfg: PipelineConfig) -> list[tuple[str, int, int, int]]:
+    """The grid's (task, shots, seed, pretrain_seed) groups, in the order the report gets them."""
     return [
-        (spec.name, shots, seed)
+        (spec.name, shots, seed, pseed)
         for spec in cfg.tasks
         for shots in cfg.fewshot.shots
         for seed in cfg.fewshot.seeds
+        for pseed in cfg.pretrain_seeds
     ]
+
+
+def group_label(task: str, shots: int, seed: int, pretrain_seed: int) -> str:
+    """``evaluate-<task>-k<shots>-s<seed>-p<pretrain_seed>``: a group's run and label."""
+    return f"evaluate-{task}-k{shots}-s{seed}-p{pretrain_seed}"
+
+
+def group_prompts(
+    cfg: PipelineConfig, refs: Mapping[str, ArtifactRef | None], pretrain_seed: int
+) -> dict[str, ArtifactRef | None]:
+    """Each init of the grid -> its prompt of ``pretrain_seed`` (None for untrained inits)."""
+    return {
+        init.value: (refs[prompt_key(init, pretrain_seed)] if init.is_pretrained else None)
+        for init in cfg.grid.inits
+    }
 
 
 def report(cfg: PipelineConfig, group_refs: list[ArtifactRef], failed: list[str]) -> StagePlan:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from prefect import task
 
+from metapt_core.config import InitMethod
 from metapt_core.ppt import ppt_pretrain
 from metapt_core.store import ArtifactRef
 from tasks import plan
@@ -19,16 +20,30 @@ ENTRIES = [CORE, plan.BACKBONE_LOADER]  # their import closure is the code key
 
 
 @task(name="ppt", cache_policy=no_cache(), **TASK_OPTIONS)
-def ppt_task(ctx: RunContext, assets: ArtifactRef, shards: ArtifactRef) -> StageOutcome:
-    """Pre-train a prompt on the whole mixed pool (a prompt folder).
+def ppt_task(
+    ctx: RunContext, assets: ArtifactRef, shards: ArtifactRef, seed: int, balanced: bool = False
+) -> StageOutcome:
+    """Pre-train a PPT control of pre-training seed ``seed`` (a prompt folder): the mixed
+    pool, or (``balanced``) exactly MetaPT's episode rows with no inner step.
 
-    PPT receives the episode settings it shares with MetaPT, not MetaPT's outer optimiser.
+    PPT receives the episode settings it shares with MetaPT and its own section with MetaPT's
+    outer optimiser filled in where unset.
     """
     cfg = ctx.cfg
-    stage = plan.ppt(cfg, assets, shards)
+    init = InitMethod.PPT_BALANCED if balanced else InitMethod.PPT
+    stage = plan.pretrain(cfg, init, seed, assets, shards)
 
     def compute(out_dir: Path, progress: StageProgress) -> tuple[ArtifactRef, dict]:
-        result = ppt_pretrain(shards, stage.spec, get_backbone(cfg), out_dir, progress=progress)
+        result = ppt_pretrain(
+            shards, stage.spec, get_backbone(cfg), out_dir, progress=progress, balanced=balanced
+        )
         return core_output(result)
 
-    return as_state(execute_stage(ctx, StageSpec.of(stage, compute, artifacts=["."])))
+    spec = StageSpec.of(
+        stage,
+        compute,
+        artifacts=["."],
+        run_name=f"{init.value}-p{seed}",
+        params={"pretrain_seed": seed, "control": "balanced" if balanced else "pool"},
+    )
+    return as_state(execute_stage(ctx, spec))

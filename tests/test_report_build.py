@@ -90,13 +90,16 @@ def test_report_files_and_generated_verdict(tmp_path: Path):
     out = build_report(rows, {"mr": 0.55, "cr": 0.5}, cfg, tmp_path / "report")
     names = sorted(Path(f).name for f in out.files)
     assert names == sorted(["results.csv", "summary.csv", "comparisons.csv", "report.md",
+                            "accuracy.csv", "evidence.csv", "untuned.csv",
                             "accuracy_bars_k4.png", "accuracy_seeds_k4.png"])  # fmt: skip
     assert all(Path(f).stat().st_size > 0 for f in out.files)
     assert out.ref.is_valid()
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
     md = (tmp_path / "report" / "report.md").read_text()
     assert md == out.summary_markdown
-    assert "Task mr: **metapt_maml beats random** by +20.0 accuracy points" in md
+    # three units: the bounds are a range, and the words say so
+    assert "Task mr: **metapt_maml is ahead of random** by +20.0 points (range [" in md
+    assert "95% CI" not in md
     assert "Task cr: **metapt_maml does not beat ppt**: -1.0 points" in md
     assert "Average over tasks: **metapt_maml" in md
     assert "cr__ppt__k4__s9: RuntimeError: boom" in md

@@ -18,14 +18,15 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from metapt_core.config import InitMethod, PipelineConfig, PromptInit, TaskSpec
+from metapt_core.config import InitMethod, Optimizer, PipelineConfig, PromptInit, Protocol, TaskSpec
 from metapt_core.errors import ConfigError, DataError
 from metapt_core.fewshot.grid import Cell, group_cells
+from metapt_core.fewshot.metrics import classification_metrics
 from metapt_core.fewshot.sampling import sample_split
-from metapt_core.fewshot.tuning import evaluate, evaluate_many, tune_prompts
+from metapt_core.fewshot.tuning import evaluate, predict_many, tune_prompts
 from metapt_core.lm import EncodedBatch, PromptModel, TaskFormat
-from metapt_core.prompt import init_prompt
-from metapt_core.specs import EvalSpec
+from metapt_core.prompt import init_prompt, label_word_prompt, task_description
+from metapt_core.specs import EvalSpec, FewShotTuning
 
 Progress = Callable[[int, int, str], None]
 
@@ -56,6 +57,9 @@ class CellResult:
     best_step: int
     wall_seconds: float
     group_size: int
+    pretrain_seed: int = 0
+    protocol: str = Protocol.FEWSHOT.value
+    test_correct: str = ""  # "1"/"0" per test row, in order: the row level of the statistics
     history: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -99,16 +103,52 @@ def initial_prompt(
 ) -> Tensor:
     """The starting prompt ``[P, d]`` of a cell.
 
-    Random and sampled-vocabulary prompts are drawn with a generator seeded by
-    ``cell.init_seed``; PPT and MetaPT prompts are taken from ``init_prompts``.
+    Untrained prompts are drawn with a generator seeded by ``cell.init_seed`` (the pre-training
+    seed): random, sampled vocabulary, label words (Lester et al. 2021: the task's label words'
+    embeddings, then sampled vocabulary), text (the task's description). PPT and MetaPT prompts
+    are taken from ``init_prompts``.
     """
+    generator = torch.Generator().manual_seed(cell.init_seed)
     if cell.init in (InitMethod.RANDOM, InitMethod.SAMPLE_VOCAB):
         how = PromptInit.RANDOM if cell.init is InitMethod.RANDOM else PromptInit.SAMPLE_VOCAB
-        generator = torch.Generator().manual_seed(cell.init_seed)
         return init_prompt(model, dataclasses.replace(cfg.prompt, init=how), generator)
+    if cell.init in (InitMethod.LABEL_WORDS, InitMethod.TEXT):
+        spec = task_spec(cfg, cell.task)
+        if cell.init is InitMethod.LABEL_WORDS:
+            fmt = TaskFormat.of(spec.template, spec.verbalizer, name=spec.name)
+            return label_word_prompt(model, model.label_tokens(fmt), cfg.prompt, generator)
+        text = task_description(spec.verbalizer, spec.description)
+        text_cfg = dataclasses.replace(cfg.prompt, init=PromptInit.TEXT, init_text=text)
+        return init_prompt(model, text_cfg, generator)
     if cell.init not in init_prompts:
         raise ConfigError("grid.inits", cell.init.value, "no pre-trained prompt was given for it")
     return init_prompts[cell.init].detach().float().cpu()
+
+
+def protocol_tuning(
+    cfg: PipelineConfig | EvalSpec, protocol: Protocol, n_train: int, inner_lr: float | None
+) -> FewShotTuning:
+    """The tuning settings of a protocol: ``fewshot`` as configured, or the inner rule
+    (``inner.steps`` full-batch SGD steps at alpha, no dev selection)."""
+    tuning = (
+        cfg.fewshot if isinstance(cfg.fewshot, FewShotTuning) else FewShotTuning.of(cfg.fewshot)
+    )
+    if protocol is Protocol.FEWSHOT:
+        return tuning
+    inner = cfg.inner if isinstance(cfg, EvalSpec) else None
+    steps = inner.steps if inner is not None else cfg.meta.inner_steps  # type: ignore[union-attr]
+    if inner_lr is None:
+        raise ConfigError(
+            "meta.inner_lr", "auto", "the inner protocol needs a MetaPT or PPT prompt's alpha"
+        )
+    return dataclasses.replace(
+        tuning, optimizer=Optimizer.SGD, lr=float(inner_lr), steps=steps, batch_size=n_train
+    )
+
+
+def correct_string(predictions: Any, gold: Any) -> str:
+    """Per-row correctness as ``"0"``/``"1"`` characters, in test-row order."""
+    return "".join("1" if int(p) == int(g) else "0" for p, g in zip(predictions, gold, strict=True))
 
 
 def run_cell_group(
@@ -117,16 +157,23 @@ def run_cell_group(
     tasks_dir: str | Path,
     init_prompts: Mapping[InitMethod, Tensor],
     cfg: PipelineConfig | EvalSpec,
+    inner_lr: float | None = None,
+    untuned: list[dict[str, Any]] | None = None,
 ) -> list[CellResult]:
-    """Tune and evaluate cells that share one split, training all their prompts together.
+    """Tune and evaluate cells that share one split, training each protocol's prompts together.
 
     Args:
         model: the frozen prompt model.
-        cells: cells with the same (task, shots, seed) (see ``group_cells``).
+        cells: cells with the same (task, shots, seed) (see ``group_cells``); those of one
+            protocol are tuned in one batched pass.
         tasks_dir: the ingest output holding ``<task>/{train,test}.parquet``.
         init_prompts: loaded ``[P, d]`` prompts of the pre-trained initialisations (PPT, MetaPT).
         cfg: the group's :class:`~metapt_core.specs.EvalSpec` (``fewshot``, ``prompt``, its
             task), or a whole config.
+        inner_lr: alpha of the inner-rule protocol (None: only the configured protocol).
+        untuned: when given, one ``{"task", "init", "pretrain_seed", "accuracy", "macro_f1",
+            "n", "test_correct"}`` per distinct initialisation is appended: its test score with
+            no tuning at all.
 
     Returns:
         One result per cell, in input order.
@@ -150,6 +197,9 @@ def run_cell_group(
     train_batch = encode_rows(model, split.train_rows, fmt)
     dev_batch = None if split.dev_rows is None else encode_rows(model, split.dev_rows, fmt)
     test_batch = encode_rows(model, load_task_split(tasks_dir, first.task, "test"), fmt)
+    assert test_batch.labels is not None
+    gold = test_batch.labels.cpu().numpy()
+    batch_size = cfg.fewshot.eval_batch_size
 
     starts = [initial_prompt(model, cell, init_prompts, cfg) for cell in cells]
     shapes = {tuple(p.shape) for p in starts}
@@ -159,17 +209,34 @@ def run_cell_group(
             cfg.prompt.length,
             f"initial prompts of {first.task} differ in shape: {sorted(shapes)}",
         )
-    trained, history = tune_prompts(
-        model, torch.stack(starts), train_batch, cfg.fewshot, first.train_seed, dev_batch
-    )
-    tests = evaluate_many(model, trained, test_batch, cfg.fewshot.eval_batch_size)
-    per_cell = (time.perf_counter() - start) / len(cells)
+    if untuned is not None:
+        distinct = {(c.init, c.pretrain_seed): i for i, c in reversed(list(enumerate(cells)))}
+        order = sorted(distinct.values())
+        preds = predict_many(model, torch.stack([starts[i] for i in order]), test_batch, batch_size)
+        for i, pred in zip(order, preds, strict=True):
+            scores = classification_metrics(gold, pred)
+            untuned.append({
+                "task": first.task, "init": cells[i].init.value,
+                "pretrain_seed": cells[i].pretrain_seed, "accuracy": scores["accuracy"],
+                "macro_f1": scores["macro_f1"], "n": int(scores["n"]),
+                "test_correct": correct_string(pred, gold),
+            })  # fmt: skip
 
-    results = []
-    for m, cell in enumerate(cells):
-        best_dev = history.best_dev[m]
-        results.append(
-            CellResult(
+    results: dict[int, CellResult] = {}
+    for protocol in dict.fromkeys(c.protocol for c in cells):
+        members = [i for i, c in enumerate(cells) if c.protocol is protocol]
+        tuning = protocol_tuning(cfg, protocol, len(split.train_rows), inner_lr)
+        dev = dev_batch if protocol is Protocol.FEWSHOT else None
+        trained, history = tune_prompts(
+            model, torch.stack([starts[i] for i in members]), train_batch, tuning,
+            first.train_seed, dev,
+        )  # fmt: skip
+        preds = predict_many(model, trained, test_batch, batch_size)
+        for m, i in enumerate(members):
+            cell = cells[i]
+            tests = classification_metrics(gold, preds[m])
+            best_dev = history.best_dev[m]
+            results[i] = CellResult(
                 cell_id=cell.cell_id,
                 task=cell.task,
                 init=cell.init.value,
@@ -178,20 +245,25 @@ def run_cell_group(
                 split_seed=cell.split_seed,
                 train_seed=cell.train_seed,
                 split_id=split.split_id,
-                test_accuracy=tests[m]["accuracy"],
-                test_macro_f1=tests[m]["macro_f1"],
-                n_test=int(tests[m]["n"]),
+                test_accuracy=tests["accuracy"],
+                test_macro_f1=tests["macro_f1"],
+                n_test=int(tests["n"]),
                 n_train=len(split.train_rows),
-                n_dev=0 if split.dev_rows is None else len(split.dev_rows),
+                n_dev=0 if dev is None or split.dev_rows is None else len(split.dev_rows),
                 dev_accuracy=None if best_dev is None else best_dev["accuracy"],
                 dev_macro_f1=None if best_dev is None else best_dev["macro_f1"],
                 best_step=history.best_step[m],
-                wall_seconds=per_cell,
+                wall_seconds=0.0,
                 group_size=len(cells),
+                pretrain_seed=cell.pretrain_seed,
+                protocol=protocol.value,
+                test_correct=correct_string(preds[m], gold),
                 history=history.for_prompt(m),
             )
-        )
-    return results
+    per_cell = (time.perf_counter() - start) / len(cells)
+    for result in results.values():
+        result.wall_seconds = per_cell
+    return [results[i] for i in range(len(cells))]
 
 
 def run_cells(

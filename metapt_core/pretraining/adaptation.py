@@ -144,9 +144,13 @@ def calibrate_inner_lr(
     best = max(sweep, key=lambda r: (r["gain"], -r["alpha"]))
     seconds = time.perf_counter() - started
     listing = ", ".join(f"{r['alpha']:g}: {r['gain']:+.4f}" for r in sweep)
-    log.info("inner_lr auto: gain by alpha %s -> alpha %g (%.1f s)", listing, best["alpha"], seconds)
+    log.info(
+        "inner_lr auto: gain by alpha %s -> alpha %g (%.1f s)", listing, best["alpha"], seconds
+    )
     if best["gain"] <= 0:
-        log.warning("inner_lr auto: no alpha lowers the held-out query loss; using %g", best["alpha"])
+        log.warning(
+            "inner_lr auto: no alpha lowers the held-out query loss; using %g", best["alpha"]
+        )
     return Calibration(best["alpha"], sweep, len(episodes), seconds)
 
 

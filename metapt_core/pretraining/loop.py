@@ -184,7 +184,12 @@ def train_prompt(
         for record in history:
             if record["step"] == best_step:
                 record["kept"] = 1
-        log.info("%s: keeping the prompt of step %d (best %s)", settings.name, best_step, settings.select_on)
+        log.info(
+            "%s: keeping the prompt of step %d (best %s)",
+            settings.name,
+            best_step,
+            settings.select_on,
+        )
         return best.detach().clone(), history
     return prompt.detach().clone(), history
 

@@ -15,6 +15,8 @@ from typing import Any
 import pandas as pd
 
 from metapt_core.config import PipelineConfig
+from metapt_core.report.evidence import accuracy_table, comparison_table, mdd_z
+from metapt_core.report.nested import interval_name
 from metapt_core.report.plots import bar_plot, seed_plot
 from metapt_core.report.tables import (
     AVERAGE,
@@ -22,13 +24,15 @@ from metapt_core.report.tables import (
     init_order,
     markdown_table,
     metapt_methods,
+    protocols,
     results_frame,
     summary_table,
 )
 from metapt_core.specs import ReportSpec
 from metapt_core.store import ArtifactRef, atomic_path
 
-BASELINES = ("random", "ppt")  # the comparisons the verdict states in words
+BASELINES = ("random", "ppt")  # the comparisons the verdict states in words (when present)
+CONTROLS = ("sample_vocab", "label_words", "text", "ppt_balanced")  # stated too, when present
 
 
 @dataclass(frozen=True)
@@ -51,19 +55,21 @@ def _p(value: float) -> str:
 
 
 def verdict_sentence(row: Mapping[str, Any], level: float) -> str:
-    """One plain sentence on a paired comparison row (``method - baseline``, accuracy)."""
-    ci = (
-        f"{int(round(100 * level))}% CI [{_pts(row['ci_low'], True)}, {_pts(row['ci_high'], True)}]"
-    )
+    """One plain sentence on a unit-level paired comparison row (``method - baseline``,
+    accuracy), for cells without per-row scores; bounds over fewer than 5 units are a range."""
+    name = interval_name((int(row["n"]),), level)
+    ci = f"{name} [{_pts(row['ci_low'], True)}, {_pts(row['ci_high'], True)}]"
     counts = (
-        f"{row['wins']} wins / {row['ties']} ties / {row['losses']} losses over {row['n']} seeds; "
+        f"{row['wins']} wins / {row['ties']} ties / {row['losses']} losses over {row['n']} units; "
         f"paired t p={_p(row['t_pvalue'])}, Wilcoxon p={_p(row['wilcoxon_pvalue'])}"
     )
     diff = row["mean_diff"]
     who, base = row["method"], row["baseline"]
     if not math.isfinite(diff):
         return f"{who} vs {base}: no paired seeds."
-    if diff > 0 and row["ci_low"] > 0:
+    if diff > 0 and row["ci_low"] > 0 and name == "range":
+        head = f"**{who} is ahead of {base}** by {_pts(diff, True)} points ({ci}, excludes 0)"
+    elif diff > 0 and row["ci_low"] > 0:
         head = f"**{who} beats {base}** by {_pts(diff, True)} accuracy points ({ci}, excludes 0)"
     elif diff > 0:
         head = (
@@ -76,6 +82,80 @@ def verdict_sentence(row: Mapping[str, Any], level: float) -> str:
         clear = "excludes 0" if row["ci_high"] < 0 else "includes 0"
         head = f"**{who} does not beat {base}**: {_pts(diff, True)} points ({ci}, {clear})"
     return f"{head}; {counts}."
+
+
+def design_text(row: Mapping[str, Any]) -> str:
+    """``2 pre-training x 3 few-shot seeds x 300 test rows``."""
+    return (
+        f"{row['pretrain_seeds']} pre-training x {row['fewshot_seeds']} few-shot seeds x "
+        f"{row['rows']} test rows"
+    )
+
+
+def evidence_sentence(row: Mapping[str, Any], level: float) -> str:
+    """One sentence on a nested comparison row: verdict, difference, bounds, design, MDD,
+    variance shares and the per-cell McNemar counts (all generated from the row)."""
+    bounds = f"{row['interval']} [{_pts(row['low'], True)}, {_pts(row['high'], True)}]"
+    if row["interval"] == "range":
+        bounds += f" (fewer than 5 seeds at a level: not a {int(round(100 * level))}% interval)"
+    shares = (
+        f"variance from pre-training seeds {_share(row['share_pretrain'])}, few-shot seeds "
+        f"{_share(row['share_fewshot'])}, test rows {_share(row['share_rows'])}"
+    )
+    return (
+        f"{row['method']} vs {row['baseline']}: **{row['verdict']}**, "
+        f"{_pts(row['mean_diff'], True)} points, {bounds}; design {design_text(row)}; "
+        f"minimum detectable difference {_pts(row['mdd'])} points; {shares}; McNemar per cell: "
+        f"{row['mcnemar_wins']} of {row['cells']} cells better, {row['mcnemar_losses']} worse."
+    )
+
+
+def _share(value: float) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{100 * value:.0f}%"
+
+
+def evidence_lines(
+    evidence: pd.DataFrame, protocol: str, shots: int, order: Sequence[str], level: float
+) -> list[str]:
+    """The verdict bullets of one (protocol, shots): each MetaPT init against the baselines and
+    controls present, average first, then per task."""
+    part = evidence[(evidence["protocol"] == protocol) & (evidence["shots"] == shots)]
+    lines: list[str] = []
+    against = [b for b in (*BASELINES, *CONTROLS) if b in order]
+    for method in metapt_methods(order):
+        for base in against:
+            rows = part[(part["method"] == method) & (part["baseline"] == base)]
+            if rows.empty:
+                continue
+            ranked = sorted(rows.to_dict("records"), key=lambda r: r["task"] != AVERAGE)
+            for row in ranked:
+                where = "Average over tasks" if row["task"] == AVERAGE else f"Task {row['task']}"
+                lines.append(f"- {where}: {evidence_sentence(row, level)}")
+    return lines
+
+
+def verdict_summary(evidence: pd.DataFrame, protocol: str, shots: int, order: Sequence[str]) -> str:
+    """The answer in one line: each MetaPT init's average verdict against random and PPT."""
+    part = evidence[
+        (evidence["protocol"] == protocol)
+        & (evidence["shots"] == shots)
+        & (evidence["task"] == AVERAGE)
+    ]
+    said = []
+    for method in metapt_methods(order):
+        for base in BASELINES:
+            rows = part[(part["method"] == method) & (part["baseline"] == base)]
+            if not rows.empty:
+                row = rows.iloc[0]
+                said.append(
+                    f"{method} vs {base}: {row['verdict']} ({_pts(row['mean_diff'], True)} "
+                    f"points, {row['interval']} [{_pts(row['low'], True)}, "
+                    f"{_pts(row['high'], True)}], MDD {_pts(row['mdd'])})"
+                )
+    if not said:
+        return ""
+    first = part.iloc[0]
+    return f"**Answer (average over tasks, design {design_text(first)}):** " + "; ".join(said) + "."
 
 
 def stability_sentences(summary: pd.DataFrame, shots: int, order: Sequence[str]) -> list[str]:
@@ -112,53 +192,124 @@ def render_markdown(
     cfg: ReportSpec,
     plots: Sequence[str],
     failed: Sequence[Mapping[str, Any]] = (),
+    accuracy: pd.DataFrame | None = None,
+    evidence: pd.DataFrame | None = None,
+    warnings: Mapping[str, Sequence[str]] | None = None,
 ) -> str:
     """The report's Markdown text."""
     order = init_order(results, cfg.grid)
     level = cfg.grid.ci_level
+    pct = int(round(100 * level))
+    pseeds = sorted(int(s) for s in results["pretrain_seed"].unique())
+    fseeds = sorted(int(s) for s in results["seed"].unique())
     lines = [
         "# MetaPT few-shot evaluation",
         "",
         f"Backbone `{cfg.backbone_name}`; tasks {', '.join(sorted(results['task'].unique()))}; "
         f"initialisations {', '.join(order)}; shots {sorted(int(s) for s in results['shots'].unique())}; "
-        f"seeds {sorted(int(s) for s in results['seed'].unique())}. "
-        f"Scores are test accuracy / macro-F1 in percent; intervals are {int(round(100 * level))}% "
-        f"percentile bootstrap intervals over seeds ({cfg.grid.bootstrap} resamples). "
-        "Paired comparisons use the same split (and minibatch order) for both initialisations.",
+        f"pre-training seeds {pseeds}; few-shot seeds {fseeds}; "
+        f"protocols {', '.join(protocols(results))}. "
+        "Scores are test accuracy / macro-F1 in percent. Every comparison is paired at every "
+        "level: the same pre-training seed (PPT and MetaPT start from the same prompt and draw "
+        "from the same clusters; untrained prompts are drawn from the same seed), the same "
+        "few-shot split and minibatch order, the same test rows.",
         "",
     ]
-    n_seeds = int(results["seed"].nunique())
-    lines += [
-        f"With {n_seeds} seeds a bootstrap interval over seeds is coarse and the smallest possible "
-        f"two-sided Wilcoxon p-value is {2 / 2**n_seeds:.3g}: read the verdicts with that in mind.",
-        "",
-    ]
+    nested = evidence is not None and not evidence.empty
+    if nested:
+        lines += [
+            f"Bounds are nested percentile bootstraps ({cfg.grid.bootstrap} resamples) over "
+            "pre-training seeds, few-shot seeds within them and test rows within each cell; "
+            f"they are called a {pct}% interval only when both seed levels have at least 5 "
+            "units, else a range. The minimum detectable difference (MDD) is the true "
+            f"difference this design detects with 80% power at a two-sided {100 - pct}% level "
+            f"({mdd_z(level):.2f} standard errors, normal approximation).",
+            "",
+        ]
+    else:
+        n_units = int(results["unit"].nunique())
+        lines += [
+            f"These cells carry no per-row scores: bounds are bootstraps over the {n_units} "
+            "(pre-training seed, few-shot seed) units, a range below 5 units.",
+            "",
+        ]
+    if warnings:
+        lines += ["## Warnings from pre-training", ""]
+        lines += [f"- {name}: {w}" for name, found in sorted(warnings.items()) for w in found]
+        lines.append("")
     methods = metapt_methods(order)
-    for shots in sorted(int(s) for s in results["shots"].unique()):
-        lines += [f"## Verdict, k={shots} per class", ""]
-        if not methods:
-            lines += ["No MetaPT initialisation is in this grid.", ""]
-        acc = (
-            comparisons[(comparisons["shots"] == shots) & (comparisons["metric"] == "accuracy")]
-            if not comparisons.empty
-            else comparisons
-        )
-        for method in methods:
-            for base in BASELINES:
-                rows = (
-                    acc[(acc["method"] == method) & (acc["baseline"] == base)]
-                    if not acc.empty
-                    else acc
-                )
-                if rows.empty:
-                    lines.append(f"- {method} vs {base}: {base} is not in this grid.")
-                    continue
-                for _, row in rows.iterrows():
-                    where = (
-                        "Average over tasks" if row["task"] == AVERAGE else f"Task {row['task']}"
+    for protocol in protocols(results):
+        for shots in sorted(int(s) for s in results["shots"].unique()):
+            title = "" if protocol == "fewshot" else f", protocol {protocol}"
+            if nested:
+                assert evidence is not None
+                lines += [f"## Verdict, k={shots} per class{title}", ""]
+                if stated := verdict_summary(evidence, protocol, shots, order):
+                    lines += [stated, ""]
+                found = evidence_lines(evidence, protocol, shots, order, level)
+                lines += found or ["No MetaPT initialisation is in this grid."]
+                lines += [""]
+                continue
+            lines += [f"## Verdict, k={shots} per class{title}", ""]
+            if not methods:
+                lines += ["No MetaPT initialisation is in this grid.", ""]
+            acc = (
+                comparisons[
+                    (comparisons["shots"] == shots)
+                    & (comparisons["metric"] == "accuracy")
+                    & (comparisons["protocol"] == protocol)
+                ]
+                if not comparisons.empty
+                else comparisons
+            )
+            for method in methods:
+                for base in BASELINES:
+                    rows = (
+                        acc[(acc["method"] == method) & (acc["baseline"] == base)]
+                        if not acc.empty
+                        else acc
                     )
-                    lines.append(f"- {where}: {verdict_sentence(row, level)}")
-        lines += ["", *stability_sentences(summary, shots, order), ""]
+                    if rows.empty:
+                        lines.append(f"- {method} vs {base}: {base} is not in this grid.")
+                        continue
+                    for _, row in rows.iterrows():
+                        where = (
+                            "Average over tasks"
+                            if row["task"] == AVERAGE
+                            else f"Task {row['task']}"
+                        )
+                        lines.append(f"- {where}: {verdict_sentence(row, level)}")
+            lines += [
+                "",
+                *stability_sentences(summary[summary["protocol"] == protocol], shots, order),
+                "",
+            ]
+
+    if accuracy is not None and not accuracy.empty:
+        acc_cols = ["protocol", "task", "shots", "init", "mean", "low", "high", "interval",
+                    "pretrain_seeds", "fewshot_seeds", "rows", "mdd", "share_pretrain",
+                    "share_fewshot", "share_rows", "untuned"]  # fmt: skip
+        lines += [
+            "## Accuracy with nested bounds, and untuned",
+            "",
+            "`untuned`: the initial prompt's test accuracy with no tuning (mean over "
+            "pre-training seeds), beside the tuned mean.",
+            "",
+            markdown_table(accuracy[acc_cols], ["mean", "low", "high", "mdd", "share_pretrain",
+                                                "share_fewshot", "share_rows", "untuned"]),
+        ]  # fmt: skip
+    if nested:
+        assert evidence is not None
+        ev_cols = ["protocol", "task", "shots", "method", "baseline", "mean_diff", "low", "high",
+                   "interval", "pretrain_seeds", "fewshot_seeds", "rows", "mdd",
+                   "share_pretrain", "share_fewshot", "share_rows", "mcnemar_wins",
+                   "mcnemar_losses", "cells", "verdict"]  # fmt: skip
+        lines += [
+            "## Paired differences, nested (method - baseline)",
+            "",
+            markdown_table(evidence[ev_cols], ["mean_diff", "low", "high", "mdd",
+                                               "share_pretrain", "share_fewshot", "share_rows"]),
+        ]  # fmt: skip
 
     shown = summary.copy()
     shown["zero_shot_accuracy"] = [
@@ -166,15 +317,17 @@ def render_markdown(
             sum(zero_shot.values()) / len(zero_shot) if zero_shot else math.nan)
         for t in shown["task"]
     ]  # fmt: skip
-    columns = ["task", "shots", "init", "n_seeds", "accuracy_mean", "accuracy_std", "accuracy_ci_low",
+    columns = ["protocol", "task", "shots", "init", "n_seeds", "accuracy_mean", "accuracy_std", "accuracy_ci_low",
                "accuracy_ci_high", "macro_f1_mean", "macro_f1_std", "macro_f1_ci_low",
                "macro_f1_ci_high", "accuracy_stability", "zero_shot_accuracy"]  # fmt: skip
     percent = [c for c in columns if c not in ("task", "shots", "init", "n_seeds")]
-    lines += ["## Summary", "", markdown_table(shown[columns], percent)]
+    percent = [c for c in percent if c != "protocol"]
+    lines += ["## Summary over units (pre-training seed, few-shot seed)", "",
+              markdown_table(shown[columns], percent)]  # fmt: skip
     if not comparisons.empty:
-        comp_cols = ["task", "shots", "method", "baseline", "metric", "n", "mean_diff", "ci_low",
+        comp_cols = ["protocol", "task", "shots", "method", "baseline", "metric", "n", "mean_diff", "ci_low",
                      "ci_high", "wins", "ties", "losses", "t_pvalue", "wilcoxon_pvalue"]  # fmt: skip
-        lines += ["## Paired comparisons (method - baseline)", "",
+        lines += ["## Paired comparisons over units (method - baseline)", "",
                   markdown_table(comparisons[comp_cols], ["mean_diff", "ci_low", "ci_high"])]  # fmt: skip
     if zero_shot:
         lines += ["## Zero-shot reference (no prompt)", ""]
@@ -194,8 +347,11 @@ def build_report(
     zero_shot: Mapping[str, float],
     cfg: ReportSpec | PipelineConfig,
     out_dir: str | Path,
+    untuned: Sequence[Mapping[str, Any]] = (),
+    warnings: Mapping[str, Sequence[str]] | None = None,
 ) -> ReportResult:
-    """Write results.csv, summary.csv, comparisons.csv, report.md and PNG plots to ``out_dir``.
+    """Write results.csv, summary.csv, comparisons.csv, accuracy.csv, evidence.csv,
+    untuned.csv, report.md and PNG plots to ``out_dir``.
 
     The folder is built under a temporary name and renamed into place, so it is complete or
     absent. Cells with an ``error`` field (or no test accuracy) are listed as failed and left
@@ -204,6 +360,8 @@ def build_report(
     Args:
         cell_results: ``CellResult.to_dict()`` rows (any order).
         zero_shot: task -> zero-shot test accuracy of the backbone (may be empty).
+        untuned: per (task, init, pre-training seed) test scores with no tuning.
+        warnings: pre-trained prompt (``init@seed``) -> its collapse warnings.
         cfg: what the report reads (:class:`~metapt_core.specs.ReportSpec`: ``grid.inits``,
             ``grid.bootstrap``, ``grid.ci_level``, the backbone's name), or a whole config.
         out_dir: the report folder.
@@ -216,6 +374,8 @@ def build_report(
     results = results_frame(ok)
     summary = summary_table(results, cfg.grid)
     comparisons = comparisons_table(results, cfg.grid)
+    accuracy = accuracy_table(results, cfg.grid, untuned)
+    evidence = comparison_table(results, cfg.grid)
     order = init_order(results, cfg.grid)
     reference = dict(zero_shot)
     if zero_shot and set(results["task"]) <= set(zero_shot):
@@ -226,18 +386,32 @@ def build_report(
     names: list[str] = []
     with atomic_path(final) as tmp:
         tmp.mkdir(parents=True)
-        results.to_csv(tmp / "results.csv", index=False)
+        results.drop(columns=["test_correct"], errors="ignore").to_csv(
+            tmp / "results.csv", index=False
+        )
         summary.to_csv(tmp / "summary.csv", index=False)
         comparisons.to_csv(tmp / "comparisons.csv", index=False)
-        names += ["results.csv", "summary.csv", "comparisons.csv"]
+        accuracy.to_csv(tmp / "accuracy.csv", index=False)
+        evidence.to_csv(tmp / "evidence.csv", index=False)
+        pd.DataFrame([{k: v for k, v in u.items() if k != "test_correct"} for u in untuned]).to_csv(
+            tmp / "untuned.csv", index=False
+        )
+        names += ["results.csv", "summary.csv", "comparisons.csv", "accuracy.csv",
+                  "evidence.csv", "untuned.csv"]  # fmt: skip
         plots: list[str] = []
+        primary = protocols(results)[0]
+        tuned = results[results["protocol"] == primary]
+        tuned_summary = summary[summary["protocol"] == primary]
         for shots in sorted(int(s) for s in results["shots"].unique()):
             bars = f"accuracy_bars_k{shots}.png"
             seeds = f"accuracy_seeds_k{shots}.png"
-            bar_plot(summary, reference, shots, order, tmp / bars)
-            seed_plot(results, zero_shot, shots, order, tmp / seeds)
+            bar_plot(tuned_summary, reference, shots, order, tmp / bars)
+            seed_plot(tuned, zero_shot, shots, order, tmp / seeds)
             plots += [bars, seeds]
-        markdown = render_markdown(results, summary, comparisons, zero_shot, cfg, plots, failed)
+        markdown = render_markdown(
+            results, summary, comparisons, zero_shot, cfg, plots, failed, accuracy, evidence,
+            warnings,
+        )  # fmt: skip
         (tmp / "report.md").write_text(markdown, encoding="utf-8")
         names += plots + ["report.md"]
     return ReportResult(

@@ -50,18 +50,12 @@ class NestedInterval:
         return interval_name(self.units[:2], self.level)
 
 
-def nested_bootstrap(
-    values: np.ndarray, n_resamples: int, level: float, seed: int, chunk: int = 256
-) -> NestedInterval:
-    """Percentile interval of the grand mean of ``x[P, F, R]`` by a three-level bootstrap.
+def nested_draws(values: np.ndarray, n_resamples: int, seed: int, chunk: int = 256) -> np.ndarray:
+    """The ``n_resamples`` bootstrap grand means of ``x[P, F, R]`` (see :func:`nested_bootstrap`).
 
     Resample ``b`` draws ``p_1..p_P`` from the P seeds with replacement; for each drawn seed,
     ``f_1..f_F`` from its F few-shot seeds; for each drawn cell, ``r_1..r_R`` from its R rows;
-    its statistic is ``mean_{i,j,k} x[p_i, f_ij, r_ijk]``. The interval is the
-    ``(1 -/+ level) / 2`` quantiles of the B statistics (numpy generator seeded by ``seed``).
-
-    A level resampled with few units gives a coarse, optimistic interval; see
-    :func:`interval_name`.
+    its statistic is ``mean_{i,j,k} x[p_i, f_ij, r_ijk]`` (numpy generator seeded by ``seed``).
     """
     x = _as_design(values)
     p, f, r = x.shape
@@ -74,9 +68,27 @@ def nested_bootstrap(
         ri = rng.integers(0, r, size=(b, p, f, r))
         drawn = x[pi[:, :, None, None], fi[:, :, :, None], ri]
         means[start : start + b] = drawn.mean(axis=(1, 2, 3))
+    return means
+
+
+def percentile_bounds(draws: np.ndarray, level: float) -> tuple[float, float]:
+    """The ``(1 -/+ level) / 2`` quantiles of bootstrap draws."""
     alpha = (1.0 - level) / 2.0
-    low, high = np.quantile(means, [alpha, 1.0 - alpha])
-    return NestedInterval(float(x.mean()), float(low), float(high), level, (p, f, r))
+    low, high = np.quantile(draws, [alpha, 1.0 - alpha])
+    return float(low), float(high)
+
+
+def nested_bootstrap(
+    values: np.ndarray, n_resamples: int, level: float, seed: int, chunk: int = 256
+) -> NestedInterval:
+    """Percentile interval of the grand mean of ``x[P, F, R]`` by a three-level bootstrap.
+
+    The interval is the ``(1 -/+ level) / 2`` quantiles of :func:`nested_draws`. A level
+    resampled with few units gives a coarse, optimistic interval; see :func:`interval_name`.
+    """
+    x = _as_design(values)
+    low, high = percentile_bounds(nested_draws(x, n_resamples, seed, chunk), level)
+    return NestedInterval(float(x.mean()), low, high, level, tuple(x.shape))  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
