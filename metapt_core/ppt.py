@@ -152,10 +152,14 @@ def ppt_pretrain(
         clip_grad_norm=meta.clip_grad_norm,
     )
     ckpt = checkpoint_dir(out)
+    matched = cfg.ppt  # PPTSpec.of filled every unset setting with MetaPT's
+    if matched.lr is None:
+        raise ValueError("PPTSpec.ppt.lr is unset: build the spec with PPTSpec.of(config)")
+    lr = float(matched.lr)
     with frozen_backbone(model):
         prompt, history = train_prompt(
             initial,
-            lambda params: make_optimizer(cfg.ppt.optimizer or "adam", params, float(cfg.ppt.lr)),
+            lambda params: make_optimizer(matched.optimizer or "adam", params, lr),
             step_fn,
             val_fn,
             settings,

@@ -197,10 +197,15 @@ def meta_pretrain(
 
 
 def ppt_pretrain(
-    shards_ref: ArtifactRef, cfg: Any, backbone: Any, out_dir: Path, progress: Progress = None
+    shards_ref: ArtifactRef,
+    cfg: Any,
+    backbone: Any,
+    out_dir: Path,
+    progress: Progress = None,
+    balanced: bool = False,
 ) -> FakeResult:
-    _called("ppt", progress)
-    _prompt(out_dir, "ppt", shards_ref, cfg, cfg.ppt)
+    _called("ppt-balanced" if balanced else "ppt", progress)
+    _prompt(out_dir, "ppt-balanced" if balanced else "ppt", shards_ref, cfg, cfg.ppt)
     return FakeResult(seal(out_dir), {"train_loss": [0.9, 0.7, 0.6]})
 
 
@@ -242,6 +247,8 @@ def build_report(
     zero_shot: dict[str, float],
     cfg: Any,
     out_dir: Path,
+    untuned: Any = (),
+    warnings: Any = None,
     progress: Progress = None,
 ) -> FakeResult:
     _called("report", progress)

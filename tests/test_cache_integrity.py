@@ -177,9 +177,9 @@ def test_tampered_real_outputs_are_recomputed_never_used(
     for stage in ("ppt", "evaluate-cells", "report", "ingest-pool", "ingest-tasks"):
         assert after[stage] == before[stage], stage
     assert "embed: computing" in result.output
-    assert "meta-pretrain-maml: computing" in result.output
-    assert "ppt: served from cache" in result.output
-    assert "evaluate-mr-k2-s0: served from cache" in result.output
+    assert "meta-pretrain-maml-p0: computing" in result.output
+    assert "ppt-p0: served from cache" in result.output
+    assert "evaluate-mr-k2-s0-p0: served from cache" in result.output
     assert results_table(work) == table
 
 
@@ -294,8 +294,9 @@ CODE = [
     ("metapt_core.embedding", ["embed", "cluster"]),
     ("metapt_core.clustering.kmeans", ["cluster"]),
     ("metapt_core.ppt", ["ppt"]),
-    # PPT runs the meta package's training loop, episode sampler and checkpoints.
+    # PPT runs the shared training loop, the meta package's episode sampler and checkpoints.
     ("metapt_core.meta.episodes", ["ppt", "meta-pretrain-maml"]),
+    ("metapt_core.pretraining.loop", ["ppt", "meta-pretrain-maml"]),
     ("metapt_core.scoring.packing", ["ppt", "meta-pretrain-maml", *EVALS]),
     ("metapt_core.backbone", ["ppt", "meta-pretrain-maml", *EVALS]),
     ("metapt_core.fewshot.tuning", EVALS),

@@ -66,10 +66,10 @@ def test_two_runs_on_one_store(tmp_path: Path, assets_dir: Path) -> None:
             "ingest-tasks",
             "embed",
             "cluster",
-            "ppt",
-            "meta-pretrain-maml",
-            "evaluate-mr-k2-s0",
-            "evaluate-mr-k2-s1",
+            "ppt-p0",
+            "meta-pretrain-maml-p0",
+            "evaluate-mr-k2-s0-p0",
+            "evaluate-mr-k2-s1-p0",
             "report",
         ]
     ), "each stage output must be computed by exactly one of the runs"

@@ -16,12 +16,19 @@ from metapt_core.config import (
     InitMethod,
     PipelineConfig,
     PromptConfig,
+    Protocol,
     ScoringConfig,
     SourceConfig,
     TaskSpec,
 )
 from metapt_core.errors import ConfigError
-from metapt_core.fewshot.cells import encode_rows, run_cell_group, run_cells, zero_shot
+from metapt_core.fewshot.cells import (
+    encode_rows,
+    initial_prompt,
+    run_cell_group,
+    run_cells,
+    zero_shot,
+)
 from metapt_core.fewshot.grid import Cell, build_grid
 from metapt_core.fewshot.tuning import tune_prompts
 from metapt_core.lm import PromptModel, TaskFormat
@@ -149,3 +156,57 @@ def test_zero_shot_scores_without_a_prompt(model: PromptModel, tasks_dir: Path):
     out = zero_shot(model, spec, tasks_dir, batch_size=4)
     assert out["n"] == 10 and 0.0 <= out["accuracy"] <= 1.0
     assert out == zero_shot(model, spec, tasks_dir, batch_size=7)
+
+
+def test_label_word_and_untrained_inits_come_from_the_pretraining_seed(model: PromptModel):
+    cfg = config()
+    fmt = TaskFormat.of("{text} It was {answer}.", ["bad", "good"])
+    cell = Cell("toy", InitMethod.LABEL_WORDS, 4, 0, pretrain_seed=7)
+    got = initial_prompt(model, cell, {}, cfg)
+    emb = model.embedding_matrix.detach().float()
+    for c, ids in enumerate(model.label_tokens(fmt)):
+        assert torch.allclose(got[c], emb[list(ids)].mean(dim=0))
+    # the filler, like every untrained prompt, is drawn from the pre-training seed
+    assert torch.equal(
+        got, initial_prompt(model, Cell("toy", InitMethod.LABEL_WORDS, 4, 1, 7), {}, cfg)
+    )
+    assert not torch.equal(
+        got, initial_prompt(model, Cell("toy", InitMethod.LABEL_WORDS, 4, 0, 8), {}, cfg)
+    )
+    vocab = initial_prompt(model, Cell("toy", InitMethod.SAMPLE_VOCAB, 4, 0, 7), {}, cfg)
+    from metapt_core.prompt import init_prompt
+
+    start = init_prompt(model, cfg.prompt, torch.Generator().manual_seed(7))
+    assert torch.equal(vocab, start)  # where PPT and MetaPT of seed 7 start
+    text = initial_prompt(model, Cell("toy", InitMethod.TEXT, 4, 0, 7), {}, cfg)
+    assert text.shape == (3, model.embed_dim)
+
+
+def test_inner_protocol_and_untuned_scores(model: PromptModel, tasks_dir: Path):
+    cfg = config()
+    inits = [InitMethod.RANDOM, InitMethod.PPT]
+    cells = [Cell("toy", i, 4, 0, 0, p) for p in (Protocol.FEWSHOT, Protocol.INNER) for i in inits]
+    untuned: list[dict] = []
+    results = run_cell_group(model, cells, tasks_dir, pretrained(model), cfg, 0.5, untuned)
+    assert [r.protocol for r in results] == ["fewshot", "fewshot", "inner", "inner"]
+    assert all(len(r.test_correct) == r.n_test == 10 for r in results)
+    assert all(r.test_accuracy == pytest.approx(r.test_correct.count("1") / 10) for r in results)
+    # the inner rule is one full-batch SGD step at alpha: the same as tuning that way by hand
+    fmt = TaskFormat.of("{text} It was {answer}.", ["bad", "good"])
+    from metapt_core.fewshot.sampling import sample_split
+    from metapt_core.fewshot.tuning import evaluate
+
+    split = sample_split(
+        pd.read_parquet(tasks_dir / "toy" / "train.parquet"), ["negative", "positive"], 4, 0
+    )
+    start = pretrained(model)[InitMethod.PPT]
+    theta = start.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(
+        model.loss(theta, encode_rows(model, split.train_rows, fmt)), theta
+    )
+    test = encode_rows(model, pd.read_parquet(tasks_dir / "toy" / "test.parquet"), fmt)
+    by_hand = evaluate(model, (start - 0.5 * grad).detach(), test, 8)
+    assert results[3].test_accuracy == pytest.approx(by_hand["accuracy"])
+    # untuned: once per (init, pre-training seed), the initial prompt's own test score
+    assert [(u["init"], u["pretrain_seed"]) for u in untuned] == [("random", 0), ("ppt", 0)]
+    assert untuned[1]["accuracy"] == pytest.approx(evaluate(model, start, test, 8)["accuracy"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pandas as pd
 import pytest
 
@@ -10,6 +12,7 @@ from metapt_core.config import (
     GridConfig,
     InitMethod,
     PipelineConfig,
+    Protocol,
     SourceConfig,
     TaskSpec,
 )
@@ -82,9 +85,12 @@ def test_too_few_rows_names_the_setting():
 
 
 def test_cell_seeds_and_ids():
-    cell = Cell("mr", InitMethod.METAPT_MAML, 16, 2)
-    assert (cell.split_seed, cell.train_seed, cell.init_seed) == (2, 10_002, 20_002)
-    assert cell.cell_id == "mr__metapt_maml__k16__s2"
+    cell = Cell("mr", InitMethod.METAPT_MAML, 16, 2, pretrain_seed=3)
+    # untrained prompts come from the pre-training seed, like PPT's and MetaPT's start
+    assert (cell.split_seed, cell.train_seed, cell.init_seed) == (2, 10_002, 3)
+    assert cell.cell_id == "mr__metapt_maml__k16__s2__p3"
+    inner = Cell("mr", InitMethod.RANDOM, 16, 2, 3, Protocol.INNER)
+    assert inner.cell_id == "mr__random__k16__s2__p3__inner"
     assert Cell("mr", InitMethod.RANDOM, 16, 2).split_key == cell.split_key
 
 
@@ -92,6 +98,16 @@ def test_grid_covers_every_cell_once():
     cfg = config()
     cells = build_grid(cfg)
     assert len(cells) == 2 * 2 * 3 * len(InitMethod)
+    assert len({c.cell_id for c in cells}) == len(cells)
+    two = dataclasses.replace(
+        cfg,
+        grid=dataclasses.replace(
+            cfg.grid, pretrain_seeds=[0, 5], protocols=[Protocol.FEWSHOT, Protocol.INNER]
+        ),
+    )
+    cells = build_grid(two)
+    assert len(cells) == 2 * 2 * 3 * 2 * 2 * len(InitMethod)
+    assert {c.pretrain_seed for c in cells} == {0, 5}
     assert len({c.cell_id for c in cells}) == len(cells)
 
 

@@ -150,6 +150,6 @@ def test_a_stage_flow_alone_runs_what_it_needs_first(harness, fakes: Path, tmp_p
 
     work = f"work_dir={tmp_path / 'work'}"
     refs = evaluate_flow(profile="smoke", overrides=[work])
-    assert len(calls(fakes)) == 9 and "report" in refs and "prompt:ppt" in refs
+    assert len(calls(fakes)) == 9 and "report" in refs and "prompt:ppt@0" in refs
     shards = cluster_flow(profile="smoke", overrides=[work])
     assert calls(fakes) == [] and shards["shards"] == refs["shards"]  # served from the store

@@ -46,7 +46,7 @@ def test_kill_during_meta_pretraining_resumes_from_checkpoint(
         assets_dir,
         env,
         tmp_path / "killed.log",
-        kill_when=lambda line: "meta-pretrain-maml: 2/3" in line,
+        kill_when=lambda line: "meta-pretrain-maml-p0: 2/3" in line,
     )
     assert killed.killed, killed.output[-4000:]
     print(f"killed after {killed.seconds:.1f} s")
@@ -60,9 +60,9 @@ def test_kill_during_meta_pretraining_resumes_from_checkpoint(
     out = resumed.output
     for name in ("ingest-pool", "ingest-tasks", "embed", "cluster", "ppt"):
         assert f"{name}: served from cache" in out, name
-    assert "meta-pretrain-maml: computing" in out and "resuming from out.ckpt" in out
+    assert "meta-pretrain-maml-p0: computing" in out and "resuming from out.ckpt" in out
     assert "metapt-maml: resuming from step 2 of 3" in out
-    assert "meta-pretrain-maml: 3/3" in out and "meta-pretrain-maml: 1/3" not in out
+    assert "meta-pretrain-maml-p0: 3/3" in out and "meta-pretrain-maml-p0: 1/3" not in out
     assert prompt_files(work) == prompt_files(reference)  # bit-identical on CPU
     assert results_table(work) == results_table(reference)
     assert leftovers(work) == []
@@ -80,19 +80,19 @@ def test_kill_during_grid_serves_finished_groups(
         assets_dir,
         env,
         tmp_path / "killed.log",
-        kill_when=lambda line: "evaluate-mr-k2-s1: computing" in line,
+        kill_when=lambda line: "evaluate-mr-k2-s1-p0: computing" in line,
     )
     assert killed.killed, killed.output[-4000:]
-    assert "evaluate-mr-k2-s0: done" in killed.output
+    assert "evaluate-mr-k2-s0-p0: done" in killed.output
     assert len(records(work)["evaluate-cells"]) == 1 and "report" not in records(work)
 
     resumed = run(work, assets_dir, env, tmp_path / "resumed.log")
     assert resumed.returncode == 0, resumed.output[-4000:]
     out = resumed.output
-    assert "evaluate-mr-k2-s0: served from cache" in out
-    assert "evaluate-mr-k2-s1: computing" in out and "report: computing" in out
+    assert "evaluate-mr-k2-s0-p0: served from cache" in out
+    assert "evaluate-mr-k2-s1-p0: computing" in out and "report: computing" in out
     for name in UPSTREAM[:-1]:
         assert f"{name}: served from cache" in out, name
-    assert "meta-pretrain-maml: served from cache" in out
+    assert "meta-pretrain-maml-p0: served from cache" in out
     assert results_table(work) == results_table(reference)
     assert leftovers(work) == []

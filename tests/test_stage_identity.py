@@ -36,7 +36,7 @@ def _stages() -> dict[str, tuple[list[str], str]]:
         plan.cluster(cfg, ref, ref),
         plan.ppt(cfg, ref, ref),
         plan.meta_pretrain(cfg, MetaAlgorithm.MAML, ref, ref),
-        plan.eval_group(cfg, cfg.tasks[0].name, 2, 0, ref, ref, {}),
+        plan.eval_group(cfg, cfg.tasks[0].name, 2, 0, 0, ref, ref, {}),
         plan.report(cfg, [ref], []),
     ]
     return {p.stage: (list(p.entries), p.wrapper) for p in plans}

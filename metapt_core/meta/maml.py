@@ -179,7 +179,7 @@ def maml_vjp_gradient(
     loss_fn: LossFn,
     inner_lr: float,
     inner_steps: int,
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Exact second-order MAML gradient, the query gradient first, then back through the steps.
 
     With ``theta_(j+1) = theta_j - alpha g_j``, ``g_j = grad L_S(theta_j)`` and
@@ -299,7 +299,7 @@ def task_meta_gradient(
     inner_lr: float,
     inner_steps: int,
     reptile_step: float = 1.0,
-) -> tuple[Tensor, float, float]:
+) -> tuple[Tensor, float, float, float]:
     """One task's term of the meta-gradient (see the module docstring for the equations).
 
     Args:

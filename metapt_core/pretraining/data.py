@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from metapt_core.config import MetaConfig
 from metapt_core.meta.episodes import (
     EpisodeRows,
     ShardTask,
@@ -111,7 +112,7 @@ class PretrainData:
 
 
 def load_pretrain_data(
-    root: Path, meta: EpisodeSettings, pool: PoolFormat, model: PromptObjective
+    root: Path, meta: EpisodeSettings | MetaConfig, pool: PoolFormat, model: PromptObjective
 ) -> PretrainData:
     """Read the shards, hold out ``meta.val_clusters`` clusters, build the validation episodes.
 

@@ -30,7 +30,7 @@ RESULT_COLUMNS = [
     "cell_id", "task", "init", "shots", "seed", "pretrain_seed", "protocol", "split_seed",
     "train_seed", "split_id",
     "test_accuracy", "test_macro_f1", "n_test", "n_train", "n_dev", "dev_accuracy",
-    "dev_macro_f1", "best_step", "wall_seconds", "group_size",
+    "dev_macro_f1", "best_step", "wall_seconds", "group_size", "test_correct",
 ]  # fmt: skip
 
 
