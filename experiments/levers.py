@@ -1,4 +1,4 @@
-"""Lever study: what each meta-training setting does to MetaPT on the `study` profile.
+"""Lever study: what each meta-training setting does to MetaPT on the lever base configuration.
 
 A lever is one pipeline run (``metapt run``, so every number is an MLflow run and every stage is
 cached) with ``grid.inits`` reduced to the one MetaPT variant and some settings overridden. The
@@ -123,6 +123,9 @@ def save_record(work_dir: Path, record: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+BASE_CONFIG = ROOT / "experiments" / "levers_base.yaml"
+
+
 def run_lever(lever: Lever, profile: str, work_dir: Path, log_dir: Path) -> dict[str, Any]:
     """Run one lever through ``metapt run``; its MLflow run id, wall seconds and log file."""
     command = [
@@ -132,6 +135,8 @@ def run_lever(lever: Lever, profile: str, work_dir: Path, log_dir: Path) -> dict
         "run",
         "--profile",
         profile,
+        "--config",
+        str(BASE_CONFIG),
         "--set",
         f"grid.inits=[{','.join(lever.inits)}]",
     ]
@@ -193,7 +198,7 @@ def lever_table(reference_run: str, record: dict[str, Any], profile: str) -> str
     from metapt_core.report.tables import AVERAGE, comparisons_table
     from tasks.tracking import Tracker
 
-    cfg = resolve_config(profile, "", [])
+    cfg = resolve_config(profile, str(BASE_CONFIG), [])
     tracker = Tracker.open(cfg)
     reference = run_results(tracker, reference_run)
     lines = [
@@ -253,7 +258,7 @@ def lever_table(reference_run: str, record: dict[str, Any], profile: str) -> str
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("command", choices=["run", "adopt", "table", "list"])
-    parser.add_argument("--profile", default="study")
+    parser.add_argument("--profile", default="default", help=f"merged under {BASE_CONFIG.name}")
     parser.add_argument("--work-dir", default=".metapt")
     parser.add_argument("--only", action="append", default=[], help="lever names (repeatable)")
     parser.add_argument("--reference", default="", help="MLflow run id holding the baselines")

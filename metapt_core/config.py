@@ -616,6 +616,16 @@ class PipelineConfig:
         names = [t.name for t in self.tasks]
         if len(set(names)) != len(names):
             raise ConfigError("tasks", names, "task names must be distinct")
+        pretrained = [i for i in self.grid.inits if i.is_pretrained]
+        if (
+            Protocol.INNER in self.grid.protocols
+            and self.meta.inner_lr == "auto"
+            and not pretrained
+        ):
+            raise ConfigError(
+                "grid.protocols", "inner",
+                "needs a PPT or MetaPT init in grid.inits when meta.inner_lr=auto (alpha is theirs)",
+            )  # fmt: skip
 
     @property
     def work_path(self) -> Path:

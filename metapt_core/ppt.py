@@ -30,11 +30,17 @@ from metapt_core.config import PipelineConfig, to_dict
 from metapt_core.meta import distributed as dist_utils
 from metapt_core.meta.checkpoint import checkpoint_dir
 from metapt_core.meta.episodes import POOL_STREAM, TRAIN_STREAM, rng_for, sample_meta_batch
-from metapt_core.pretraining.adaptation import collapse_warnings, resolve_inner_lr, validation_fn
+from metapt_core.pretraining.adaptation import (
+    calibration_key,
+    collapse_warnings,
+    resolve_inner_lr,
+    validation_fn,
+)
 from metapt_core.pretraining.data import (
     PromptObjective,
     load_pretrain_data,
     pool_format,
+    shards_digest,
     shards_path,
 )
 from metapt_core.pretraining.loop import (
@@ -138,7 +144,13 @@ def ppt_pretrain(
     name = "ppt-balanced" if balanced else "ppt"
     initial = starting_prompt(model, cfg, initial_prompt)
     calibration = resolve_inner_lr(
-        meta.inner_lr, meta.inner_lr_grid, meta.inner_steps, initial, data.unseen, model
+        meta.inner_lr,
+        meta.inner_lr_grid,
+        meta.inner_steps,
+        initial,
+        data.unseen,
+        model,
+        calibration_key(repr(cfg.pool), tensor_hash(initial), shards_digest(root), meta, model),
     )
     val_fn = validation_fn(data.val, data.unseen, model, calibration.alpha, meta.inner_steps)
     settings = LoopSettings(

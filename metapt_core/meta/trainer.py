@@ -29,6 +29,7 @@ from metapt_core.meta.checkpoint import checkpoint_dir
 from metapt_core.meta.episodes import TRAIN_STREAM, rng_for, sample_meta_batch
 from metapt_core.meta.maml import meta_gradient_sum
 from metapt_core.pretraining.adaptation import (
+    calibration_key,
     collapse_warnings,
     embedding_norm,
     prompt_norm_ratio,
@@ -39,6 +40,7 @@ from metapt_core.pretraining.data import (
     PromptObjective,
     grouped_concat,
     load_pretrain_data,
+    shards_digest,
     shards_path,
 )
 from metapt_core.pretraining.loop import (
@@ -108,7 +110,13 @@ def meta_pretrain(
     tasks, encoded = data.tasks, data.encoded
     initial = starting_prompt(model, cfg, initial_prompt)
     calibration = resolve_inner_lr(
-        meta.inner_lr, meta.inner_lr_grid, meta.inner_steps, initial, data.unseen, model
+        meta.inner_lr,
+        meta.inner_lr_grid,
+        meta.inner_steps,
+        initial,
+        data.unseen,
+        model,
+        calibration_key(repr(cfg.pool), tensor_hash(initial), shards_digest(root), meta, model),
     )
     alpha = calibration.alpha
     reference_norm = embedding_norm(model)

@@ -154,6 +154,9 @@ def calibrate_inner_lr(
     return Calibration(best["alpha"], sweep, len(episodes), seconds)
 
 
+_CALIBRATIONS: dict[str, Calibration] = {}  # in-process memo: PPT and MetaPT of one seed share it
+
+
 def resolve_inner_lr(
     inner_lr: float | str,
     grid: Sequence[float],
@@ -161,11 +164,40 @@ def resolve_inner_lr(
     prompt: Tensor,
     unseen: Sequence[Episode[Any]],
     model: PromptObjective,
+    key: str = "",
 ) -> Calibration:
-    """``inner_lr`` as given, or (``"auto"``) calibrated on the unseen clusters' episodes."""
-    if inner_lr == "auto":
-        return calibrate_inner_lr(prompt, unseen, model, grid, inner_steps)
-    return Calibration(float(inner_lr))
+    """``inner_lr`` as given, or (``"auto"``) calibrated on the unseen clusters' episodes.
+
+    ``key`` identifies the calibration's inputs (initial prompt, shards, episode settings,
+    model): the PPT controls and MetaPT of one pre-training seed calibrate on the same prompt
+    and episodes, so within one process the sweep runs once and is reused (the same numbers).
+    """
+    if inner_lr != "auto":
+        return Calibration(float(inner_lr))
+    if key and key in _CALIBRATIONS:
+        found = _CALIBRATIONS[key]
+        log.info("inner_lr auto: alpha %g (the sweep of this seed, already run)", found.alpha)
+        return found
+    found = calibrate_inner_lr(prompt, unseen, model, grid, inner_steps)
+    if key:
+        _CALIBRATIONS[key] = found
+    return found
+
+
+def calibration_key(pool: str, initial_hash: str, shards_hash: str, meta: Any, model: Any) -> str:
+    """The identity of a calibration's inputs (see :func:`resolve_inner_lr`)."""
+    from metapt_core.store import stable_hash
+
+    fields = ("inner_lr_grid", "inner_steps", "support_size", "query_size", "val_clusters",
+              "val_episodes", "val_fraction", "seed")  # fmt: skip
+    return stable_hash(
+        {
+            "initial": initial_hash,
+            "shards": shards_hash,
+            "meta": {f: getattr(meta, f) for f in fields},
+            "model": f"{pool}:{getattr(model, 'name', type(model).__name__)}:{id(model)}",
+        }
+    )
 
 
 def collapse_warnings(history: Sequence[dict[str, Any]], n_classes: int) -> list[str]:

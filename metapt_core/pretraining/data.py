@@ -54,6 +54,14 @@ def shards_path(shards: str | Path | ArtifactRef) -> Path:
     return Path(shards)
 
 
+def shards_digest(root: Path) -> str:
+    """sha256 of the shards' manifest ("" when there is none)."""
+    from metapt_core.store import sha256_file
+
+    manifest = root / "manifest.json"
+    return sha256_file(manifest) if manifest.is_file() else ""
+
+
 def pool_format(model: PromptObjective, pool: PoolFormat) -> Any:
     """The pool's template and label words in the model's own format object."""
     return model.task_format(pool.template, pool.verbalizer, "pool")
