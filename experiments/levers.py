@@ -202,7 +202,7 @@ def lever_table(reference_run: str, record: dict[str, Any], profile: str) -> str
     tracker = Tracker.open(cfg)
     reference = run_results(tracker, reference_run)
     lines = [
-        "| lever | what changed | avg acc (std) | vs random [95% CI] | W/L | vs PPT [95% CI] | "
+        "| lever | what changed | avg acc (std) | vs random [range] | W/L | vs PPT [range] | "
         "W/L | meta val loss first -> last | meta s | MLflow run |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]

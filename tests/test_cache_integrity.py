@@ -258,8 +258,16 @@ PARAMETERS = [
     ("embed", "embed.batch_size=32", ALL_CALLS[2:]),
     ("cluster", "cluster.n_clusters=2", ALL_CALLS[3:]),
     ("ppt", "ppt.lr=0.01", ["ppt", *GRID_CALLS]),
-    # MetaPT's outer optimiser is not PPT's: PPT is kept
-    ("meta-pretrain", "meta.outer_lr=0.05", ["meta-pretrain-maml", *GRID_CALLS]),
+    # a setting of MetaPT's alone (how its meta-batch is batched): PPT is kept
+    ("meta-pretrain", "meta.group_tasks=false", ["meta-pretrain-maml", *GRID_CALLS]),
+    # PPT's optimiser is matched to MetaPT's outer one unless ppt.* is set, so it follows it...
+    ("meta-outer-lr", "meta.outer_lr=0.05", PRETRAIN_CALLS),
+    # ...and an explicit ppt.lr keeps PPT stored when MetaPT's outer lr changes
+    (
+        "meta-outer-lr-ppt-set",
+        ["ppt.lr=0.03", "meta.outer_lr=0.05"],
+        ["meta-pretrain-maml", *GRID_CALLS],
+    ),
     # PPT's budget is matched to MetaPT's, so it follows it
     ("meta-budget", "meta.meta_steps=4", PRETRAIN_CALLS),
     ("evaluate", "fewshot.steps=3", GRID_CALLS),
@@ -273,14 +281,19 @@ PARAMETERS = [
     ("stage", "setting", "expected"), PARAMETERS, ids=[p[0] for p in PARAMETERS]
 )
 def test_parameter_change_recomputes_stage_and_dependents(
-    baseline: Path, standins: Path, tmp_path: Path, stage: str, setting: str, expected: list[str]
+    baseline: Path,
+    standins: Path,
+    tmp_path: Path,
+    stage: str,
+    setting: str | list[str],
+    expected: list[str],
 ) -> None:
-    if setting.startswith("tasks:"):
+    if isinstance(setting, str) and setting.startswith("tasks:"):
         config = tmp_path / "tasks.yaml"
         config.write_text(setting)
         rerun(baseline, tmp_path, config_file=str(config))
     else:
-        rerun(baseline, tmp_path, overrides=[setting])
+        rerun(baseline, tmp_path, overrides=[setting] if isinstance(setting, str) else setting)
     assert calls(standins) == expected
 
 

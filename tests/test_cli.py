@@ -58,13 +58,28 @@ def test_every_bundled_profile_resolves(capsys: pytest.CaptureFixture[str]) -> N
         assert f"profile: {name}" in capsys.readouterr().out
 
 
-def test_study_profile_keeps_the_lever_study_base() -> None:
-    """The lever table in the README pairs runs with this profile's reference run: its settings
-    must stay those of that run."""
+def test_lever_base_keeps_the_reference_runs_settings() -> None:
+    """The lever table in the README pairs runs with the reference run of the lever base
+    (experiments/levers_base.yaml over the default profile): its settings must stay that run's."""
+    from metapt_core.config import load_config
+
+    base = Path(__file__).resolve().parents[1] / "experiments" / "levers_base.yaml"
+    cfg = load_config("default", config_file=base)
+    assert cfg.pool.max_rows == 8000 and cfg.cluster.n_clusters == 8
+    m = cfg.meta
+    assert (m.meta_steps, m.inner_lr, m.outer_lr, m.val_clusters, m.clip_grad_norm) == (
+        30, 0.3, 0.03, 0, 0.0
+    )  # fmt: skip
+    assert cfg.ppt.lr == 0.03 and not cfg.backbone.autocast_bf16 and cfg.pretrain_seeds == [0]
+    assert [t.max_test for t in cfg.tasks] == [150, 150, 150]
+    assert [i.value for i in cfg.grid.inits] == ["random", "sample_vocab", "ppt", "metapt_maml"]
+
+
+def test_study_profile_has_the_design_the_evidence_issue_asks_for() -> None:
     from metapt_core.config import load_config
 
     cfg = load_config("study")
-    assert cfg.pool.max_rows == 8000 and cfg.cluster.n_clusters == 8
-    assert (cfg.meta.meta_steps, cfg.meta.inner_lr, cfg.meta.outer_lr) == (30, 0.3, 0.03)
-    assert [t.max_test for t in cfg.tasks] == [150, 150, 150]
-    assert [i.value for i in cfg.grid.inits] == ["random", "sample_vocab", "ppt", "metapt_maml"]
+    assert len(cfg.pretrain_seeds) >= 3 and len(cfg.fewshot.seeds) >= 5 and len(cfg.tasks) >= 3
+    assert cfg.meta.inner_lr == "auto" and cfg.meta.val_clusters >= 1 and cfg.fewshot.dev_per_class
+    inits = {i.value for i in cfg.grid.inits}
+    assert {"label_words", "ppt_balanced", "ppt", "metapt_maml", "random"} <= inits

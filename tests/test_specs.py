@@ -61,3 +61,28 @@ def test_cluster_and_report_specs() -> None:
     assert report.grid.inits == cfg.grid.inits and report.backbone_name == cfg.backbone.name_or_path
     workers = load_config("default", overrides=["grid.max_workers=2"])
     assert to_dict(ReportSpec.of(workers)) == to_dict(report)
+
+
+def test_pretraining_seeds_are_a_grid_dimension_that_keeps_stored_groups() -> None:
+    from tasks import plan
+
+    cfg = load_config("default")
+    assert cfg.pretrain_seeds == [0, 1]
+    task = cfg.tasks[0].name
+    more = load_config("default", overrides=["grid.pretrain_seeds=[0, 1, 2]"])
+    # a new pre-training seed adds groups and pre-training runs, and leaves the others' keys
+    assert len(plan.groups(more)) == len(plan.groups(cfg)) // 2 * 3
+    assert to_dict(EvalSpec.of(more, task, 16, 0, 1)) == to_dict(EvalSpec.of(cfg, task, 16, 0, 1))
+    assert to_dict(EvalSpec.of(cfg, task, 16, 0, 0)) != to_dict(EvalSpec.of(cfg, task, 16, 0, 1))
+    runs = plan.pretrain_runs(more)
+    assert [(i.value, s) for i, s in runs if s == 2] == [("ppt", 2), ("metapt_maml", 2)]
+    # PPT and MetaPT of one seed read that seed (their initial prompt and episodes)
+    ref = plan.ArtifactRef(path="x", sha256="0" * 64)
+    ppt1 = plan.pretrain(cfg, runs[0][0], 1, ref, ref)
+    assert (
+        ppt1.spec.meta.seed == 1 and plan.pretrain(cfg, runs[1][0], 1, ref, ref).spec.meta.seed == 1
+    )
+    # zero-shot is scored once per task, untuned prompts once per (task, pre-training seed)
+    flags = [(EvalSpec.of(cfg, task, 16, s, p).zero_shot, EvalSpec.of(cfg, task, 16, s, p).untuned)
+             for s in cfg.fewshot.seeds for p in cfg.pretrain_seeds]  # fmt: skip
+    assert flags == [(True, True), (False, True)] + [(False, False)] * 4
