@@ -1,6 +1,6 @@
 # metapt: the README names every target here.
 #   make run    set up .venv, prepare the embedded assets, run the default profile end to end
-#   make test   set up .venv with dev tools, run the test suite
+#   make test   set up .venv with dev tools (and chromium where it can), run the test suite
 #   make lint   ruff + mypy
 #   make serve  Prefect + MLflow servers on 127.0.0.1 and the deployments (make stop, make ui)
 #   make bench  every benchmark at full size (make bench-quick: small sizes, < 10 min on 2 cores)
@@ -23,7 +23,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # OpenMP threads that spin while waiting stall badly when anything else shares the 2 cores.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install dev run test lint assets clean-cache serve stop ui bench bench-quick
+.PHONY: install dev run test lint assets clean-cache serve stop ui bench bench-quick chromium
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -49,8 +49,16 @@ assets: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/metapt run --profile $(PROFILE)
 
-test: $(DEVSTAMP)
+test: $(DEVSTAMP) chromium
 	$(PY) -m pytest -q -ra
+
+# The browser test needs Debian's chromium: installed where this runs as root with apt-get,
+# otherwise the test says why it skips.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	  && { apt-get install -y -qq chromium >/dev/null 2>&1 \
+	       || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1; }; }; } \
+	  || echo "chromium not installed (needs root and apt-get): the browser test will skip"
 
 lint: $(DEVSTAMP)
 	$(VENV)/bin/ruff check .

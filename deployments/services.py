@@ -31,6 +31,8 @@ import deployments  # noqa: F401  (environment defaults)
 from flows.env import WORK_DIR_ENV
 
 HOST = "127.0.0.1"
+# MLflow 3.17's UI opens in its GenAI view unless the URL asks for the runs table.
+TRAINING_VIEW_PATH = "#/experiments?workflowType=machine_learning"
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
@@ -208,7 +210,7 @@ def start(
     except BaseException:
         stop(work_dir)
         raise
-    print(f"Prefect UI  {state['prefect_url']}\nMLflow UI   {mlflow_url}")
+    print(f"Prefect UI  {state['prefect_url']}\nMLflow UI   {mlflow_url}/{TRAINING_VIEW_PATH}")
     print("run:  prefect deployment run metapt/full-pipeline -p profile=smoke --watch")
     return state
 
@@ -271,10 +273,12 @@ def ui(work_dir: Path, open_browser: bool = False) -> None:
         )
         return
     state = json.loads(path.read_text())
-    print(f"Prefect UI  {state['prefect_url']}\nMLflow UI   {state['mlflow_url']}")
+    print(
+        f"Prefect UI  {state['prefect_url']}\nMLflow UI   {state['mlflow_url']}/{TRAINING_VIEW_PATH}"
+    )
     if open_browser:
         webbrowser.open(state["prefect_url"])
-        webbrowser.open(state["mlflow_url"])
+        webbrowser.open(f"{state['mlflow_url']}/{TRAINING_VIEW_PATH}")
 
 
 def main(argv: list[str] | None = None) -> int:

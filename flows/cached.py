@@ -30,11 +30,18 @@ class CachedRun:
     def report(self) -> StageOutcome:
         return self.stages["report"]
 
-    def report_markdown(self) -> str:
+    def report_dir(self) -> Path | None:
+        """The folder holding the stored ``report.md`` (and its tables and plots), if any."""
         root = Path(self.report.ref.path)
         root = root if root.is_dir() else root.parent
         found = sorted(root.rglob("report.md"))
-        return found[0].read_text("utf-8") if found else f"(report at {root})"
+        return found[0].parent if found else None
+
+    def report_markdown(self) -> str:
+        folder = self.report_dir()
+        if folder is None:
+            return f"(report at {self.report.ref.path})"
+        return (folder / "report.md").read_text("utf-8")
 
 
 def find_cached_run(cfg: PipelineConfig) -> CachedRun | None:
@@ -97,6 +104,7 @@ def record_cached_run(
     """
     import socket
 
+    from tasks.publish import log_dataset_inputs, publish
     from tasks.tracking import (
         CACHED_TAG,
         HOST_TAG,
@@ -136,7 +144,16 @@ def record_cached_run(
     try:
         tracker.log_config(run_id, cfg)
         tracker.log_stats(run_id, {k: v for k, v in run.report.stats.items() if k != "cells"})
-        tracker.client.log_text(run_id, run.report_markdown(), "results/report.md")
+        stages = {"pool": "ingest-pool", "tasks": "ingest-tasks", "shards": "cluster"}
+        log_dataset_inputs(
+            tracker, run_id, {k: run.stages[v].ref.to_dict() for k, v in stages.items()}
+        )
+        report_dir = run.report_dir()
+        if report_dir is None:
+            tracker.client.log_text(run_id, run.report_markdown(), "results/report.md")
+        else:
+            tracker.log_artifacts(run_id, report_dir, "results")
+            publish(tracker, run_id, report_dir)
     except BaseException:
         tracker.end(run_id, ok=False)
         raise

@@ -20,7 +20,7 @@ from metapt_core.store import ArtifactRef, atomic_write_json, seal
 from tasks import plan
 from tasks.cache import StageOutcome
 from tasks.common import TASK_OPTIONS, as_state, get_backbone, no_cache
-from tasks.progress import StageProgress
+from tasks.progress import StageProgress, run_logger
 from tasks.stage import RunContext, StageSpec, execute_stage, plain, result_stats
 from tasks.tracking import CACHED_TAG, KIND_TAG, SOURCE_RUN_TAG, STAGE_TAG
 
@@ -174,24 +174,25 @@ def report_files(outcome: StageOutcome) -> tuple[Path, Path]:
 
 
 def publish_report(ctx: RunContext, outcome: StageOutcome) -> None:
-    """The results on the pipeline run (MLflow artifacts) and in the Prefect UI (table, markdown)."""
-    csv_file, md_file = report_files(outcome)
+    """The result where people look: the report folder and the answer on the pipeline run
+    (metrics, verdict as description, self-contained HTML), and the Prefect artifacts (summary
+    table, report with inlined images, link to the MLflow run when a server holds it)."""
+    from tasks.publish import mlflow_run_url, prefect_artifacts, publish
+
+    csv_file, _ = report_files(outcome)
     root = csv_file.parent
-    if ctx.tracker.parent_run_id and root.is_dir():
-        ctx.tracker.log_artifacts(ctx.tracker.parent_run_id, root, "results")
+    parent = ctx.tracker.parent_run_id
+    if parent and root.is_dir():
+        ctx.tracker.log_artifacts(parent, root, "results")
+        try:
+            publish(ctx.tracker, parent, root)
+        except Exception as error:  # the report folder is logged; the summary is a view
+            run_logger().warning("report: the answer not put on the MLflow run: %s", error)
     try:
-        from prefect.artifacts import create_markdown_artifact, create_table_artifact
-
-        if csv_file.is_file():
-            import csv
-
-            with open(csv_file, newline="", encoding="utf-8") as handle:
-                rows = list(csv.DictReader(handle))
-            create_table_artifact(rows, key="metapt-results", description="Few-shot results")
-        if md_file.is_file():
-            create_markdown_artifact(md_file.read_text("utf-8"), key="metapt-report")
-    except Exception:  # the UI is a view; never fail the pipeline for it
-        pass
+        url = mlflow_run_url(ctx.tracker.uri, ctx.tracker.experiment_id, parent) if parent else ""
+        prefect_artifacts(root, url)
+    except Exception as error:  # the UI is a view; never fail the pipeline for it
+        run_logger().warning("report: Prefect artifacts not written: %s", error)
 
 
 def load_cells(outcome: StageOutcome) -> list[dict[str, Any]]:

@@ -31,6 +31,10 @@ SOURCE_RUN_TAG = "metapt.source_run_id"  # the run that computed a cached output
 KEY_TAG = "metapt.cache_key"
 ALIVE_TAG = "metapt.alive_lock"  # a file the pipeline run's process holds locked while it lives
 HOST_TAG = "metapt.host"
+# MLflow 3 opens an experiment in its GenAI view (traces, evaluations) unless this tag says it
+# holds model-training runs; "custom_model_development" is the runs table ("Model training").
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 _MAX_PARAM = 6000
 _clients: dict[str, Any] = {}
@@ -180,10 +184,16 @@ class Tracker:
         client = client_for(uri)
         experiment = client.get_experiment_by_name(cfg.tracking.experiment)
         if experiment is not None:
+            if EXPERIMENT_KIND_TAG not in experiment.tags:  # made before the tag, or by hand
+                client.set_experiment_tag(
+                    experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND
+                )
             return cls(uri=uri, experiment_id=experiment.experiment_id)
         try:
             experiment_id = client.create_experiment(
-                cfg.tracking.experiment, artifact_location=local_artifact_root(cfg, uri)
+                cfg.tracking.experiment,
+                artifact_location=local_artifact_root(cfg, uri),
+                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
             )
         except Exception:  # created meanwhile by a concurrent run
             experiment = client.get_experiment_by_name(cfg.tracking.experiment)

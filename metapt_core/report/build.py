@@ -17,7 +17,7 @@ import pandas as pd
 from metapt_core.config import PipelineConfig
 from metapt_core.report.evidence import accuracy_table, comparison_table, mdd_z
 from metapt_core.report.nested import interval_name
-from metapt_core.report.plots import bar_plot, seed_plot
+from metapt_core.report.plots import bar_plot, forest_plot, seed_plot
 from metapt_core.report.tables import (
     AVERAGE,
     comparisons_table,
@@ -249,6 +249,9 @@ def render_markdown(
                 found = evidence_lines(evidence, protocol, shots, order, level)
                 lines += found or ["No MetaPT initialisation is in this grid."]
                 lines += [""]
+                forest = f"forest_{protocol}_k{shots}.png"
+                if forest in plots:
+                    lines += [f"![paired differences, {protocol}, k={shots}]({forest})", ""]
                 continue
             lines += [f"## Verdict, k={shots} per class{title}", ""]
             if not methods:
@@ -338,7 +341,8 @@ def render_markdown(
         lines += [f"- {f.get('cell_id', '?')}: {f.get('error', 'no result')}" for f in failed]
         lines.append("")
     if plots:
-        lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
+        shown = [p for p in plots if not p.startswith("forest_")]  # the forests: by the verdicts
+        lines += ["## Plots", ""] + [f"![{p}]({p})" for p in shown] + [""]
     return "\n".join(lines)
 
 
@@ -405,6 +409,11 @@ def build_report(
         for shots in sorted(int(s) for s in results["shots"].unique()):
             bars = f"accuracy_bars_k{shots}.png"
             seeds = f"accuracy_seeds_k{shots}.png"
+            if not evidence.empty:
+                for protocol in protocols(results):
+                    forest = f"forest_{protocol}_k{shots}.png"
+                    forest_plot(evidence, protocol, shots, tmp / forest)
+                    plots.append(forest)
             bar_plot(tuned_summary, reference, shots, order, tmp / bars)
             seed_plot(tuned, zero_shot, shots, order, tmp / seeds)
             plots += [bars, seeds]

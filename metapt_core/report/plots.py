@@ -95,3 +95,41 @@ def seed_plot(
     fig.suptitle(f"{metric} per seed, k={shots} (dashed: zero-shot)")
     _save(fig, path)
     return path
+
+
+def forest_plot(evidence: pd.DataFrame, protocol: str, shots: int, path: Path) -> Path:
+    """The verdict at a glance: each MetaPT variant minus each baseline, per task and on
+    average, as a point (the mean paired difference over pre-training seeds, few-shot seeds and
+    test rows) with its nested bounds, a grey band of +-MDD around 0 (differences this design
+    cannot tell from none) and a line at 0. Points whose bounds exclude 0 are filled."""
+    part = evidence[(evidence["protocol"] == protocol) & (evidence["shots"] == shots)]
+    pairs = list(dict.fromkeys(zip(part["method"], part["baseline"], strict=True)))
+    fig, ax = plt.subplots(figsize=(7.5, 1.2 + 0.3 * len(part)))
+    labels: list[str] = []
+    positions: list[float] = []
+    y = 0.0
+    for m, (method, baseline) in enumerate(pairs):
+        color = f"C{m % 10}"
+        rows = part[(part["method"] == method) & (part["baseline"] == baseline)]
+        for row in rows.to_dict("records"):
+            mean, low, high = (100 * float(row[c]) for c in ("mean_diff", "low", "high"))
+            filled = low > 0 or high < 0
+            average = row["task"] == "AVERAGE"
+            ax.errorbar(mean, y, xerr=[[mean - low], [high - mean]], fmt="o", color=color,
+                        mfc=color if filled else "white", capsize=3,
+                        markersize=7 if average else 4)  # fmt: skip
+            labels.append(f"{method} - {baseline}: {row['task']}")
+            positions.append(y)
+            y += 1.0
+        y += 0.5  # a gap between comparisons
+    mdd = 100 * float(part["mdd"].max()) if not part.empty else 0.0
+    ax.axvspan(-mdd, mdd, color="0.9", zorder=0, label=f"+-largest MDD ({mdd:.1f} points)")
+    ax.axvline(0, color="black", linewidth=1)
+    ax.set_yticks(positions, labels, fontsize=7)
+    ax.invert_yaxis()
+    interval = str(part["interval"].iloc[0]) if not part.empty else "bounds"
+    ax.set_xlabel(f"paired difference in test accuracy, points ({interval})")
+    ax.set_title(f"MetaPT minus each baseline, k={shots}, {protocol} (filled: bounds exclude 0)")
+    ax.legend(fontsize=7, loc="best")
+    _save(fig, path)
+    return path

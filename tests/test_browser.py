@@ -1,0 +1,102 @@
+"""The UIs as a user opens them: real servers (`make serve`), the smoke pipeline run through its
+deployment, then the MLflow run page and the Prefect flow run and artifact pages rendered in
+headless Chromium (Debian's `chromium`; `make test` installs it where it can).
+
+Each page is rendered twice: once to a screenshot saved under the test's output (look at them),
+once as the DOM after the single-page app has run, which the assertions read.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import pytest
+from test_e2e_pipeline import pipeline_runs, run_deployment, served  # noqa: F401 (fixture)
+
+from tasks.publish import TRAINING_VIEW
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = [
+    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--window-size=1600,1100", "--virtual-time-budget=20000",
+]  # fmt: skip
+
+
+def render(url: str, out: Path, profile: Path) -> str:
+    """Screenshot ``url`` to ``out`` and return its DOM after the page's scripts have run."""
+    base = [str(CHROMIUM), *FLAGS, f"--user-data-dir={profile}"]
+    subprocess.run([*base, f"--screenshot={out}", url], capture_output=True, timeout=120)
+    dom = subprocess.run([*base, "--dump-dom", url], capture_output=True, text=True, timeout=120)
+    assert out.is_file() and out.stat().st_size > 10_000, f"no screenshot of {url}"
+    return dom.stdout
+
+
+def prefect_artifacts(api_url: str, flow_run_id: str) -> list[dict]:
+    body = json.dumps({"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}}).encode()
+    request = urllib.request.Request(
+        f"{api_url}/artifacts/filter", data=body, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310 (loopback)
+        return list(json.loads(answer.read()))
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium (apt-get install chromium, as root)")
+def test_run_pages_in_a_real_browser(served, tmp_path: Path) -> None:  # noqa: F811
+    from mlflow.tracking import MlflowClient
+
+    env, state, overrides, work = served
+    run_deployment(env, overrides)
+    client = MlflowClient(tracking_uri=state["mlflow_url"])
+    experiment = client.get_experiment_by_name("metapt")
+    assert experiment is not None
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    (parent,) = pipeline_runs(client, experiment.experiment_id)
+    run_id, flow_run_id = parent.info.run_id, parent.data.tags["prefect.flow_run_id"]
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    print(f"screenshots: {shots}")
+
+    # MLflow: the runs table (not the GenAI view) and the pipeline run carrying the answer
+    experiment_url = f"{state['mlflow_url']}/#/experiments/{experiment.experiment_id}"
+    table = render(f"{experiment_url}{TRAINING_VIEW}", shots / "mlflow-runs.png", tmp_path / "c1")
+    assert parent.info.run_name in table and "Run Name" in table and "Evaluation runs" not in table
+    page = render(
+        f"{experiment_url}/runs/{run_id}{TRAINING_VIEW}", shots / "mlflow-run.png", tmp_path / "c2"
+    )
+    assert parent.info.run_name in page
+    metrics = re.search(r"Metrics \((\d+)\)", page)
+    assert metrics and int(metrics.group(1)) >= 10, "the parent run lists its metrics"
+    assert "MetaPT few-shot evaluation" in page, "the verdict is the run's description"
+    assert "pool" in page and "tasks/mr/test" in page, "the datasets are listed as inputs"
+    artifacts = {a.path for a in client.list_artifacts(run_id, "results")}
+    assert {"results/report.html", "results/report.md"} <= artifacts
+    html = Path(client.download_artifacts(run_id, "results/report.html", str(tmp_path / "dl")))
+    report = render(html.as_uri(), shots / "report-html.png", tmp_path / "c3")
+    images = re.findall(r'<img[^>]+src="([^"]{0,40})', report)
+    assert images and all(src.startswith("data:image/png;base64,") for src in images)
+
+    # Prefect: the flow run and its artifacts (summary table, report with inlined images, link)
+    prefect = state["prefect_url"]
+    flow_page = render(
+        f"{prefect}/runs/flow-run/{flow_run_id}?tab=Artifacts", shots / "prefect-flow-run.png",
+        tmp_path / "c4",
+    )  # fmt: skip
+    assert parent.data.tags["prefect.flow_run_id"] and "metapt-summary" in flow_page
+    by_key = {a["key"]: a for a in prefect_artifacts(state["prefect_api_url"], flow_run_id)}
+    assert {"metapt-summary", "metapt-report", "metapt-mlflow-run"} <= set(by_key)
+    assert run_id in by_key["metapt-mlflow-run"]["data"]
+    markdown = render(
+        f"{prefect}/artifacts/artifact/{by_key['metapt-report']['id']}",
+        shots / "prefect-report.png",
+        tmp_path / "c5",
+    )
+    images = re.findall(r'<img[^>]+src="([^"]{0,40})', markdown)
+    assert images and all(src.startswith("data:image/png;base64,") for src in images)
