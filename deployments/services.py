@@ -157,6 +157,8 @@ def start(
             **base,
             "PREFECT_HOME": str(work_dir / "prefect-server"),
             "PREFECT_SERVER_API_HOST": HOST,
+            # the UI's API address: without it the UI calls port 4200 whatever --port says
+            "PREFECT_SERVER_UI_API_URL": api_url,
         }
         processes["prefect-server"] = _spawn(
             "prefect-server",

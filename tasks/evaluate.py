@@ -22,7 +22,7 @@ from tasks.cache import StageOutcome
 from tasks.common import TASK_OPTIONS, as_state, get_backbone, no_cache
 from tasks.progress import StageProgress, run_logger
 from tasks.stage import RunContext, StageSpec, execute_stage, plain, result_stats
-from tasks.tracking import CACHED_TAG, KIND_TAG, SOURCE_RUN_TAG, STAGE_TAG
+from tasks.tracking import CACHED_TAG, FLOW_RUN_TAG, KIND_TAG, SOURCE_RUN_TAG, STAGE_TAG
 
 CELLS_CORE = plan.CELLS_CORE
 REPORT_CORE = plan.REPORT_CORE
@@ -190,7 +190,9 @@ def publish_report(ctx: RunContext, outcome: StageOutcome) -> None:
             run_logger().warning("report: the answer not put on the MLflow run: %s", error)
     try:
         url = mlflow_run_url(ctx.tracker.uri, ctx.tracker.experiment_id, parent) if parent else ""
-        prefect_artifacts(root, url)
+        # the flow run the user started: the one the pipeline's MLflow run belongs to
+        owner = ctx.tracker.client.get_run(parent).data.tags.get(FLOW_RUN_TAG, "") if parent else ""
+        prefect_artifacts(root, url, owner or ctx.flow_run_id)
     except Exception as error:  # the UI is a view; never fail the pipeline for it
         run_logger().warning("report: Prefect artifacts not written: %s", error)
 

@@ -240,33 +240,42 @@ def publish(tracker: Any, run_id: str, report_dir: Path) -> None:
         tracker.client.log_text(run_id, page, f"results/{HTML_NAME}")
 
 
-def prefect_artifacts(report_dir: Path, run_url: str = "") -> None:
+def prefect_artifacts(report_dir: Path, run_url: str = "", flow_run_id: str = "") -> None:
     """The Prefect UI's view of the result: the summary table, the report with its images
     inlined (so they render in the artifact page), a link to the MLflow run when one is served.
-    """
-    from prefect.artifacts import (
-        create_link_artifact,
-        create_markdown_artifact,
-        create_table_artifact,
-    )
 
+    ``flow_run_id`` attaches them to that flow run (the one the user started, of which the
+    report's subflow is a part) rather than to the current one.
+    """
+    from uuid import UUID
+
+    from prefect.artifacts import LinkArtifact, MarkdownArtifact, TableArtifact
+
+    owner = {"flow_run_id": UUID(flow_run_id)} if flow_run_id else {}
     rows = summary_rows(report_dir)
     if rows:
-        create_table_artifact(
-            rows, key="metapt-summary", description="Mean accuracy and macro-F1 (percent)"
-        )
+        TableArtifact(
+            table=rows,
+            key="metapt-summary",
+            description="Mean accuracy and macro-F1 (percent), nested bounds, untuned",
+            **owner,
+        ).create()
     md = report_dir / "report.md"
     if md.is_file():
-        create_markdown_artifact(
-            inline_images(md.read_text("utf-8"), report_dir),
+        MarkdownArtifact(
+            markdown=inline_images(md.read_text("utf-8"), report_dir),
             key="metapt-report",
             description="The report, images inlined",
-        )
+            **owner,
+        ).create()
     if run_url:
-        create_link_artifact(
-            run_url, link_text="MLflow run", key="metapt-mlflow-run",
-            description="The pipeline's MLflow run: metrics, report, artifacts",
-        )  # fmt: skip
+        LinkArtifact(
+            link=run_url,
+            link_text="MLflow run",
+            key="metapt-mlflow-run",
+            description="The pipeline's MLflow run: metrics, report, datasets, artifacts",
+            **owner,
+        ).create()
 
 
 # (ref key, context tag, name prefix): what the run was trained and scored on

@@ -75,7 +75,10 @@ def test_run_pages_in_a_real_browser(served, tmp_path: Path) -> None:  # noqa: F
     metrics = re.search(r"Metrics \((\d+)\)", page)
     assert metrics and int(metrics.group(1)) >= 10, "the parent run lists its metrics"
     assert "MetaPT few-shot evaluation" in page, "the verdict is the run's description"
-    assert "pool" in page and "tasks/mr/test" in page, "the datasets are listed as inputs"
+    # the first dataset input by name and digest, the others behind "+N"
+    assert re.search(r"pool \([0-9a-f]{16}\)", page), "the datasets are listed as inputs"
+    inputs = {d.dataset.name for d in client.get_run(run_id).inputs.dataset_inputs}
+    assert {"pool", "tasks/mr/train", "tasks/mr/test"} <= inputs
     artifacts = {a.path for a in client.list_artifacts(run_id, "results")}
     assert {"results/report.html", "results/report.md"} <= artifacts
     html = Path(client.download_artifacts(run_id, "results/report.html", str(tmp_path / "dl")))
@@ -83,20 +86,26 @@ def test_run_pages_in_a_real_browser(served, tmp_path: Path) -> None:  # noqa: F
     images = re.findall(r'<img[^>]+src="([^"]{0,40})', report)
     assert images and all(src.startswith("data:image/png;base64,") for src in images)
 
-    # Prefect: the flow run and its artifacts (summary table, report with inlined images, link)
+    # Prefect: the flow run (its timeline marks the artifacts) and the artifacts' own pages
     prefect = state["prefect_url"]
-    flow_page = render(
-        f"{prefect}/runs/flow-run/{flow_run_id}?tab=Artifacts", shots / "prefect-flow-run.png",
-        tmp_path / "c4",
-    )  # fmt: skip
-    assert parent.data.tags["prefect.flow_run_id"] and "metapt-summary" in flow_page
     by_key = {a["key"]: a for a in prefect_artifacts(state["prefect_api_url"], flow_run_id)}
     assert {"metapt-summary", "metapt-report", "metapt-mlflow-run"} <= set(by_key)
-    assert run_id in by_key["metapt-mlflow-run"]["data"]
+    assert f"/runs/{run_id}" in by_key["metapt-mlflow-run"]["data"]
+    flow_page = render(
+        f"{prefect}/runs/flow-run/{flow_run_id}", shots / "prefect-flow-run.png", tmp_path / "c4"
+    )
+    assert "Completed" in flow_page and "Artifacts" in flow_page
+    table = render(
+        f"{prefect}/artifacts/artifact/{by_key['metapt-summary']['id']}",
+        shots / "prefect-summary.png",
+        tmp_path / "c5",
+    )
+    assert "metapt_maml" in table and "AVERAGE" in table, "the summary table, not per-cell rows"
     markdown = render(
         f"{prefect}/artifacts/artifact/{by_key['metapt-report']['id']}",
         shots / "prefect-report.png",
-        tmp_path / "c5",
+        tmp_path / "c6",
     )
+    assert "MetaPT few-shot evaluation" in markdown
     images = re.findall(r'<img[^>]+src="([^"]{0,40})', markdown)
     assert images and all(src.startswith("data:image/png;base64,") for src in images)
