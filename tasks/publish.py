@@ -342,3 +342,34 @@ def log_dataset_inputs(tracker: Any, run_id: str, refs: Mapping[str, Any]) -> in
     if run_id and inputs:
         tracker.client.log_inputs(run_id, datasets=inputs)
     return len(inputs)
+
+
+def log_prompt_model(tracker: Any, outcome: Any, name: str) -> str:
+    """Log a freshly computed prompt folder (``outcome`` of a ppt or meta-pretrain stage) as an
+    MLflow logged model of its stage run, so MLflow lists the learned prompts as models; the
+    model's id (``""`` when served from the store: it was logged when computed)."""
+    import json
+
+    from mlflow.entities import LoggedModelOutput
+
+    if outcome.cached or not outcome.run_id:
+        return ""
+    folder = Path(outcome.ref.path)
+    folder = folder if folder.is_dir() else folder.parent
+    meta_file = folder / "prompt.json"
+    meta = json.loads(meta_file.read_text("utf-8")) if meta_file.is_file() else {}
+    params = {k: str(meta[k]) for k in ("made_by", "backbone", "seed", "length", "dim",
+                                         "inner_lr", "steps", "init") if k in meta}  # fmt: skip
+    client = tracker.client
+    model = client.create_logged_model(
+        tracker.experiment_id,
+        name=name,
+        source_run_id=outcome.run_id,
+        params=params,
+        model_type="peft-prompt-tuning",
+        tags={"metapt.cache_key": outcome.key[:16]},
+    )
+    client.log_model_artifacts(model.model_id, str(folder))
+    client.finalize_logged_model(model.model_id, "READY")
+    client.log_outputs(outcome.run_id, [LoggedModelOutput(model.model_id, step=0)])
+    return str(model.model_id)

@@ -240,6 +240,8 @@ def _compute(
             source_run_id=run_id,
             extra={
                 "settings": plain(spec.settings),
+                # what it read, by digest: the provenance an exported prompt's card states
+                "upstream": {name: ref.sha256 for name, ref in sorted(spec.upstream.items())},
                 "code": code,
                 "flow_run_id": ctx.flow_run_id,
             },

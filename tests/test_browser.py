@@ -79,6 +79,9 @@ def test_run_pages_in_a_real_browser(served, tmp_path: Path) -> None:  # noqa: F
     assert re.search(r"pool \([0-9a-f]{16}\)", page), "the datasets are listed as inputs"
     inputs = {d.dataset.name for d in client.get_run(run_id).inputs.dataset_inputs}
     assert {"pool", "tasks/mr/train", "tasks/mr/test"} <= inputs
+    models = client.search_logged_models(experiment_ids=[experiment.experiment_id])
+    assert {m.name for m in models} == {"ppt-p0", "meta-pretrain-maml-p0"}, "prompts as models"
+    assert all(str(m.status) == "READY" and m.source_run_id for m in models)
     artifacts = {a.path for a in client.list_artifacts(run_id, "results")}
     assert {"results/report.html", "results/report.md"} <= artifacts
     html = Path(client.download_artifacts(run_id, "results/report.html", str(tmp_path / "dl")))

@@ -221,13 +221,15 @@ def write_prompt_artifact(
 ) -> ArtifactRef:
     """Write the prompt folder (prompt + ``history.json``, and ``peft/``: the prompt as a peft
     prompt-tuning adapter when ``model`` is a real backbone) in one atomic rename."""
+    from metapt_core.assets import portable_name
     from metapt_core.prompt import export_peft, save_prompt
 
     with atomic_path(out_dir) as tmp:
         save_prompt(tmp, prompt, meta)
         atomic_write_json(tmp / "history.json", history)
         if model is not None and hasattr(model, "kind") and hasattr(model, "model"):
-            base = str(getattr(model.model.config, "_name_or_path", "") or model.name)
+            named = str(meta.get("backbone") or getattr(model, "name", "") or "")
+            base = portable_name(named) or str(getattr(model.model.config, "_name_or_path", ""))
             export_peft(prompt, model, base, tmp / "peft")
     return ArtifactRef.of(out_dir)
 
