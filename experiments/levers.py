@@ -20,11 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,35 +126,52 @@ def save_record(work_dir: Path, record: dict[str, Any]) -> None:
 BASE_CONFIG = ROOT / "experiments" / "levers_base.yaml"
 
 
+def lever_overrides(lever: Lever) -> list[str]:
+    """The ``--set`` settings of a lever's run (its pipeline run's ``metapt.overrides`` tag)."""
+    return [f"grid.inits=[{','.join(lever.inits)}]", *lever.overrides]
+
+
+def find_lever_run(
+    lever: Lever, profile: str, since_ms: int = 0, settings: Sequence[str] = ()
+) -> str:
+    """The newest finished pipeline run of ``lever``, found by an MLflow query on its tags
+    (profile and overrides), started at or after ``since_ms``; ``""`` when there is none.
+    ``settings`` locate the tracking store (e.g. ``work_dir=...``)."""
+    from flows.context import resolve_config
+    from tasks.tracking import KIND_TAG, Tracker
+
+    tracker = Tracker.open(resolve_config(profile, str(BASE_CONFIG), list(settings)))
+    overrides = " ".join(lever_overrides(lever)).replace("'", "\\'")
+    runs = tracker.client.search_runs(
+        [tracker.experiment_id],
+        f"tags.`{KIND_TAG}` = 'pipeline' and tags.`metapt.profile` = '{profile}' "
+        f"and tags.`metapt.overrides` = '{overrides}' and attributes.status = 'FINISHED' "
+        f"and attributes.start_time >= {int(since_ms)}",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return str(runs[0].info.run_id) if runs else ""
+
+
 def run_lever(lever: Lever, profile: str, work_dir: Path, log_dir: Path) -> dict[str, Any]:
     """Run one lever through ``metapt run``; its MLflow run id, wall seconds and log file."""
-    command = [
-        sys.executable,
-        "-m",
-        "flows.cli",
-        "run",
-        "--profile",
-        profile,
-        "--config",
-        str(BASE_CONFIG),
-        "--set",
-        f"grid.inits=[{','.join(lever.inits)}]",
-    ]
-    for override in lever.overrides:
+    command = [sys.executable, "-m", "flows.cli", "run", "--profile", profile,
+               "--config", str(BASE_CONFIG)]  # fmt: skip
+    for override in lever_overrides(lever):
         command += ["--set", override]
     log_dir.mkdir(parents=True, exist_ok=True)
     log_file = log_dir / f"{lever.name}.log"
     started = time.perf_counter()
+    since_ms = int(time.time() * 1000)
     print(f"lever {lever.name}: {' '.join(command[3:])} (log {log_file})", flush=True)
     with open(log_file, "w", encoding="utf-8") as handle:
         code = subprocess.call(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
     seconds = time.perf_counter() - started
-    text = log_file.read_text("utf-8", errors="replace")
-    found = re.findall(r"MLflow run: ([0-9a-f]{32})", text)
-    if code != 0 or not found:
+    run_id = find_lever_run(lever, profile, since_ms) if code == 0 else ""
+    if not run_id:
         raise SystemExit(f"lever {lever.name}: metapt run failed (exit {code}); see {log_file}")
-    print(f"lever {lever.name}: done in {seconds:.0f} s, MLflow run {found[-1]}", flush=True)
-    return {"run_id": found[-1], "seconds": round(seconds, 1), "overrides": list(lever.overrides)}
+    print(f"lever {lever.name}: done in {seconds:.0f} s, MLflow run {run_id}", flush=True)
+    return {"run_id": run_id, "seconds": round(seconds, 1), "overrides": list(lever.overrides)}
 
 
 # ------------------------------------------------------------------------------ the table
@@ -274,15 +291,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "adopt":  # record levers whose run finished without its driver
         for name in args.only:
-            log_file = work_dir / "levers" / f"{name}.log"
-            text = log_file.read_text("utf-8", errors="replace") if log_file.is_file() else ""
-            found = re.findall(r"MLflow run: ([0-9a-f]{32})", text)
-            if name not in BY_NAME or not found:
-                raise SystemExit(f"--only={name!r}: no such lever or no finished run in {log_file}")
+            run_id = find_lever_run(BY_NAME[name], args.profile) if name in BY_NAME else ""
+            if not run_id:
+                raise SystemExit(f"--only={name!r}: no such lever or no finished run in MLflow")
             record = load_record(work_dir)
-            record[name] = {"run_id": found[-1], "overrides": list(BY_NAME[name].overrides)}
+            record[name] = {"run_id": run_id, "overrides": list(BY_NAME[name].overrides)}
             save_record(work_dir, record)
-            print(f"lever {name}: MLflow run {found[-1]}")
+            print(f"lever {name}: MLflow run {run_id}")
         return 0
     if args.command == "run":
         names = args.only or [lever.name for lever in LEVERS]
