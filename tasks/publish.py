@@ -373,3 +373,29 @@ def log_prompt_model(tracker: Any, outcome: Any, name: str) -> str:
     client.finalize_logged_model(model.model_id, "READY")
     client.log_outputs(outcome.run_id, [LoggedModelOutput(model.model_id, step=0)])
     return str(model.model_id)
+
+
+def log_history(tracker: Any, outcome: Any) -> int:
+    """The pre-training curves of a prompt folder's ``history.json`` (support loss, query loss
+    before and after adaptation, validation on held-out rows and clusters, update and gradient
+    norms) as step metrics of the stage's run in this pipeline run; how many points."""
+    import json
+    import time
+
+    from mlflow.entities import Metric
+
+    folder = Path(outcome.ref.path)
+    file = (folder if folder.is_dir() else folder.parent) / "history.json"
+    if not outcome.run_id or not file.is_file():
+        return 0
+    now = int(time.time() * 1000)
+    metrics = []
+    for index, entry in enumerate(json.loads(file.read_text("utf-8"))):
+        step = int(entry.get("step", index))
+        for key, value in entry.items():
+            number = _finite(value) if key != "step" and not isinstance(value, bool) else None
+            if number is not None:
+                metrics.append(Metric(metric_key("curve", key), number, now, step))
+    for start in range(0, len(metrics), 1000):
+        tracker.client.log_batch(outcome.run_id, metrics=metrics[start : start + 1000])
+    return len(metrics)

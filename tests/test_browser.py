@@ -82,6 +82,12 @@ def test_run_pages_in_a_real_browser(served, tmp_path: Path) -> None:  # noqa: F
     models = client.search_logged_models(experiment_ids=[experiment.experiment_id])
     assert {m.name for m in models} == {"ppt-p0", "meta-pretrain-maml-p0"}, "prompts as models"
     assert all(str(m.status) == "READY" and m.source_run_id for m in models)
+    (maml,) = client.search_runs(
+        [experiment.experiment_id],
+        f"tags.`mlflow.parentRunId` = '{run_id}' and tags.`metapt.stage` = 'meta-pretrain'",
+    )
+    curve = client.get_metric_history(maml.info.run_id, "curve/query_loss")
+    assert len({m.step for m in curve}) >= 2, "meta-training curves are step metrics"
     artifacts = {a.path for a in client.list_artifacts(run_id, "results")}
     assert {"results/report.html", "results/report.md"} <= artifacts
     html = Path(client.download_artifacts(run_id, "results/report.html", str(tmp_path / "dl")))

@@ -141,3 +141,27 @@ def json_of(text: str) -> dict:
     import json
 
     return dict(json.loads(text))
+
+
+def test_pretraining_curves_are_step_metrics(tmp_path: Path) -> None:
+    import json
+    from types import SimpleNamespace
+
+    from metapt_core.config import load_config
+    from tasks.tracking import Tracker
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    history = [{"step": 0, "unseen_loss": 1.2, "val_loss": 1.4},
+               {"step": 1, "support_loss": 1.1, "query_loss": 1.0, "query_loss_0": 1.3},
+               {"step": 2, "support_loss": 0.9, "query_loss": 0.8, "query_loss_0": 1.2,
+                "unseen_loss": 1.0, "val_loss": float("nan"), "kept": True}]  # fmt: skip
+    (folder / "history.json").write_text(json.dumps(history))
+    tracker = Tracker.open(load_config("smoke", overrides=[f"work_dir={tmp_path / 'work'}"]))
+    run_id = tracker.start_run("ppt-p0", parent_run_id="")
+    outcome = SimpleNamespace(ref=SimpleNamespace(path=str(folder)), run_id=run_id)
+    assert publish.log_history(tracker, outcome) == 2 + 3 + 4  # the NaN and the flag left out
+    query = tracker.client.get_metric_history(run_id, "curve/query_loss")
+    assert [(m.step, m.value) for m in sorted(query, key=lambda m: m.step)] == [(1, 1.0), (2, 0.8)]
+    unseen = tracker.client.get_metric_history(run_id, "curve/unseen_loss")
+    assert sorted(m.step for m in unseen) == [0, 2]
