@@ -104,7 +104,7 @@ def record_cached_run(
     """
     import socket
 
-    from tasks.publish import log_dataset_inputs, publish
+    from tasks.publish import log_cluster_diagnostics, log_dataset_inputs, publish
     from tasks.tracking import (
         CACHED_TAG,
         HOST_TAG,
@@ -145,9 +145,9 @@ def record_cached_run(
         tracker.log_config(run_id, cfg)
         tracker.log_stats(run_id, {k: v for k, v in run.report.stats.items() if k != "cells"})
         stages = {"pool": "ingest-pool", "tasks": "ingest-tasks", "shards": "cluster"}
-        log_dataset_inputs(
-            tracker, run_id, {k: run.stages[v].ref.to_dict() for k, v in stages.items()}
-        )
+        inputs = {k: run.stages[v].ref.to_dict() for k, v in stages.items()}
+        log_dataset_inputs(tracker, run_id, inputs)
+        log_cluster_diagnostics(tracker, run_id, inputs)
         report_dir = run.report_dir()
         if report_dir is None:
             tracker.client.log_text(run_id, run.report_markdown(), "results/report.md")

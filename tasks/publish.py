@@ -399,3 +399,16 @@ def log_history(tracker: Any, outcome: Any) -> int:
     for start in range(0, len(metrics), 1000):
         tracker.client.log_batch(outcome.run_id, metrics=metrics[start : start + 1000])
     return len(metrics)
+
+
+def log_cluster_diagnostics(tracker: Any, run_id: str, refs: Mapping[str, Any]) -> bool:
+    """The clustering's diagnostics (the scatter with its legend of top terms and class mix,
+    sizes, top terms, metrics) on the pipeline run under ``clusters/``, computed or cached."""
+    ref = refs.get("shards")
+    path = Path(str(ref["path"] if isinstance(ref, Mapping) else getattr(ref, "path", "")))
+    found = sorted(p for p in (path, path.parent) if (p / "diagnostics").is_dir()) if str(
+        path) else []  # fmt: skip
+    if not run_id or not found:
+        return False
+    tracker.log_artifacts(run_id, found[0] / "diagnostics", "clusters")
+    return True

@@ -88,6 +88,8 @@ def test_run_pages_in_a_real_browser(served, tmp_path: Path) -> None:  # noqa: F
     )
     curve = client.get_metric_history(maml.info.run_id, "curve/query_loss")
     assert len({m.step for m in curve}) >= 2, "meta-training curves are step metrics"
+    clusters = {a.path for a in client.list_artifacts(run_id, "clusters")}
+    assert {"clusters/umap_2d.png", "clusters/top_terms.md"} <= clusters
     artifacts = {a.path for a in client.list_artifacts(run_id, "results")}
     assert {"results/report.html", "results/report.md"} <= artifacts
     html = Path(client.download_artifacts(run_id, "results/report.html", str(tmp_path / "dl")))

@@ -165,3 +165,15 @@ def test_pretraining_curves_are_step_metrics(tmp_path: Path) -> None:
     assert [(m.step, m.value) for m in sorted(query, key=lambda m: m.step)] == [(1, 1.0), (2, 0.8)]
     unseen = tracker.client.get_metric_history(run_id, "curve/unseen_loss")
     assert sorted(m.step for m in unseen) == [0, 2]
+
+
+def test_cluster_legend_names_terms_size_and_class_mix() -> None:
+    from metapt_core.clustering.diagnostics import cluster_legend
+
+    sizes = pd.DataFrame([{"cluster_id": 0, "rows": 10, "neg": 1, "pos": 3},
+                          {"cluster_id": 2, "rows": 5, "neg": 5, "pos": 0}])  # fmt: skip
+    legend = cluster_legend(sizes, {0: ["rain", "cold", "wet", "grey"]})
+    assert legend == {
+        0: "0: rain, cold, wet (n=10; neg 25%, pos 75%)",
+        2: "2 (n=5; neg 100%, pos 0%)",
+    }

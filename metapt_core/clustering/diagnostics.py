@@ -80,6 +80,23 @@ def terms_markdown(sizes: pd.DataFrame, terms: dict[int, list[str]], method: str
     return "\n".join(lines) + "\n"
 
 
+def cluster_legend(
+    sizes: pd.DataFrame, terms: dict[int, list[str]], n_terms: int = 3
+) -> dict[int, str]:
+    """Cluster id -> what the cluster is about: ``"3: bday, birthday, happy (n=925; negative 12%,
+    neutral 30%, positive 58%)"``: its top c-TF-IDF terms and its class mix."""
+    classes = [c for c in sizes.columns if c not in ("cluster_id", "rows")]
+    legend = {}
+    for row in sizes.to_dict("records"):
+        cluster, rows = int(row["cluster_id"]), int(row["rows"])
+        labelled = sum(int(row[c]) for c in classes)
+        mix = ", ".join(f"{c} {100 * int(row[c]) / labelled:.0f}%" for c in classes if labelled > 0)
+        words = ", ".join(terms.get(cluster, [])[:n_terms])
+        legend[cluster] = f"{cluster}: {words} (n={rows}; {mix})" if words else (
+            f"{cluster} (n={rows}; {mix})")  # fmt: skip
+    return legend
+
+
 def scatter_png(
     vectors: np.ndarray,
     labels: np.ndarray,
@@ -87,8 +104,10 @@ def scatter_png(
     seed: int,
     sample: int = 5000,
     n_neighbors: int = 15,
+    legend: dict[int, str] | None = None,
 ) -> None:
-    """Save a 2-D UMAP scatter of a seeded sample of kept rows, coloured by cluster."""
+    """Save a 2-D UMAP scatter of a seeded sample of kept rows, coloured by cluster; the legend
+    names each cluster by ``legend`` (its top terms and class mix), else by its id."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on servers; must precede pyplot
@@ -108,16 +127,21 @@ def scatter_png(
             s=4,
             alpha=0.6,
             color=cmap(i % cmap.N),
-            label=str(int(cluster)),
+            label=(legend or {}).get(int(cluster), str(int(cluster))),
         )
     ax.set_title(f"UMAP 2-D of {len(idx)} rows by cluster")
     ax.set_xticks([])
     ax.set_yticks([])
     ax.legend(
-        markerscale=3, fontsize=7, loc="best", title="cluster", ncol=2 if len(clusters) > 10 else 1
+        markerscale=3,
+        fontsize=7,
+        title="cluster: top terms (size; class mix)",
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        ncol=2 if len(clusters) > 10 else 1,
     )
     fig.tight_layout()
-    fig.savefig(path, format="png", metadata={"Software": None})
+    fig.savefig(path, format="png", metadata={"Software": None}, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -164,7 +188,8 @@ def write_diagnostics(
     )
     (folder / TERMS_FILE).write_text(terms_markdown(sizes, terms, method), "utf-8")
     if scatter_sample > 0:
-        scatter_png(vectors, labels, folder / SCATTER_FILE, seed, scatter_sample)
+        legend = cluster_legend(sizes, terms)
+        scatter_png(vectors, labels, folder / SCATTER_FILE, seed, scatter_sample, legend=legend)
     log.info(
         "cluster: silhouette=%s davies_bouldin=%s",
         _fmt(metrics["silhouette"]),
