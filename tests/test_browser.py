@@ -12,6 +12,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -88,6 +89,18 @@ def test_run_pages_in_a_real_browser(served, tmp_path: Path) -> None:  # noqa: F
     )
     curve = client.get_metric_history(maml.info.run_id, "curve/query_loss")
     assert len({m.step for m in curve}) >= 2, "meta-training curves are step metrics"
+    # the learned prompt as a product, from its stage run: adapter, card, its own scores
+    exported = tmp_path / "exported"
+    command = [sys.executable, "-m", "flows.cli", "prompts", "export", maml.info.run_id,
+               "--out", str(exported), "--profile", "smoke", *[a for o in overrides
+               for a in ("--set", o)]]  # fmt: skip
+    done = subprocess.run(command, env={**env, "MLFLOW_TRACKING_URI": state["mlflow_url"]},
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    card = (exported / "README.md").read_text()
+    assert "base_model: HuggingFaceTB/SmolLM2-135M-Instruct" in card
+    assert "## Evaluation of this prompt" in card and "| fewshot | 2 | mr |" in card
+    assert json.loads((exported / "adapter_config.json").read_text())["peft_version"]
     clusters = {a.path for a in client.list_artifacts(run_id, "clusters")}
     assert {"clusters/umap_2d.png", "clusters/top_terms.md"} <= clusters
     artifacts = {a.path for a in client.list_artifacts(run_id, "results")}
