@@ -17,7 +17,7 @@ from tasks.cache import StageOutcome
 from tasks.common import outcome_of, to_ref
 from tasks.evaluate import eval_group_task, report_task
 from tasks.progress import StageProgress, run_logger
-from tasks.publish import log_cluster_diagnostics, log_dataset_inputs
+from tasks.publish import log_cluster_diagnostics, log_dataset_inputs, log_pretraining_curves
 
 
 def make_task_runner(grid: GridConfig) -> Any:
@@ -106,6 +106,7 @@ def evaluate_flow(
         try:  # what the run was trained and scored on, on its MLflow page
             log_dataset_inputs(ctx.tracker, ctx.tracker.parent_run_id, refs)
             log_cluster_diagnostics(ctx.tracker, ctx.tracker.parent_run_id, refs)
+            log_pretraining_curves(ctx.tracker, ctx.tracker.parent_run_id, made)
         except Exception as error:  # a view of the inputs; never fail the pipeline for it
             run_logger().warning("evaluate: dataset inputs not logged: %s", error)
         return {

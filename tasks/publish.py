@@ -412,3 +412,25 @@ def log_cluster_diagnostics(tracker: Any, run_id: str, refs: Mapping[str, Any]) 
         return False
     tracker.log_artifacts(run_id, found[0] / "diagnostics", "clusters")
     return True
+
+
+def log_pretraining_curves(tracker: Any, run_id: str, prompts: Mapping[str, Any]) -> bool:
+    """One picture of every prompt's pre-training curves (``prompts``: name -> the ref of its
+    folder) on the pipeline run, as ``pretraining/curves.png``."""
+    import json
+    import tempfile
+
+    from metapt_core.report.plots import pretraining_plot
+
+    histories: dict[str, list[dict[str, Any]]] = {}
+    for name, ref in prompts.items():
+        path = Path(str(ref["path"] if isinstance(ref, Mapping) else getattr(ref, "path", "")))
+        file = (path if path.is_dir() else path.parent) / "history.json"
+        if str(path) and file.is_file():
+            histories[str(name).removeprefix("prompt:")] = json.loads(file.read_text("utf-8"))
+    if not run_id or not histories:
+        return False
+    with tempfile.TemporaryDirectory() as tmp:
+        picture = pretraining_plot(histories, Path(tmp) / "curves.png")
+        tracker.client.log_artifact(run_id, str(picture), "pretraining")
+    return True

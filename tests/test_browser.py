@@ -103,6 +103,9 @@ def test_run_pages_in_a_real_browser(served, tmp_path: Path) -> None:  # noqa: F
     assert json.loads((exported / "adapter_config.json").read_text())["peft_version"]
     clusters = {a.path for a in client.list_artifacts(run_id, "clusters")}
     assert {"clusters/umap_2d.png", "clusters/top_terms.md"} <= clusters
+    assert [a.path for a in client.list_artifacts(run_id, "pretraining")] == [
+        "pretraining/curves.png"
+    ]
     artifacts = {a.path for a in client.list_artifacts(run_id, "results")}
     assert {"results/report.html", "results/report.md"} <= artifacts
     html = Path(client.download_artifacts(run_id, "results/report.html", str(tmp_path / "dl")))

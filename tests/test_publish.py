@@ -177,3 +177,26 @@ def test_cluster_legend_names_terms_size_and_class_mix() -> None:
         0: "0: rain, cold, wet (n=10; neg 25%, pos 75%)",
         2: "2 (n=5; neg 100%, pos 0%)",
     }
+
+
+def test_pretraining_curves_picture_on_the_pipeline_run(tmp_path: Path) -> None:
+    import json
+
+    from metapt_core.config import load_config
+    from tasks.tracking import Tracker
+
+    refs = {}
+    for name, history in (("ppt@0", [{"step": 0, "unseen_loss": 1.2}, {"step": 1, "loss": 1.0}]),
+                          ("metapt_maml@0", [{"step": 0, "unseen_loss": 1.3},
+                                             {"step": 1, "query_loss": 1.1}])):  # fmt: skip
+        folder = tmp_path / name / "out"
+        folder.mkdir(parents=True)
+        (folder / "history.json").write_text(json.dumps(history))
+        refs[f"prompt:{name}"] = {"path": str(folder)}
+    refs["prompt:gone@0"] = {"path": str(tmp_path / "missing")}
+    tracker = Tracker.open(load_config("smoke", overrides=[f"work_dir={tmp_path / 'work'}"]))
+    run_id = tracker.start_run("metapt", parent_run_id="")
+    assert publish.log_pretraining_curves(tracker, run_id, refs)
+    (logged,) = tracker.client.list_artifacts(run_id, "pretraining")
+    assert logged.path == "pretraining/curves.png" and logged.file_size > 10_000
+    assert not publish.log_pretraining_curves(tracker, run_id, {"prompt:x": {"path": ""}})

@@ -133,3 +133,33 @@ def forest_plot(evidence: pd.DataFrame, protocol: str, shots: int, path: Path) -
     ax.legend(fontsize=7, loc="best")
     _save(fig, path)
     return path
+
+
+PRETRAINING_CURVES = (
+    ("query_loss", "meta-train query loss after adaptation (MetaPT) / train loss (PPT)"),
+    ("unseen_loss", "held-out clusters: query loss after the inner step"),
+    ("val_loss", "held-out rows of training clusters: query loss after the inner step"),
+)
+
+
+def pretraining_plot(histories: Mapping[str, Sequence[Mapping[str, float]]], path: Path) -> Path:
+    """Pre-training curves of every prompt (``name -> history.json`` entries), one panel per
+    quantity of :data:`PRETRAINING_CURVES`, one line per prompt (PPT's train loss stands in
+    for the query loss, which it does not have)."""
+    fig, axes = plt.subplots(1, len(PRETRAINING_CURVES), figsize=(15, 4.2), squeeze=False)
+    for ax, (key, title) in zip(axes[0], PRETRAINING_CURVES, strict=True):
+        for i, (name, history) in enumerate(sorted(histories.items())):
+            column = key if any(key in h for h in history) or key != "query_loss" else "loss"
+            points = [(h["step"], h[column]) for h in history
+                      if column in h and np.isfinite(h[column])]  # fmt: skip
+            if points:
+                steps, values = zip(*points, strict=True)
+                ax.plot(steps, values, marker="o" if len(points) < 15 else None,
+                        markersize=3, color=f"C{i % 10}", label=name)  # fmt: skip
+        ax.set_title(title, fontsize=8)
+        ax.set_xlabel("step")
+    axes[0][0].set_ylabel("cross-entropy (nats)")
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.suptitle("Pre-training curves (history.json of each prompt)")
+    _save(fig, path)
+    return path
