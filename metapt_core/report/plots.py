@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -159,7 +160,13 @@ def pretraining_plot(histories: Mapping[str, Sequence[Mapping[str, float]]], pat
         ax.set_title(title, fontsize=8)
         ax.set_xlabel("step")
     axes[0][0].set_ylabel("cross-entropy (nats)")
-    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    labelled: dict[str, Any] = {}
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            labelled.setdefault(label, handle)
+    if labelled:
+        axes[0][-1].legend(list(labelled.values()), list(labelled), fontsize=7,
+                           loc="upper left", bbox_to_anchor=(1.01, 1.0))  # fmt: skip
     fig.suptitle("Pre-training curves (history.json of each prompt)")
     _save(fig, path)
     return path
