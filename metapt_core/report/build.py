@@ -17,7 +17,7 @@ import pandas as pd
 from metapt_core.config import PipelineConfig
 from metapt_core.report.evidence import accuracy_table, comparison_table, mdd_z
 from metapt_core.report.nested import interval_name
-from metapt_core.report.plots import bar_plot, forest_plot, seed_plot
+from metapt_core.report.plots import bar_plot, forest_plot, interval_bar_plot, seed_plot
 from metapt_core.report.tables import (
     AVERAGE,
     comparisons_table,
@@ -414,7 +414,10 @@ def build_report(
                     forest = f"forest_{protocol}_k{shots}.png"
                     forest_plot(evidence, protocol, shots, tmp / forest)
                     plots.append(forest)
-            bar_plot(tuned_summary, reference, shots, order, tmp / bars)
+            if not accuracy.empty:
+                interval_bar_plot(accuracy, reference, primary, shots, order, tmp / bars)
+            else:
+                bar_plot(tuned_summary, reference, shots, order, tmp / bars)
             seed_plot(tuned, zero_shot, shots, order, tmp / seeds)
             plots += [bars, seeds]
         markdown = render_markdown(

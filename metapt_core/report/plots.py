@@ -170,3 +170,42 @@ def pretraining_plot(histories: Mapping[str, Sequence[Mapping[str, float]]], pat
     fig.suptitle("Pre-training curves (history.json of each prompt)")
     _save(fig, path)
     return path
+
+
+def interval_bar_plot(
+    accuracy: pd.DataFrame,
+    zero_shot: Mapping[str, float],
+    protocol: str,
+    shots: int,
+    inits: Sequence[str],
+    path: Path,
+) -> Path:
+    """Grouped bars of mean test accuracy per task (and the average) and init, with the nested
+    bounds of ``accuracy`` (:func:`metapt_core.report.evidence.accuracy_table`) as error bars,
+    the untuned accuracy as a hollow marker, and a dashed line at the zero-shot score."""
+    part = accuracy[(accuracy["protocol"] == protocol) & (accuracy["shots"] == shots)]
+    tasks = list(dict.fromkeys(part["task"]))
+    width = 0.8 / max(len(inits), 1)
+    fig, ax = plt.subplots(figsize=(1.6 + 0.5 * len(tasks) * max(1, len(inits)), 4.2))
+    labelled = False
+    for i, init in enumerate(inits):
+        rows = part[part["init"] == init].set_index("task")
+        xs = np.arange(len(tasks)) - 0.4 + width * (i + 0.5)
+        mean = np.array([100 * rows.at[t, "mean"] if t in rows.index else np.nan for t in tasks])
+        low = np.array([100 * rows.at[t, "low"] if t in rows.index else np.nan for t in tasks])
+        high = np.array([100 * rows.at[t, "high"] if t in rows.index else np.nan for t in tasks])
+        err = np.nan_to_num(np.vstack([mean - low, high - mean]))
+        ax.bar(xs, mean, width, yerr=err, capsize=3, label=init, color=f"C{i % 10}")
+        if "untuned" in rows.columns:
+            untuned = [100 * rows.at[t, "untuned"] if t in rows.index else np.nan for t in tasks]
+            ax.plot(xs, untuned, "o", mfc="white", mec="black", markersize=4,
+                    label="_untuned" if i else "untuned")  # fmt: skip
+    for j, task in enumerate(tasks):
+        labelled = _zero_line(ax, j - 0.45, j + 0.45, zero_shot.get(task), labelled)
+    interval = str(part["interval"].iloc[0]) if not part.empty else "bounds"
+    ax.set_xticks(np.arange(len(tasks)), tasks)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"accuracy by task, k={shots}, {protocol} (nested {interval})")
+    ax.legend(fontsize=8, ncols=2)
+    _save(fig, path)
+    return path
