@@ -223,7 +223,7 @@ def cmd_prompts(args: argparse.Namespace) -> int:
 
     cfg = _resolve(args)
     folder = export(cfg, args.source, args.out, args.report)
-    print(f"exported {folder} (peft adapter, prompt.safetensors, README.md)")
+    print(f"exported {folder} (peft adapter, prompt.json, README.md)")
     return 0
 
 

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 
 PROMPT_FILE = "prompt.safetensors"
 META_FILE = "prompt.json"
+ADAPTER_FILE = "adapter_model.safetensors"  # peft's prompt-tuning weights
+ADAPTER_TENSOR = "prompt_embeddings"
 VOCAB_SAMPLE_RANGE = 5000  # Lester et al. 2021 sample from the 5,000 most common tokens
 
 
@@ -112,15 +114,22 @@ def save_prompt(folder: str | Path, prompt: Tensor, meta: dict[str, Any]) -> Pat
 
 
 def load_prompt(folder: str | Path) -> tuple[Tensor, dict[str, Any]]:
-    """Read a prompt folder (or a ``.safetensors`` file); never unpickles anything.
+    """Read a prompt folder (or a ``.safetensors`` file), or a peft prompt-tuning adapter folder
+    (``adapter_model.safetensors``, as :func:`metapt_core.prompt_card.export_prompt` writes);
+    never unpickles anything.
 
     Raises:
         DataError: missing or corrupt files, or a tensor that is not ``[P, d]``.
     """
     path = Path(folder)
     file = path if path.suffix == ".safetensors" else path / PROMPT_FILE
+    name = "prompt"
+    if not file.is_file() and (path / ADAPTER_FILE).is_file():
+        file, name = path / ADAPTER_FILE, ADAPTER_TENSOR  # an exported peft adapter folder
     if not file.is_file():
-        raise DataError("prompt.init_file", str(folder), "no prompt.safetensors there")
+        raise DataError(
+            "prompt.init_file", str(folder), f"no {PROMPT_FILE} (nor a peft {ADAPTER_FILE}) there"
+        )
     try:
         tensors = load_file(str(file))
     except (SafetensorError, OSError, ValueError) as exc:
@@ -129,10 +138,10 @@ def load_prompt(folder: str | Path) -> tuple[Tensor, dict[str, Any]]:
             str(folder),
             f"corrupt prompt file ({str(exc).splitlines()[0][:80]})",
         ) from None
-    prompt = tensors.get("prompt")
+    prompt = tensors.get(name)
     if prompt is None or prompt.dim() != 2 or not torch.isfinite(prompt).all():
         raise DataError(
-            "prompt.init_file", str(folder), "holds no finite [P, d] tensor named 'prompt'"
+            "prompt.init_file", str(folder), f"holds no finite [P, d] tensor named {name!r}"
         )
     meta: dict[str, Any] = {}
     meta_file = file.parent / META_FILE
@@ -175,8 +184,7 @@ def write_peft_adapter(prompt: Tensor, config: Any, folder: str | Path) -> Path:
         tmp.mkdir(parents=True)
         config.save_pretrained(str(tmp))
         save_file(
-            {"prompt_embeddings": prompt.detach().float().cpu().contiguous()},
-            str(tmp / "adapter_model.safetensors"),
+            {ADAPTER_TENSOR: prompt.detach().float().cpu().contiguous()}, str(tmp / ADAPTER_FILE)
         )
     return Path(folder)
 

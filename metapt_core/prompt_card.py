@@ -5,7 +5,7 @@
 
 - ``PeftModel.from_pretrained(base_model, folder)`` loads (``adapter_config.json`` written by
   peft's own ``PromptTuningConfig``, ``adapter_model.safetensors``), and
-- ``prompt.init: file`` with ``prompt.init_file: folder`` starts from (``prompt.safetensors``,
+- ``prompt.init: file`` with ``prompt.init_file: folder`` starts from (the adapter's weights and
   ``prompt.json``),
 
 with a ``README.md`` model card: the backbone (its portable name and the digest of the weights
@@ -185,8 +185,7 @@ def export_prompt(
     )
     target = Path(out_dir)
     with atomic_path(target) as tmp:
-        write_peft_adapter(prompt, config, tmp)
-        shutil.copy2(folder / "prompt.safetensors", tmp / "prompt.safetensors")
+        write_peft_adapter(prompt, config, tmp)  # also what prompt.init: file reads
         shutil.copy2(folder / META_FILE, tmp / META_FILE)
         if history_file.is_file():
             shutil.copy2(history_file, tmp / HISTORY_FILE)
