@@ -560,7 +560,7 @@ def prompt_rows() -> list[Row]:
         ("corrupt_prompt_file", prompt_file(corrupt), "prompt.init_file", "corrupt-prompt",
          "corrupt prompt file"),
         ("pickled_prompt_refused", prompt_file(pickled), "prompt.init_file", "prompt.pt",
-         "no prompt.safetensors there"),
+         "no prompt.safetensors (nor a peft adapter_model.safetensors) there"),
         ("prompt_not_finite", prompt_file(non_finite), "prompt.init_file", "nan-prompt",
          "holds no finite [P, d] tensor named 'prompt'"),
         ("prompt_tensor_misnamed", prompt_file(wrong_name), "prompt.init_file", "wrong-name",
