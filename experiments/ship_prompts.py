@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         for run in stage_runs:
             name = run.info.run_name or ""
             if run.data.tags.get(STAGE_TAG) != stage or not name.startswith(
-                ("meta-pretrain-maml-p" if init == "metapt_maml" else "ppt-p")
+                "meta-pretrain-maml-p" if init == "metapt_maml" else "ppt-p"
             ):
                 continue
             key = run.data.tags[KEY_TAG][:16]
