@@ -251,14 +251,14 @@ def prefect_artifacts(report_dir: Path, run_url: str = "", flow_run_id: str = ""
 
     from prefect.artifacts import LinkArtifact, MarkdownArtifact, TableArtifact
 
-    owner = {"flow_run_id": UUID(flow_run_id)} if flow_run_id else {}
+    owner = UUID(flow_run_id) if flow_run_id else None
     rows = summary_rows(report_dir)
     if rows:
         TableArtifact(
             table=rows,
             key="metapt-summary",
             description="Mean accuracy and macro-F1 (percent), nested bounds, untuned",
-            **owner,
+            flow_run_id=owner,
         ).create()
     md = report_dir / "report.md"
     if md.is_file():
@@ -266,7 +266,7 @@ def prefect_artifacts(report_dir: Path, run_url: str = "", flow_run_id: str = ""
             markdown=inline_images(md.read_text("utf-8"), report_dir),
             key="metapt-report",
             description="The report, images inlined",
-            **owner,
+            flow_run_id=owner,
         ).create()
     if run_url:
         LinkArtifact(
@@ -274,7 +274,7 @@ def prefect_artifacts(report_dir: Path, run_url: str = "", flow_run_id: str = ""
             link_text="MLflow run",
             key="metapt-mlflow-run",
             description="The pipeline's MLflow run: metrics, report, datasets, artifacts",
-            **owner,
+            flow_run_id=owner,
         ).create()
 
 
