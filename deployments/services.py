@@ -31,8 +31,27 @@ import deployments  # noqa: F401  (environment defaults)
 from flows.env import WORK_DIR_ENV
 
 HOST = "127.0.0.1"
-# MLflow 3.17's UI opens in its GenAI view unless the URL asks for the runs table.
-TRAINING_VIEW_PATH = "#/experiments?workflowType=machine_learning"
+# MLflow 3.17's UI opens in its GenAI view unless the URL asks for the model-training view.
+TRAINING_VIEW = "?workflowType=machine_learning"
+
+
+def training_view_url(mlflow_url: str, experiment: str = "metapt") -> str:
+    """The experiment's runs table in MLflow's model-training view (the experiments list while
+    the experiment does not exist yet)."""
+    import urllib.parse
+    import urllib.request
+
+    query = urllib.parse.urlencode({"experiment_name": experiment})
+    try:
+        with urllib.request.urlopen(  # noqa: S310 (the local server)
+            f"{mlflow_url}/api/2.0/mlflow/experiments/get-by-name?{query}", timeout=2
+        ) as answer:
+            experiment_id = json.loads(answer.read())["experiment"]["experiment_id"]
+    except (OSError, ValueError, KeyError):
+        return f"{mlflow_url}/#/experiments{TRAINING_VIEW}"
+    return f"{mlflow_url}/#/experiments/{experiment_id}{TRAINING_VIEW}"
+
+
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
@@ -212,7 +231,7 @@ def start(
     except BaseException:
         stop(work_dir)
         raise
-    print(f"Prefect UI  {state['prefect_url']}\nMLflow UI   {mlflow_url}/{TRAINING_VIEW_PATH}")
+    print(f"Prefect UI  {state['prefect_url']}\nMLflow UI   {training_view_url(mlflow_url)}")
     print("run:  prefect deployment run metapt/full-pipeline -p profile=smoke --watch")
     return state
 
@@ -275,12 +294,11 @@ def ui(work_dir: Path, open_browser: bool = False) -> None:
         )
         return
     state = json.loads(path.read_text())
-    print(
-        f"Prefect UI  {state['prefect_url']}\nMLflow UI   {state['mlflow_url']}/{TRAINING_VIEW_PATH}"
-    )
+    mlflow_page = training_view_url(state["mlflow_url"])
+    print(f"Prefect UI  {state['prefect_url']}\nMLflow UI   {mlflow_page}")
     if open_browser:
         webbrowser.open(state["prefect_url"])
-        webbrowser.open(f"{state['mlflow_url']}/{TRAINING_VIEW_PATH}")
+        webbrowser.open(mlflow_page)
 
 
 def main(argv: list[str] | None = None) -> int:

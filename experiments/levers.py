@@ -124,6 +124,8 @@ def save_record(work_dir: Path, record: dict[str, Any]) -> None:
 
 
 BASE_CONFIG = ROOT / "experiments" / "levers_base.yaml"
+# `metapt run` runs in ROOT, so the base config's relative work folder is ROOT/.metapt
+RUN_STORE = (f"work_dir={ROOT / '.metapt'}",)
 
 
 def lever_overrides(lever: Lever) -> list[str]:
@@ -167,7 +169,7 @@ def run_lever(lever: Lever, profile: str, work_dir: Path, log_dir: Path) -> dict
     with open(log_file, "w", encoding="utf-8") as handle:
         code = subprocess.call(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
     seconds = time.perf_counter() - started
-    run_id = find_lever_run(lever, profile, since_ms) if code == 0 else ""
+    run_id = find_lever_run(lever, profile, since_ms, RUN_STORE) if code == 0 else ""
     if not run_id:
         raise SystemExit(f"lever {lever.name}: metapt run failed (exit {code}); see {log_file}")
     print(f"lever {lever.name}: done in {seconds:.0f} s, MLflow run {run_id}", flush=True)
@@ -291,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "adopt":  # record levers whose run finished without its driver
         for name in args.only:
-            run_id = find_lever_run(BY_NAME[name], args.profile) if name in BY_NAME else ""
+            lever = BY_NAME.get(name)
+            run_id = find_lever_run(lever, args.profile, 0, RUN_STORE) if lever else ""
             if not run_id:
                 raise SystemExit(f"--only={name!r}: no such lever or no finished run in MLflow")
             record = load_record(work_dir)

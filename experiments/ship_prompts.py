@@ -36,13 +36,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = resolve_config(args.profile, "", [])
     tracker = Tracker.open(cfg)
-    (pipeline,) = tracker.client.search_runs(
+    # the newest run that computed or served each stage (a fully cached rerun has no children)
+    found = tracker.client.search_runs(
         [tracker.experiment_id],
         f"tags.`{KIND_TAG}` = 'pipeline' and tags.`metapt.profile` = '{args.profile}' "
-        "and attributes.status = 'FINISHED'",
+        "and attributes.status = 'FINISHED' and tags.`metapt.cached` != 'true'",
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
+    if not found:
+        raise SystemExit(f"--profile={args.profile!r}: no finished pipeline run in {cfg.work_path}")
+    pipeline = found[0]
     stage_runs = tracker.client.search_runs(
         [tracker.experiment_id], f"tags.`{PARENT_TAG}` = '{pipeline.info.run_id}'", max_results=5000
     )

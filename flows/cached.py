@@ -11,6 +11,7 @@ is stored and compute the rest).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from typing import Any
 from metapt_core.config import PipelineConfig
 from tasks import plan
 from tasks.cache import StageOutcome, lookup, stage_key
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -144,16 +147,20 @@ def record_cached_run(
     try:
         tracker.log_config(run_id, cfg)
         tracker.log_stats(run_id, {k: v for k, v in run.report.stats.items() if k != "cells"})
-        stages = {"pool": "ingest-pool", "tasks": "ingest-tasks", "shards": "cluster"}
-        inputs = {k: run.stages[v].ref.to_dict() for k, v in stages.items()}
-        log_dataset_inputs(tracker, run_id, inputs)
-        log_cluster_diagnostics(tracker, run_id, inputs)
         report_dir = run.report_dir()
         if report_dir is None:
             tracker.client.log_text(run_id, run.report_markdown(), "results/report.md")
         else:
             tracker.log_artifacts(run_id, report_dir, "results")
-            publish(tracker, run_id, report_dir)
+        try:  # views of the run: a failure is a warning, never a failed rerun
+            stages = {"pool": "ingest-pool", "tasks": "ingest-tasks", "shards": "cluster"}
+            inputs = {k: run.stages[v].ref.to_dict() for k, v in stages.items()}
+            log_dataset_inputs(tracker, run_id, inputs)
+            log_cluster_diagnostics(tracker, run_id, inputs)
+            if report_dir is not None:
+                publish(tracker, run_id, report_dir)
+        except Exception as error:
+            log.warning("cached run %s: the answer not put on the MLflow run: %s", run_id, error)
     except BaseException:
         tracker.end(run_id, ok=False)
         raise

@@ -58,6 +58,19 @@ def best_validation(history: Sequence[Mapping[str, Any]]) -> tuple[int, float] |
     return None
 
 
+def _budget(meta: Mapping[str, Any], settings: Mapping[str, Any]) -> str:
+    """``"60 steps of 32 rows"``: from the prompt's metadata (PPT writes it), else from the
+    meta-learner's settings (``meta_steps`` of ``meta_batch_size * (support + query)`` rows)."""
+    steps, rows = meta.get("steps"), meta.get("batch_size")
+    episode = dict(settings.get("meta") or {})
+    if steps is None and episode:
+        steps = episode.get("meta_steps")
+        rows = int(episode.get("meta_batch_size", 0)) * (
+            int(episode.get("support_size", 0)) + int(episode.get("query_size", 0))
+        )
+    return f"{steps} steps of {rows} rows" if steps is not None else "budget not recorded"
+
+
 def _table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> list[str]:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
@@ -92,6 +105,8 @@ def render_card(
     """The model card (Markdown, with the YAML front matter the hub reads)."""
     init = init_name(meta)
     settings = dict((record or {}).get("settings") or {})
+    seq2seq = str(meta.get("task_type", "")) == "SEQ_2_SEQ_LM"
+    auto_class = "AutoModelForSeq2SeqLM" if seq2seq else "AutoModelForCausalLM"
     lines = [
         "---",
         f"base_model: {base_model}",
@@ -102,7 +117,7 @@ def render_card(
         f"# {init} soft prompt ({meta.get('length')} x {meta.get('dim')})",
         "",
         f"A soft prompt for `{base_model}` learned by metapt ({WHAT.get(init, init)}). "
-        "Load it with `PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("
+        f"Load it with `PeftModel.from_pretrained({auto_class}.from_pretrained("
         f'"{base_model}"), "<this folder>")`, or start prompt tuning from it with '
         "`--set prompt.init=file --set prompt.init_file=<this folder>`.",
         "",
@@ -110,8 +125,8 @@ def render_card(
         "",
         f"- backbone: `{meta.get('backbone')}` (portable name `{base_model}`)"
         + (f", weights sha256 `{backbone_digest}`" if backbone_digest else ""),
-        f"- algorithm: `{meta.get('made_by')}`, {meta.get('steps')} steps of "
-        f"{meta.get('batch_size')} rows, initial prompt `{meta.get('init')}`",
+        f"- algorithm: `{meta.get('made_by')}`, {_budget(meta, settings)}, initial prompt "
+        f"`{meta.get('init')}`",
         f"- pre-training seed: {meta.get('seed')}; held-out clusters (never trained on): "
         f"{meta.get('held_out_clusters')}; inner learning rate alpha: {meta.get('inner_lr')}",
     ]
@@ -189,6 +204,7 @@ def export_prompt(
         shutil.copy2(folder / META_FILE, tmp / META_FILE)
         if history_file.is_file():
             shutil.copy2(history_file, tmp / HISTORY_FILE)
-        card = render_card(meta, history, base_model, backbone_digest, record, evaluation, source)
+        card = render_card({**meta, "task_type": str(shape.get("task_type", "CAUSAL_LM"))},
+                           history, base_model, backbone_digest, record, evaluation, source)  # fmt: skip
         (tmp / CARD_FILE).write_text(card, encoding="utf-8")
     return target

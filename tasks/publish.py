@@ -286,14 +286,20 @@ DATASET_REFS = (
 )
 
 
+def _ref_path(ref: Any) -> Path | None:
+    """The path of a stage reference (a ``{"path": ...}`` mapping or an ``ArtifactRef``), or
+    None when there is none (``Path("")`` would be the current folder)."""
+    raw = ref.get("path") if isinstance(ref, Mapping) else getattr(ref, "path", None)
+    return Path(str(raw)) if raw else None
+
+
 def dataset_entries(refs: Mapping[str, Any]) -> list[tuple[str, str, Path]]:
     """``(name, context, parquet file)`` for the pool, every shard and every task split found
     under the stage references ``refs`` (``{"path": ..., "sha256": ...}`` mappings)."""
     entries: list[tuple[str, str, Path]] = []
     for key, context, prefix in DATASET_REFS:
-        ref = refs.get(key)
-        path = Path(str(ref["path"] if isinstance(ref, Mapping) else getattr(ref, "path", "")))
-        if not str(path) or not path.exists():
+        path = _ref_path(refs.get(key))
+        if path is None or not path.exists():
             continue
         root = path if path.is_dir() else path.parent
         files = [path] if path.is_file() and path.suffix == ".parquet" else sorted(
@@ -404,10 +410,8 @@ def log_history(tracker: Any, outcome: Any) -> int:
 def log_cluster_diagnostics(tracker: Any, run_id: str, refs: Mapping[str, Any]) -> bool:
     """The clustering's diagnostics (the scatter with its legend of top terms and class mix,
     sizes, top terms, metrics) on the pipeline run under ``clusters/``, computed or cached."""
-    ref = refs.get("shards")
-    path = Path(str(ref["path"] if isinstance(ref, Mapping) else getattr(ref, "path", "")))
-    found = sorted(p for p in (path, path.parent) if (p / "diagnostics").is_dir()) if str(
-        path) else []  # fmt: skip
+    path = _ref_path(refs.get("shards"))
+    found = [p for p in (path, path.parent) if (p / "diagnostics").is_dir()] if path else []
     if not run_id or not found:
         return False
     tracker.log_artifacts(run_id, found[0] / "diagnostics", "clusters")
@@ -424,9 +428,11 @@ def log_pretraining_curves(tracker: Any, run_id: str, prompts: Mapping[str, Any]
 
     histories: dict[str, list[dict[str, Any]]] = {}
     for name, ref in prompts.items():
-        path = Path(str(ref["path"] if isinstance(ref, Mapping) else getattr(ref, "path", "")))
+        path = _ref_path(ref)
+        if path is None:
+            continue
         file = (path if path.is_dir() else path.parent) / "history.json"
-        if str(path) and file.is_file():
+        if file.is_file():
             histories[str(name).removeprefix("prompt:")] = json.loads(file.read_text("utf-8"))
     if not run_id or not histories:
         return False

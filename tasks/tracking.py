@@ -31,8 +31,9 @@ SOURCE_RUN_TAG = "metapt.source_run_id"  # the run that computed a cached output
 KEY_TAG = "metapt.cache_key"
 ALIVE_TAG = "metapt.alive_lock"  # a file the pipeline run's process holds locked while it lives
 HOST_TAG = "metapt.host"
-# MLflow 3 opens an experiment in its GenAI view (traces, evaluations) unless this tag says it
-# holds model-training runs; "custom_model_development" is the runs table ("Model training").
+# The kind of experiment, for MLflow releases whose UI reads it from this tag: model-training
+# runs ("Model training": the runs table), not GenAI traces. MLflow 3.17's UI takes the view
+# from the address instead (tasks.publish.TRAINING_VIEW).
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from test_e2e_pipeline import pipeline_runs, run_deployment, served  # noqa: F401 (fixture)
 
+from deployments.services import training_view_url
 from tasks.publish import TRAINING_VIEW
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -67,6 +68,7 @@ def test_run_pages_in_a_real_browser(served, tmp_path: Path) -> None:  # noqa: F
 
     # MLflow: the runs table (not the GenAI view) and the pipeline run carrying the answer
     experiment_url = f"{state['mlflow_url']}/#/experiments/{experiment.experiment_id}"
+    assert training_view_url(state["mlflow_url"]) == f"{experiment_url}{TRAINING_VIEW}"  # make ui
     table = render(f"{experiment_url}{TRAINING_VIEW}", shots / "mlflow-runs.png", tmp_path / "c1")
     assert parent.info.run_name in table and "Run Name" in table and "Evaluation runs" not in table
     page = render(

@@ -90,6 +90,7 @@ def test_summary_rows_and_run_url(report: Path) -> None:
 def test_an_empty_folder_publishes_nothing(tmp_path: Path) -> None:
     assert publish.answer_metrics(tmp_path) == {} and publish.answer_tags(tmp_path) == {}
     assert publish.verdict_markdown(tmp_path) == "" and publish.summary_rows(tmp_path) == []
+    assert publish.dataset_entries({"pool": {"path": ""}, "tasks": {}}) == []  # not the cwd
 
 
 def test_experiment_opens_in_the_training_view(tmp_path: Path) -> None:
