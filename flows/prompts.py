@@ -45,8 +45,9 @@ def _evaluation(results_csv: Path, meta: dict[str, Any]) -> list[dict[str, Any]]
     return evaluation_rows(pd.read_csv(results_csv), init_name(meta), int(meta.get("seed", 0)))
 
 
-def _from_run(cfg: PipelineConfig, run_id: str) -> tuple[Path, Path | None, str]:
-    """(prompt folder, results.csv of its pipeline run or None, a source line) of a stage run."""
+def _from_run(cfg: PipelineConfig, run_id: str, into: Path) -> tuple[Path, Path | None, str]:
+    """(prompt folder, results.csv of its pipeline run downloaded into ``into`` or None, a
+    source line) of a stage run."""
     from tasks.tracking import KEY_TAG, PARENT_TAG, STAGE_TAG, Tracker
 
     tracker = Tracker.open(cfg)
@@ -64,9 +65,7 @@ def _from_run(cfg: PipelineConfig, run_id: str) -> tuple[Path, Path | None, str]
     parent = run.data.tags.get(PARENT_TAG, "")
     if parent:
         try:
-            local = tracker.client.download_artifacts(
-                parent, "results/results.csv", tempfile.mkdtemp(prefix="metapt-export-")
-            )
+            local = tracker.client.download_artifacts(parent, "results/results.csv", str(into))
             results = Path(local)
         except Exception:  # the pipeline run stopped before its report
             results = None
@@ -76,12 +75,9 @@ def _from_run(cfg: PipelineConfig, run_id: str) -> tuple[Path, Path | None, str]
 def backbone_digest(cfg: PipelineConfig, name: str) -> str:
     """sha256 of the weights file a builtin or local backbone resolves to (``""`` for hub
     names, whose weights are not on this machine)."""
-    from metapt_core.backbone import resolve_name
-
-    try:
-        path = Path(resolve_name(name, cfg.assets_path))
-    except Exception:
-        return ""
+    # a builtin model's prepared folder, looked up without preparing anything
+    path = cfg.assets_path / name.removeprefix("builtin:") if name.startswith("builtin:") else (
+        Path(name))  # fmt: skip
     weights = path / "model.safetensors"
     if not weights.is_file():
         return ""
@@ -101,19 +97,20 @@ def export(cfg: PipelineConfig, source: str, out: str, report: str = "") -> Path
     target = Path(out)
     if target.exists():
         raise MetaptError(f"out={out!r}: already exists")
-    folder = _prompt_folder(Path(source))
-    results: Path | None = None
-    if folder is not None:
-        where = f"stored prompt `{folder}`"
-    else:
-        folder, results, where = _from_run(cfg, source)
-    if report:
-        results = Path(report) / "results.csv"
-        if not results.is_file():
-            raise MetaptError(f"report={report!r}: holds no results.csv")
-    _, meta = load_prompt(folder)
+    with tempfile.TemporaryDirectory(prefix="metapt-export-") as tmp:
+        folder = _prompt_folder(Path(source))
+        results: Path | None = None
+        if folder is not None:
+            where = f"stored prompt `{folder}`"
+        else:
+            folder, results, where = _from_run(cfg, source, Path(tmp))
+        if report:
+            results = Path(report) / "results.csv"
+            if not results.is_file():
+                raise MetaptError(f"report={report!r}: holds no results.csv")
+        _, meta = load_prompt(folder)
+        evaluation = _evaluation(results, meta) if results is not None else []
     name = str(meta.get("backbone", ""))
-    evaluation = _evaluation(results, meta) if results is not None else []
     return export_prompt(
         folder,
         target,
