@@ -12,8 +12,8 @@ from metapt_core.store import ArtifactRef
 from tasks import plan
 from tasks.cache import StageOutcome
 from tasks.common import TASK_OPTIONS, as_state, get_backbone, no_cache
-from tasks.progress import StageProgress, run_logger
-from tasks.publish import log_history, log_prompt_model
+from tasks.progress import StageProgress
+from tasks.publish import publish_prompt
 from tasks.stage import RunContext, StageSpec, core_output, execute_stage
 
 CORE = plan.PPT_CORE
@@ -48,9 +48,5 @@ def ppt_task(
         params={"pretrain_seed": seed, "control": "balanced" if balanced else "pool"},
     )
     outcome = execute_stage(ctx, spec)
-    try:  # its curves as step metrics; MLflow lists the learned prompt as a model
-        log_history(ctx.tracker, outcome)
-        log_prompt_model(ctx.tracker, outcome, spec.run_name)
-    except Exception as error:  # a view; the prompt folder is stored and logged as artifacts
-        run_logger().warning("%s: curves or model not logged to MLflow: %s", spec.run_name, error)
+    publish_prompt(ctx.tracker, outcome, spec.run_name)  # curves, and the prompt as a model
     return as_state(outcome)

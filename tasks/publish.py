@@ -440,3 +440,16 @@ def log_pretraining_curves(tracker: Any, run_id: str, prompts: Mapping[str, Any]
         picture = pretraining_plot(histories, Path(tmp) / "curves.png")
         tracker.client.log_artifact(run_id, str(picture), "pretraining")
     return True
+
+
+def publish_prompt(tracker: Any, outcome: Any, name: str) -> None:
+    """A pre-training stage's views: its curves as step metrics (:func:`log_history`) and its
+    prompt as a logged model (:func:`log_prompt_model`); a failure is a warning, never a failed
+    stage (the prompt folder is stored and logged as artifacts either way)."""
+    from tasks.progress import run_logger
+
+    try:
+        log_history(tracker, outcome)
+        log_prompt_model(tracker, outcome, name)
+    except Exception as error:
+        run_logger().warning("%s: curves or model not logged to MLflow: %s", name, error)
