@@ -40,10 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     found = tracker.client.search_runs(
         [tracker.experiment_id],
         f"tags.`{KIND_TAG}` = 'pipeline' and tags.`metapt.profile` = '{args.profile}' "
-        "and attributes.status = 'FINISHED' and tags.`metapt.cached` != 'true'",
+        "and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"],
-        max_results=1,
     )
+    found = [run for run in found if run.data.tags.get("metapt.cached") != "true"]
     if not found:
         raise SystemExit(f"--profile={args.profile!r}: no finished pipeline run in {cfg.work_path}")
     pipeline = found[0]
