@@ -163,6 +163,18 @@ class PromptModel:
 
     def loss(self, prompt: Tensor, batch: EncodedBatch) -> Tensor:
         """Mean cross-entropy of the gold class (scalar), differentiable in ``prompt``."""
+        return self._loss(prompt, batch, "mean")
+
+    def row_losses(self, prompt: Tensor, batch: EncodedBatch) -> Tensor:
+        """Cross-entropy of the gold class of every row, ``[B]``, differentiable in ``prompt``.
+
+        ``row_losses(p, b).mean()`` has the gradient of ``loss(p, b)`` bit for bit (both
+        reductions divide by B in the backward pass); the forward value may differ in its last
+        bit (another summation order).
+        """
+        return self._loss(prompt, batch, "none")
+
+    def _loss(self, prompt: Tensor, batch: EncodedBatch, reduction: str) -> Tensor:
         if batch.labels is None:
             raise ConfigError("labels", None, "a loss needs labelled rows")
         if self.scoring.loss is LossKind.LM:
@@ -170,10 +182,12 @@ class PromptModel:
             with self._autocast():
                 if self.scoring.mode is ScoringMode.SEQUENCE:
                     scores = self.scorer.sequence_scores(prompt, batch).float()
-                    return -scores.gather(1, batch.labels.view(-1, 1)).mean()
+                    picked = -scores.gather(1, batch.labels.view(-1, 1))
+                    return picked.mean() if reduction == "mean" else picked.view(-1)
                 logits = self.scorer.answer_logits(prompt, batch, None).float()  # [B, V]
-            return F.cross_entropy(logits, self._first_tokens(batch)[batch.labels])
-        return F.cross_entropy(self.class_scores(prompt, batch), batch.labels)
+            gold = self._first_tokens(batch)[batch.labels]
+            return F.cross_entropy(logits, gold, reduction=reduction)
+        return F.cross_entropy(self.class_scores(prompt, batch), batch.labels, reduction=reduction)
 
     @torch.no_grad()
     def score_many(self, prompts: Tensor, batch: EncodedBatch, batch_size: int = 32) -> Tensor:

@@ -118,6 +118,44 @@ def test_batched_prompts_train_like_prompts_alone(model: PromptModel, tasks_dir:
         assert not torch.allclose(alone[0], inits[m], atol=1e-3)
 
 
+class HiddenRowLosses:
+    """The model without ``row_losses``: the tuner's path before per-prompt curves."""
+
+    accepts_grouped_prompts = True
+
+    def __init__(self, model: PromptModel) -> None:
+        self.model = model
+
+    def loss(self, prompt: torch.Tensor, batch: object) -> torch.Tensor:
+        return self.model.loss(prompt, batch)  # type: ignore[arg-type]
+
+    def class_scores(self, prompt: torch.Tensor, batch: object) -> torch.Tensor:
+        return self.model.class_scores(prompt, batch)  # type: ignore[arg-type]
+
+
+def test_per_prompt_curves_leave_the_trained_prompts_bit_identical(
+    model: PromptModel, tasks_dir: Path
+):
+    """Each prompt's own loss comes from ``row_losses`` in the training pass; the prompts
+    trained that way equal, bit for bit, those trained on ``loss`` (the gradient is the same),
+    and each curve is that prompt's own: it matches the prompt trained alone."""
+    cfg = config()
+    fmt = TaskFormat.of("{text} It was {answer}.", ["bad", "good"])
+    batch = encode_rows(model, pd.read_parquet(tasks_dir / "toy" / "train.parquet"), fmt)
+    inits = torch.randn(3, 3, model.embed_dim, generator=torch.Generator().manual_seed(0)) * 0.05
+    seeds = [5, 6, 7]
+    with_rows, hist = tune_prompts(model, inits, batch, cfg.fewshot, seeds)
+    without, hist_without = tune_prompts(HiddenRowLosses(model), inits, batch, cfg.fewshot, seeds)
+    assert torch.equal(with_rows, without)
+    assert len(hist.prompt_loss) == 3 and all(len(c) == cfg.fewshot.steps for c in hist.prompt_loss)
+    assert hist.prompt_loss[0] != hist.prompt_loss[1]
+    for m in range(3):
+        assert hist.for_prompt(m)["train_loss"] == hist.prompt_loss[m]
+        assert hist.prompt_loss[m] == pytest.approx(hist_without.prompt_loss[m], abs=1e-5)
+        _, alone = tune_prompts(model, inits[m : m + 1], batch, cfg.fewshot, seeds[m])
+        assert hist.prompt_loss[m] == pytest.approx(alone.train_loss, abs=1e-4)
+
+
 def test_group_equals_cells_one_by_one(model: PromptModel, tasks_dir: Path):
     cfg = config(dev=2)
     cells = [c for c in build_grid(cfg) if c.seed == 0]

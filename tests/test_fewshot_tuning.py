@@ -128,6 +128,23 @@ def test_training_is_deterministic():
     assert h1.train_loss == h2.train_loss
 
 
+def test_each_prompt_has_its_own_training_curve():
+    """A group's curves are per prompt: prompt m's curve is its own minibatch loss, the one it
+    has when trained alone, and the group mean is their average."""
+    model, data = ToyModel(), toy_data()
+    inits = torch.randn(3, 4, 5, generator=torch.Generator().manual_seed(5)) * 0.5
+    seeds = [11, 12, 13]
+    _, hist = tune_prompts(model, inits, data, CFG, seeds)
+    assert [len(c) for c in hist.prompt_loss] == [CFG.steps] * 3
+    assert hist.prompt_loss[0] != hist.prompt_loss[1]
+    for m in range(3):
+        _, alone = tune_prompts(model, inits[m : m + 1], data, CFG, seeds[m])
+        assert hist.prompt_loss[m] == pytest.approx(alone.train_loss, abs=1e-5)
+        assert hist.for_prompt(m)["train_loss"] == hist.prompt_loss[m]
+    means = [sum(c[s] for c in hist.prompt_loss) / 3 for s in range(CFG.steps)]
+    assert hist.train_loss == pytest.approx(means, abs=1e-6)
+
+
 def test_training_reduces_the_loss():
     model, data = ToyModel(), toy_data()
     inits = torch.zeros(1, 4, 5)

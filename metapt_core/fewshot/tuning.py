@@ -6,6 +6,7 @@ minibatches from its own seeded generator and the loss is the sum over prompts o
 prompt's mean loss, so the gradient of prompt m is exactly the gradient it would get alone;
 Adam is element-wise, so its state does not couple the prompts either. Prompt m's trajectory is
 therefore the same whether it trains alone or batched with others (up to float rounding).
+Each prompt's own minibatch loss is recorded every step (its training curve).
 """
 
 from __future__ import annotations
@@ -44,6 +45,12 @@ class PromptScorer(Protocol):
     def loss(self, prompt: Tensor, batch: Any) -> Tensor: ...
 
 
+class RowLossScorer(PromptScorer, Protocol):
+    """A scorer that also gives each row's loss ``[B]`` (``PromptModel.row_losses``)."""
+
+    def row_losses(self, prompt: Tensor, batch: Any) -> Tensor: ...
+
+
 class MinibatchSampler:
     """Epoch-wise shuffled minibatches of row indices from one seeded generator.
 
@@ -78,20 +85,22 @@ class TuneHistory:
 
     Attributes:
         train_loss: per step, the mean over prompts of each prompt's minibatch loss.
+        prompt_loss: per prompt, per step, that prompt's own minibatch loss ``[M][steps]``.
         dev: per prompt, a list of ``(step, accuracy, macro_f1)`` dev evaluations.
         best_step: per prompt, the step whose prompt was kept (the last step without a dev set).
         best_dev: per prompt, the kept prompt's dev metrics (None without a dev set).
     """
 
     train_loss: list[float] = field(default_factory=list)
+    prompt_loss: list[list[float]] = field(default_factory=list)
     dev: list[list[tuple[int, float, float]]] = field(default_factory=list)
     best_step: list[int] = field(default_factory=list)
     best_dev: list[dict[str, float] | None] = field(default_factory=list)
 
     def for_prompt(self, m: int) -> dict[str, Any]:
-        """Plain data of prompt m's part of the history."""
+        """Plain data of prompt m's part of the history (``train_loss``: its own curve)."""
         return {
-            "train_loss": list(self.train_loss),
+            "train_loss": list(self.prompt_loss[m]) if self.prompt_loss else list(self.train_loss),
             "dev": [list(t) for t in self.dev[m]] if self.dev else [],
             "best_step": self.best_step[m],
             "best_dev": self.best_dev[m],
@@ -149,6 +158,7 @@ def tune_prompts(
     else:
         optimizer = torch.optim.Adam([prompts], lr=cfg.lr)
     history = TuneHistory(
+        prompt_loss=[[] for _ in range(n_prompts)],
         dev=[[] for _ in range(n_prompts)],
         best_step=[cfg.steps] * n_prompts,
         best_dev=[None] * n_prompts,
@@ -162,14 +172,18 @@ def tune_prompts(
         if n_prompts == 1:
             # One prompt: the shared-prompt path, which a causal backbone can run faster.
             loss = model.loss(prompts[0], batch)
+            own = [float(loss.detach())]
         else:
             # Rows are grouped by prompt: a model that takes [M, P, d] runs each prompt once.
             grouped = getattr(model, "accepts_grouped_prompts", False)
-            loss = model.loss(prompts if grouped else prompts[owner], batch) * n_prompts
+            loss, own = _grouped_loss(model, prompts if grouped else prompts[owner], batch,
+                                      prompts, owner)  # fmt: skip
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        history.train_loss.append(float(loss.detach()) / n_prompts)
+        history.train_loss.append(sum(own) / n_prompts)
+        for m, value in enumerate(own):
+            history.prompt_loss[m].append(value)
 
         if dev_batch is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
             current = prompts.detach()
@@ -185,6 +199,33 @@ def tune_prompts(
 
     trained = best if dev_batch is not None else prompts.detach().clone()
     return trained, history
+
+
+def _grouped_loss(
+    model: PromptScorer, prompt_arg: Tensor, batch: Batch, prompts: Tensor, owner: Tensor
+) -> tuple[Tensor, list[float]]:
+    """The loss ``L = M * mean over all rows`` to differentiate and each prompt's own mean loss.
+
+    With ``row_losses`` both come from one pass (``rows.mean()`` has ``loss``'s gradient bit for
+    bit); a scorer without it pays one more no-grad pass per prompt for the curves.
+
+    Args:
+        prompt_arg: what the model takes, ``[M, P, d]`` (grouped) or ``[M*b, P, d]``.
+        prompts: the M prompts ``[M, P, d]``; owner: ``LongTensor[M*b]``, each row's prompt.
+    """
+    n_prompts = len(prompts)
+    row_losses = getattr(model, "row_losses", None)
+    if row_losses is not None:
+        rows = row_losses(prompt_arg, batch)
+        own = rows.detach().view(n_prompts, -1).mean(dim=1)
+        return rows.mean() * n_prompts, [float(v) for v in own]
+    loss = model.loss(prompt_arg, batch) * n_prompts
+    with torch.no_grad():
+        own_losses = [
+            float(model.loss(prompts[m], batch.select(torch.nonzero(owner == m).view(-1))))
+            for m in range(n_prompts)
+        ]
+    return loss, own_losses
 
 
 @torch.no_grad()
