@@ -97,7 +97,7 @@ def _hints() -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from flows.context import ensure_work_dir
+    from flows.context import check_grid_reach, ensure_work_dir
     from tasks.stage import expand_refresh
 
     cfg = _resolve(args)
@@ -112,6 +112,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     preflight_once(
         cfg, cfg.assets_path
     )  # files, columns, labels, model, k and shots: before any work
+    check_grid_reach(cfg)  # a remote Dask grid: shared store, MLflow and Prefect servers
     print("# resolved configuration\n" + dump_yaml(cfg), flush=True)
     env.use_ephemeral_prefect(cfg.work_path)
     from flows.metapt import metapt_flow

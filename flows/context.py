@@ -88,6 +88,19 @@ def current_flow_run() -> tuple[str, str]:
         return "", ""
 
 
+def check_grid_reach(cfg: PipelineConfig) -> None:
+    """A remote Dask grid needs a shared store, an MLflow server and a Prefect server
+    (:func:`flows.remote.check_remote_grid`); nothing is checked without one."""
+    if not cfg.grid.dask_address:
+        return
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.remote import check_remote_grid
+    from tasks.tracking import resolve_tracking_uri
+
+    check_remote_grid(cfg, resolve_tracking_uri(cfg), str(PREFECT_API_URL.value() or ""))
+
+
 @contextlib.contextmanager
 def pipeline_run(
     flow_name: str,
@@ -111,6 +124,7 @@ def pipeline_run(
         ensure_work_dir(cfg)
         # Before any work or tracking: a bad setting fails the flow run with its one-line message.
         preflight_once(cfg, cfg.assets_path)
+        check_grid_reach(cfg)
     flow_run_id, flow_run_name = current_flow_run()
     tracker = Tracker.open(cfg)
     alive: tuple[Any, int] | None = None

@@ -582,6 +582,24 @@ class GridConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """How the pre-training stages (MetaPT and PPT) run: one process, or ``torchrun`` ranks.
+
+    With ``nproc_per_node`` > 1 the stage launches ``torchrun --standalone`` on this machine:
+    each rank takes ``tasks[rank::N]`` of every meta-batch and the gradients are all-reduced
+    (NCCL with a GPU per rank, else gloo), so N ranks give the prompt of one process up to float
+    summation order. Not part of any stage key: a stored prompt is served whatever N is.
+    """
+
+    nproc_per_node: int = 1
+    max_restarts: int = 1  # torchrun restarts of the rank group after a rank dies (resuming)
+
+    def __post_init__(self) -> None:
+        _positive("distributed.nproc_per_node", self.nproc_per_node)
+        _non_negative("distributed.max_restarts", self.max_restarts)
+
+
+@dataclass
 class TrackingConfig:
     """Where runs are recorded (used by the orchestration layer, not by the core)."""
 
@@ -608,6 +626,7 @@ class PipelineConfig:
     ppt: PPTConfig = field(default_factory=PPTConfig)
     fewshot: FewShotConfig = field(default_factory=FewShotConfig)
     grid: GridConfig = field(default_factory=GridConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:
@@ -625,6 +644,13 @@ class PipelineConfig:
             raise ConfigError(
                 "grid.protocols", "inner",
                 "needs a PPT or MetaPT init in grid.inits when meta.inner_lr=auto (alpha is theirs)",
+            )  # fmt: skip
+        ranks = self.distributed.nproc_per_node
+        if ranks > self.meta.meta_batch_size:
+            raise ConfigError(
+                "distributed.nproc_per_node", ranks,
+                f"must be at most meta.meta_batch_size ({self.meta.meta_batch_size}): "
+                "every rank takes at least one task of each meta-batch",
             )  # fmt: skip
 
     @property

@@ -66,6 +66,27 @@ def _backbone_key(cfg: PipelineConfig) -> str:
     )
 
 
+def pretrain_on_ranks(
+    cfg: PipelineConfig, shards: ArtifactRef, out_dir: Path, kind: str, progress: Any
+) -> Any:
+    """A pre-training stage on ``cfg.distributed.nproc_per_node`` torchrun ranks
+    (:func:`metapt_core.meta.launch.launch_pretrain`): rank 0's progress lines drive
+    ``progress``, every other line goes to the run log."""
+    from metapt_core.meta.launch import launch_pretrain, progress_of
+    from tasks.progress import run_logger
+
+    logger = run_logger()
+
+    def relay(line: str) -> None:
+        step = progress_of(line)
+        if step is not None:
+            progress(*step)
+        else:
+            logger.info("torchrun: %s", line)
+
+    return launch_pretrain(cfg, shards, out_dir, kind, log=relay)
+
+
 def load_prompt_model(cfg: PipelineConfig) -> Any:
     """:func:`metapt_core.lm.load_prompt_model` (the ``BACKBONE_LOADER`` entry), imported when a
     stage first computes: importing this module (as the fully cached run does) loads no torch."""

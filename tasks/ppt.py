@@ -11,7 +11,7 @@ from metapt_core.ppt import ppt_pretrain
 from metapt_core.store import ArtifactRef
 from tasks import plan
 from tasks.cache import StageOutcome
-from tasks.common import TASK_OPTIONS, as_state, get_backbone, no_cache
+from tasks.common import TASK_OPTIONS, as_state, get_backbone, no_cache, pretrain_on_ranks
 from tasks.progress import StageProgress
 from tasks.publish import publish_prompt
 from tasks.stage import RunContext, StageSpec, core_output, execute_stage
@@ -35,6 +35,9 @@ def ppt_task(
     stage = plan.pretrain(cfg, init, seed, assets, shards)
 
     def compute(out_dir: Path, progress: StageProgress) -> tuple[ArtifactRef, dict]:
+        if cfg.distributed.nproc_per_node > 1:  # torchrun ranks, the same prompt
+            seeded = cfg.with_pretrain_seed(seed)
+            return core_output(pretrain_on_ranks(seeded, shards, out_dir, init.value, progress))
         result = ppt_pretrain(
             shards, stage.spec, get_backbone(cfg), out_dir, progress=progress, balanced=balanced
         )

@@ -7,10 +7,17 @@ an uninterrupted run on CPU.
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import threading
+import time
 from pathlib import Path
 
+import psutil
 import pytest
+import torch
+from safetensors.torch import load_file
 from smoke_runs import isolated_env, leftovers, records, results_table, run
 
 pytestmark = pytest.mark.slow
@@ -95,4 +102,51 @@ def test_kill_during_grid_serves_finished_groups(
         assert f"{name}: served from cache" in out, name
     assert "meta-pretrain-maml-p0: served from cache" in out
     assert results_table(work) == results_table(reference)
+    assert leftovers(work) == []
+
+
+def _kill_rank_one_of_meta(work: Path, stop: threading.Event, killed: list[int]) -> None:
+    """SIGKILL rank 1 of the meta-pretrain torchrun once a checkpoint of it is on disk."""
+    while not stop.is_set() and not killed:
+        if list((work / "artifacts" / "meta-pretrain").glob("*.partial/out.ckpt/last.pt")):
+            for proc in psutil.process_iter(["cmdline"]):
+                try:
+                    cmd = proc.info["cmdline"] or []
+                    if "metapt_core.meta" in cmd and "--algorithm" in cmd:
+                        if proc.environ().get("RANK") == "1":
+                            os.kill(proc.pid, signal.SIGKILL)
+                            killed.append(proc.pid)
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    continue
+        time.sleep(0.02)
+
+
+def test_pretraining_on_two_torchrun_ranks_survives_a_killed_rank(
+    reference: Path, tmp_path: Path, assets_dir: Path
+) -> None:
+    """``distributed.nproc_per_node=2``: PPT and MetaPT run on two gloo ranks launched by the
+    pipeline; rank 1 of MetaPT is SIGKILLed after its first checkpoint, the group is relaunched
+    and resumes; the prompts are the single-process reference's up to summation order."""
+    work, env = tmp_path / "work", isolated_env(tmp_path / "home")
+    for stage in ("ingest-pool", "ingest-tasks", "embed", "cluster"):
+        shutil.copytree(reference / "artifacts" / stage, work / "artifacts" / stage)
+    stop, killed = threading.Event(), []
+    watcher = threading.Thread(target=_kill_rank_one_of_meta, args=(work, stop, killed))
+    watcher.start()
+    try:
+        result = run(work, assets_dir, env, tmp_path / "ranks.log",
+                     "--set", "distributed.nproc_per_node=2")  # fmt: skip
+    finally:
+        stop.set()
+        watcher.join()
+    assert result.returncode == 0, result.output[-4000:]
+    out = result.output
+    assert killed, "rank 1 of meta-pretrain was never seen with a checkpoint"
+    assert "ppt-p0: computing" in out and "meta-pretrain-maml-p0: computing" in out
+    assert "relaunching (2 of 2)" in out and "resuming from step" in out
+    for stage in ("ppt", "meta-pretrain"):
+        (ours,) = (work / "artifacts" / stage).glob("*/out/prompt.safetensors")
+        (theirs,) = (reference / "artifacts" / stage).glob("*/out/prompt.safetensors")
+        torch.testing.assert_close(load_file(ours)["prompt"], load_file(theirs)["prompt"],
+                                   rtol=0, atol=1e-5)  # fmt: skip
     assert leftovers(work) == []

@@ -64,6 +64,17 @@ def all_reduce_sum(values: Tensor) -> Tensor:
     return values
 
 
+def all_reduce_max(value: int) -> int:
+    """The largest ``value`` over ranks (``value`` itself in a single process)."""
+    if not is_distributed():
+        return value
+    work = torch.tensor([value], dtype=torch.int64)
+    if dist.get_backend() == "nccl":
+        work = work.cuda()
+    dist.all_reduce(work, op=dist.ReduceOp.MAX)
+    return int(work.item())
+
+
 def init_from_env() -> bool:
     """Join the process group that ``torchrun`` describes in the environment, if any.
 

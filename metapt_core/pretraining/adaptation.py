@@ -72,12 +72,13 @@ def evaluate_adapted(
                 counts[offset] = counts.get(offset, torch.zeros(n_classes, dtype=torch.float64))
                 counts[offset] += hist
         sums[4] += len(labels)
-    after = counts.get(0, torch.zeros(max(n_classes, 1), dtype=torch.float64))
-    before = counts.get(2, torch.zeros(max(n_classes, 1), dtype=torch.float64))
+    # A rank may hold no episode (fewer episodes than ranks): every rank reduces the same width.
+    width = max(dist_utils.all_reduce_max(n_classes), 1)
+    hists = [counts.get(k, torch.zeros(0, dtype=torch.float64)) for k in (0, 2)]
+    after, before = (F.pad(h, (0, width - len(h))) for h in hists)
     extra = [*after.tolist(), *before.tolist()]
     _, reduced = dist_utils.reduce_sums(torch.zeros(1), [*sums.tolist(), *extra])
     rows = max(reduced[4], 1.0)
-    width = len(after)
     hist_after, hist_before = reduced[5 : 5 + width], reduced[5 + width :]
     return {
         f"{prefix}_loss": reduced[0] / rows,
