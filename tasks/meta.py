@@ -32,7 +32,9 @@ def meta_pretrain_task(
     def compute(out_dir: Path, progress: StageProgress) -> tuple[ArtifactRef, dict]:
         if cfg.distributed.nproc_per_node > 1:  # torchrun ranks, the same prompt
             seeded = cfg.with_pretrain_seed(seed)
-            return core_output(pretrain_on_ranks(seeded, shards, out_dir, algorithm.value, progress))
+            return core_output(
+                pretrain_on_ranks(seeded, shards, out_dir, algorithm.value, progress)
+            )
         model = get_backbone(cfg)
         result = meta_pretrain(shards, stage.spec, algorithm, model, out_dir, progress=progress)
         return core_output(result)

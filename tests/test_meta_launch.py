@@ -25,7 +25,6 @@ from metapt_core.ppt import ppt_pretrain
 from metapt_core.prompt import load_prompt
 from metapt_core.tiny import make_tiny_llama
 
-
 TOL = 1e-5  # ranks vs one process: the same prompt up to summation order
 
 
@@ -100,10 +99,13 @@ def _kill_rank_one(out: Path, stop: threading.Event, killed: list[int]) -> None:
             for proc in psutil.process_iter(["cmdline"]):
                 try:
                     cmd = proc.info["cmdline"] or []
-                    if str(out) in cmd and "metapt_core.meta" in cmd:
-                        if proc.environ().get("RANK") == "1":
-                            os.kill(proc.pid, signal.SIGKILL)
-                            killed.append(proc.pid)
+                    if (
+                        str(out) in cmd
+                        and "metapt_core.meta" in cmd
+                        and proc.environ().get("RANK") == "1"
+                    ):
+                        os.kill(proc.pid, signal.SIGKILL)
+                        killed.append(proc.pid)
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
         time.sleep(0.02)

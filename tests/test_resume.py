@@ -112,10 +112,13 @@ def _kill_rank_one_of_meta(work: Path, stop: threading.Event, killed: list[int])
             for proc in psutil.process_iter(["cmdline"]):
                 try:
                     cmd = proc.info["cmdline"] or []
-                    if "metapt_core.meta" in cmd and "--algorithm" in cmd:
-                        if proc.environ().get("RANK") == "1":
-                            os.kill(proc.pid, signal.SIGKILL)
-                            killed.append(proc.pid)
+                    if (
+                        "metapt_core.meta" in cmd
+                        and "--algorithm" in cmd
+                        and proc.environ().get("RANK") == "1"
+                    ):
+                        os.kill(proc.pid, signal.SIGKILL)
+                        killed.append(proc.pid)
                 except (psutil.NoSuchProcess, psutil.AccessDenied):
                     continue
         time.sleep(0.02)
