@@ -9,12 +9,20 @@ sentence-transformers model name or local folder works. Texts are embedded in or
 Output folder (``embed_pool``): ``embeddings.npy`` (float32, ``[N, D]``, rows in
 ``pool.parquet`` order), ``row_ids.parquet`` (one ``row_id`` column, same order) and
 ``embed.json`` (model, dimension, device, settings).
+
+Resumable: with a ``resume_dir`` every chunk of ``batch_size * 8`` length-sorted texts is saved
+there as it is done (``<start>.npy``, under a fingerprint of the texts, model and settings); a
+run killed midway and started again encodes only the chunks that are missing, and the result is
+the uninterrupted run's, bit for bit (the same batches). ``embed_pool`` keeps them in
+``<out_dir>.chunks`` and removes them once the output is written.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +36,7 @@ import pyarrow.parquet as pq
 
 from metapt_core.config import EmbedConfig
 from metapt_core.errors import ConfigError, DataError
-from metapt_core.store import ArtifactRef, atomic_path
+from metapt_core.store import ArtifactRef, atomic_path, atomic_write_text
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -113,6 +121,8 @@ def embed_texts(
     batch_size: int = 128,
     normalize: bool = True,
     progress: Progress | None = None,
+    resume_dir: str | Path | None = None,
+    identity: str = "",
 ) -> np.ndarray:
     """Embed texts in length-sorted batches and return them in the input order.
 
@@ -122,6 +132,9 @@ def embed_texts(
         batch_size: texts per forward pass.
         normalize: L2-normalise each vector (``e / ||e||``).
         progress: called as ``progress(done, N, message)``.
+        resume_dir: keep each finished chunk here and reuse the chunks found (module doc).
+        identity: what else the vectors depend on (model name, device, settings), folded into
+            the chunks' fingerprint.
 
     Returns:
         float32 array ``[N, D]``; row ``i`` embeds ``texts[i]``.
@@ -137,24 +150,79 @@ def embed_texts(
     order = length_order(texts)
     sorted_texts = [texts[i] for i in order]
     chunk = batch_size * _CHUNK_BATCHES
+    chunks = _ChunkDir(resume_dir, sorted_texts, f"{identity}|{batch_size}|{normalize}|{dim}")
     parts: list[np.ndarray] = []
+    resumed = 0
     for start in range(0, n, chunk):
         batch = sorted_texts[start : start + chunk]
-        vectors = model.encode(
-            batch,
-            batch_size=batch_size,
-            convert_to_numpy=True,
-            normalize_embeddings=normalize,
-            show_progress_bar=False,
-        )
-        parts.append(np.asarray(vectors, dtype=np.float32))
+        vectors = chunks.load(start, len(batch), dim)
+        if vectors is None:
+            encoded = model.encode(
+                batch,
+                batch_size=batch_size,
+                convert_to_numpy=True,
+                normalize_embeddings=normalize,
+                show_progress_bar=False,
+            )
+            vectors = np.asarray(encoded, dtype=np.float32)
+            chunks.save(start, vectors)
+        else:
+            resumed += len(batch)
+        parts.append(vectors)
         if progress:
             progress(min(start + chunk, n), n, "embedding")
+    if resumed:
+        log.info("embed: resumed %d of %d rows from %s", resumed, n, resume_dir)
     embedded = np.concatenate(parts, axis=0)
     # Un-permute: the row embedded at sorted position j belongs to input row order[j].
     out = np.empty_like(embedded)
     out[order] = embedded
     return out
+
+
+class _ChunkDir:
+    """Finished chunks of one embedding run on disk (nothing when ``root`` is None).
+
+    ``fingerprint.txt`` holds sha256 over the sorted texts and ``identity``; chunks under another
+    fingerprint are cleared rather than reused.
+    """
+
+    def __init__(self, root: str | Path | None, texts: Sequence[str], identity: str) -> None:
+        self.root = Path(root) if root is not None else None
+        if self.root is None:
+            return
+        digest = hashlib.sha256(identity.encode())
+        for text in texts:
+            digest.update(text.encode("utf-8", "surrogatepass") + b"\0")
+        fingerprint = digest.hexdigest()
+        stamp = self.root / "fingerprint.txt"
+        if stamp.is_file() and stamp.read_text("utf-8").strip() != fingerprint:
+            shutil.rmtree(self.root)
+        if not stamp.is_file():
+            self.root.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(stamp, fingerprint + "\n")
+
+    def _file(self, start: int) -> Path:
+        assert self.root is not None
+        return self.root / f"{start:012d}.npy"
+
+    def load(self, start: int, rows: int, dim: int) -> np.ndarray | None:
+        """The saved chunk starting at sorted position ``start``, if whole; else None."""
+        if self.root is None or not self._file(start).is_file():
+            return None
+        try:
+            vectors = np.load(self._file(start), allow_pickle=False)
+        except (OSError, ValueError):
+            return None
+        if vectors.shape != (rows, dim) or vectors.dtype != np.float32:
+            return None
+        return vectors
+
+    def save(self, start: int, vectors: np.ndarray) -> None:
+        if self.root is None:
+            return
+        with atomic_path(self._file(start)) as tmp, open(tmp, "wb") as handle:
+            np.save(handle, vectors, allow_pickle=False)
 
 
 def pool_file(pool_ref: ArtifactRef | str | Path) -> Path:
@@ -212,7 +280,10 @@ def embed_pool(
     log.info("embed: %d rows with %s on %s", len(texts), cfg.model, device)
     model = load_embedder(cfg.model, assets_dir, device, cfg.max_seq_length)
     start = time.perf_counter()
-    vectors = embed_texts(texts, model, cfg.batch_size, cfg.normalize, progress)
+    out = Path(out_dir)
+    chunks = out.parent / f"{out.name}.chunks"  # beside the output: kept if this run is killed
+    identity = f"{cfg.model}|{device}|{cfg.max_seq_length}"
+    vectors = embed_texts(texts, model, cfg.batch_size, cfg.normalize, progress, chunks, identity)
     seconds = time.perf_counter() - start
     if not np.isfinite(vectors).all():
         raise DataError("embed.model", cfg.model, "produced non-finite embeddings")
@@ -228,7 +299,6 @@ def embed_pool(
         "seconds": round(seconds, 3),
         "sentences_per_s": round(len(texts) / seconds, 1) if seconds > 0 else None,
     }
-    out = Path(out_dir)
     with atomic_path(out) as tmp:
         tmp.mkdir(parents=True)
         with open(tmp / EMBEDDINGS_FILE, "wb") as handle:
@@ -236,6 +306,7 @@ def embed_pool(
         ids = pa.table({"row_id": pa.array(frame["row_id"].astype(str).tolist(), pa.string())})
         pq.write_table(ids, tmp / ROW_IDS_FILE)
         (tmp / INFO_FILE).write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n", "utf-8")
+    shutil.rmtree(chunks, ignore_errors=True)
     log.info(
         "embed: wrote %d x %d in %.1f s (%.0f sentences/s)",
         len(texts),

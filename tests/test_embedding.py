@@ -83,6 +83,41 @@ def test_embed_texts_reports_progress_and_handles_empty(embedder, tweets) -> Non
     assert embed_texts([], embedder).shape == (0, 384)
 
 
+class Killed(Exception):
+    """Stands for the process dying after some chunks were saved."""
+
+
+def test_a_killed_embedding_resumes_from_its_chunks_bit_for_bit(embedder, tweets, tmp_path) -> None:
+    texts = tweets["text"].tolist()[:40]  # chunks of 8 batches of 2: 16 + 16 + 8 rows
+    whole = embed_texts(texts, embedder, batch_size=2)
+    calls: list[int] = []
+    real_encode = embedder.encode
+
+    def counting(batch, **kwargs):
+        calls.append(len(batch))
+        return real_encode(batch, **kwargs)
+
+    def die_after_two(done: int, total: int, message: str) -> None:
+        if done >= 32:
+            raise Killed
+
+    chunks = tmp_path / "out.chunks"
+    embedder.encode = counting
+    try:
+        with pytest.raises(Killed):
+            embed_texts(texts, embedder, 2, progress=die_after_two, resume_dir=chunks, identity="m")
+        assert calls == [16, 16] and len(list(chunks.glob("*.npy"))) == 2
+        calls.clear()
+        resumed = embed_texts(texts, embedder, 2, resume_dir=chunks, identity="m")
+        assert calls == [8]  # only the missing chunk is encoded
+        assert np.array_equal(resumed, whole)
+        calls.clear()  # other settings (or texts): the chunks are not reused
+        embed_texts(texts, embedder, 2, resume_dir=chunks, identity="other model")
+        assert calls == [16, 16, 8]
+    finally:
+        embedder.encode = real_encode
+
+
 def test_embed_pool_writes_vectors_next_to_row_ids(embed_assets_dir, tweets, tmp_path) -> None:
     pool_path = write_pool(tweets.iloc[:50], tmp_path / "pool")
     cfg = EmbedConfig(batch_size=8, device="cpu")
@@ -101,6 +136,7 @@ def test_embed_pool_writes_vectors_next_to_row_ids(embed_assets_dir, tweets, tmp
     assert result.ref.is_valid() and calls[-1] == 50
     assert result.stats["n_rows"] == 50 and result.stats["device"] == "cpu"
     assert not list(tmp_path.glob("embed.tmp-*"))
+    assert not (tmp_path / "embed.chunks").exists()  # resume chunks go with success
     # Row i's vector is the embedding of row i's text.
     model = load_embedder("builtin:all-MiniLM-L6-v2", embed_assets_dir, "cpu")
     np.testing.assert_allclose(

@@ -46,8 +46,16 @@ def umap_reduce(
     return np.asarray(reduced, dtype=np.float32)
 
 
+# Distances are computed for this many (row, centroid, coordinate) triples at a time.
+_DISTANCE_BLOCK = 1 << 22  # 4M float32: 16 MB
+
+
 def nearest_centroid(points: np.ndarray, labels: np.ndarray, space: np.ndarray) -> np.ndarray:
     """Label each of ``points`` with the cluster whose centroid in ``space`` is nearest.
+
+    ``argmin_c ||space[i] - mu_c||^2`` with ``mu_c`` the mean of cluster c's rows, computed in
+    blocks of rows so that memory stays at about 16 MB whatever ``M``, ``k`` and ``d`` are (the
+    same arithmetic per row as one ``[M, k, d]`` array, so the same labels bit for bit).
 
     Args:
         points: indices ``[M]`` of the rows to assign.
@@ -59,8 +67,14 @@ def nearest_centroid(points: np.ndarray, labels: np.ndarray, space: np.ndarray) 
     """
     ids = np.unique(labels[labels != NOISE])
     centroids = np.stack([space[labels == c].mean(axis=0) for c in ids])
-    dist = ((space[points, None, :] - centroids[None, :, :]) ** 2).sum(axis=-1)
-    return np.asarray(ids[dist.argmin(axis=1)], dtype=np.int64)
+    k, d = centroids.shape
+    block = max(1, _DISTANCE_BLOCK // max(1, k * d))
+    out = np.empty(len(points), dtype=np.int64)
+    for start in range(0, len(points), block):
+        rows = space[points[start : start + block]]
+        dist = ((rows[:, None, :] - centroids[None, :, :]) ** 2).sum(axis=-1)
+        out[start : start + block] = ids[dist.argmin(axis=1)]
+    return out
 
 
 def umap_hdbscan_labels(

@@ -6,6 +6,8 @@ clusters are handled, smallest first, until all remaining clusters are usable:
 - ``merge``: the cluster joins the other cluster whose centroid in embedding space is nearest
   (Euclidean; on normalised vectors the same order as cosine), usable or not; the merged
   centroid is recomputed and the check repeats (a merge that is still short merges again).
+  Centroids are cached and only the merged cluster's is recomputed, so a merge costs O(N d),
+  not O(k N d).
 - ``drop``: the cluster's rows are removed from every task (label ``-1``).
 
 Fewer than two usable clusters left is an error naming ``cluster.n_clusters``.
@@ -47,14 +49,21 @@ def class_counts(
 ) -> dict[int, np.ndarray]:
     """Rows per class in each cluster (``-1`` labels and unlabelled rows left out).
 
+    One ``bincount`` over ``cluster_position * n_classes + class``: O(N) whatever the number
+    of clusters.
+
     Returns:
         ``{cluster: int64 [n_classes]}``.
     """
-    out: dict[int, np.ndarray] = {}
-    for cluster in np.unique(labels[labels != DROPPED]):
-        ids = label_ids[(labels == cluster) & (label_ids >= 0)]
-        out[int(cluster)] = np.bincount(ids, minlength=n_classes)[:n_classes]
-    return out
+    kept = labels != DROPPED
+    clusters = np.unique(labels[kept])
+    if len(clusters) == 0:
+        return {}
+    rows = kept & (label_ids >= 0) & (label_ids < n_classes)
+    position = np.searchsorted(clusters, labels[rows])
+    flat = np.bincount(position * n_classes + label_ids[rows], minlength=len(clusters) * n_classes)
+    table = flat.reshape(len(clusters), n_classes).astype(np.int64)
+    return {int(c): table[i] for i, c in enumerate(clusters)}
 
 
 def enforce_min_rows(
@@ -83,6 +92,14 @@ def enforce_min_rows(
     """
     labels = np.asarray(labels, dtype=np.int64).copy()
     report = MergeReport()
+    centroids: dict[int, np.ndarray] = {}
+
+    def centroid(cluster: int) -> np.ndarray:
+        """Mean embedding of ``cluster``'s rows, cached until the cluster changes."""
+        if cluster not in centroids:
+            centroids[cluster] = vectors[labels == cluster].mean(axis=0)
+        return centroids[cluster]
+
     while True:
         counts = class_counts(labels, label_ids, n_classes)
         small = [c for c, n in counts.items() if int(n.min()) < min_per_class]
@@ -104,10 +121,13 @@ def enforce_min_rows(
         # Nearest of all other clusters, usable or not: two neighbouring halves then become one
         # coherent task instead of both being swallowed by whichever usable cluster is nearest.
         targets = [c for c in counts if c != victim]
-        centre = vectors[labels == victim].mean(axis=0)
-        dist = [float(((vectors[labels == t].mean(axis=0) - centre) ** 2).sum()) for t in targets]
+        centre = centroid(victim)
+        dist = [float(((centroid(t) - centre) ** 2).sum()) for t in targets]
         into = targets[int(np.argmin(dist))]
         labels[labels == victim] = into
+        # Only the merged cluster's centroid changed (recomputed over its rows when next needed).
+        centroids.pop(victim, None)
+        centroids.pop(into, None)
         report.merged.append((victim, into, rows))
         log.info(
             "cluster: merged cluster %d (%d rows, class counts %s) into %d",
