@@ -4,6 +4,7 @@
 #   make lint   ruff + mypy
 #   make serve  Prefect + MLflow servers on 127.0.0.1 and the deployments (make stop, make ui)
 #   make bench  every benchmark at full size (make bench-quick: small sizes, < 10 min on 2 cores)
+#   make gpu-wheels  what benchmarks/gpu_check.sh needs carried to a GPU machine
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -23,7 +24,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # OpenMP threads that spin while waiting stall badly when anything else shares the 2 cores.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: install dev run test lint assets clean-cache serve stop ui bench bench-quick chromium
+.PHONY: install dev run test lint assets clean-cache serve stop ui bench bench-quick chromium gpu-wheels
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -82,3 +83,7 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(PY) benchmarks/run_all.py --quick
+
+# pytest's pure-Python wheels for a GPU machine without network (benchmarks/gpu_check.sh)
+gpu-wheels: $(PY)
+	$(PIP) download --quiet --no-deps --only-binary=:all: -d .gpu-wheels pytest pluggy iniconfig packaging

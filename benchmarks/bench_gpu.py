@@ -1,4 +1,5 @@
-"""GPU throughput: bf16 prompt-tuning and MAML steps per second, peak memory, share of bf16 peak.
+"""GPU throughput: bf16 prompt-tuning, evaluation and MAML per second, peak memory, share of bf16
+peak, and peft's prompt tuning on the same GPU.
 
     .venv/bin/python benchmarks/bench_gpu.py                 # on one CUDA GPU (< 8 min on an H100)
     .venv/bin/python benchmarks/bench_gpu.py --dry-run       # tiny sizes on the CPU, to check it
@@ -7,7 +8,8 @@
 Nothing is downloaded: a T5-large (d_model 1024, d_ff 4096, 24 + 24 layers, 16 heads, d_kv 64,
 vocab 32128) and a SmolLM2-135M-sized Llama (hidden 576, 30 layers, 9 heads, 3 KV heads,
 intermediate 1536, vocab 49152, tied embeddings) are built from their configs, randomly
-initialised in bf16 on the GPU; only throughput is measured. Inputs are random token ids
+initialised on the GPU in float32 and run the pipeline's way (bf16 autocast, linear weights cast
+once, packed passes, the prompt cache); only throughput is measured. Inputs are random token ids
 (batch 32, 128 text tokens, a 100-token prompt) put straight into an ``EncodedBatch``; the
 tokenizer (a tiny one trained on the fly) only serves PromptModel's start-up probe.
 
@@ -15,6 +17,10 @@ Per backbone, through ``metapt_core.lm.PromptModel`` and ``metapt_core.meta.maml
 - prompt-tuning step (loss, backward, Adam) and second-order MAML step (one inner SGD step on
   16 support rows, query loss on the other 16, gradient through the inner step, Adam), timed
   interleaved; steps per second and the MAML/plain time ratio;
+- evaluation: 4 prompts scored on 256 rows in one ``score_many`` call (examples/s);
+- peft (Llama only): ``get_peft_model`` prompt tuning of an identical copy of the model under the
+  same bf16 autocast, its documented recipe (full ``[B, P+L, V]`` logits, the label words at
+  the answer position), a training step against metapt's (examples/s, ratio);
 - peak GPU memory of each (``max_memory_allocated`` above what was allocated before);
 - achieved FLOP/s (``FlopCounterMode`` count / median step time) against this GPU's own bf16
   matmul peak (best of 8192 x 8192 ``torch.mm`` repetitions).
@@ -99,16 +105,24 @@ def build_prompt_model(
     else:
         tokenizer = AutoTokenizer.from_pretrained(make_tiny_llama(tmp / "llama-tok"))
         config, cls, bkind = smollm2_config(49152, tiny), LlamaForCausalLM, BackboneKind.CAUSAL
-    torch.manual_seed(0)
-    with torch.device(device):
-        model: Any = cls(config)
-    model = model.to(dtype)
-    model.requires_grad_(False)
-    model.eval()
+    model = random_model(cls, config, device)
     backbone = Backbone(
         model=model, tokenizer=tokenizer, kind=bkind, name=f"random-{kind}", device=device
     )
-    return PromptModel(backbone, ScoringConfig(max_length=10_000))
+    # The pipeline's path: float32 weights, bf16 autocast with the linear weights cast once.
+    return PromptModel(
+        backbone, ScoringConfig(max_length=10_000), autocast_bf16=dtype == torch.bfloat16
+    )
+
+
+def random_model(cls: Any, config: Any, device: torch.device) -> Any:
+    """A frozen float32 ``cls(config)`` on ``device``, seeded: two calls give the same weights."""
+    torch.manual_seed(0)
+    with torch.device(device):
+        model: Any = cls(config)
+    model.requires_grad_(False)
+    model.eval()
+    return model
 
 
 def random_batch(model: Any, rows: int, length: int, seed: int) -> Any:
@@ -176,17 +190,37 @@ def bench_backbone(kind: str, args: argparse.Namespace, device: torch.device, dt
             fn()
             memory[name] = (torch.cuda.max_memory_allocated() - base) / 2**30
     flops = {"plain": count_flops(plain), "maml": count_flops(maml)}
-    times = interleaved({"plain": plain, "maml": maml}, args.steps, warmup=0)
-    t_plain, t_maml = median(times["plain"]), median(times["maml"])
+    eval_batch = random_batch(model, args.eval_rows, args.length, seed=1)
+    prompts = torch.stack([prompt.detach() * s for s in (1.0, -1.0, 0.5, 2.0)])
+
+    def evaluate() -> None:
+        model.score_many(prompts, eval_batch, args.batch)
+        sync(device)
+
+    arms = {"plain": plain, "maml": maml, "eval": evaluate}
+    peft_step = peft_arm(kind, model, batch, prompt, device) if kind == "llama" else None
+    if peft_step is not None:
+        arms["peft"] = peft_step
+    evaluate()
+    times = interleaved(arms, args.steps, warmup=1 if peft_step is not None else 0)
+    t_plain, t_maml, t_eval = median(times["plain"]), median(times["maml"]), median(times["eval"])
     shape = (
         f"{kind} B{args.batch} L{args.length} P{args.prompt} {str(dtype).removeprefix('torch.')}"
     )
     rows = [
         Row("7 gpu", f"{kind}: prompt-tuning steps/s", 1 / t_plain, None, "steps/s", "",
             f"{shape}; {args.batch / t_plain:.0f} examples/s"),
-        Row("7 gpu", f"{kind}: MAML steps/s (S{half}+Q{args.batch - half}, k=1)", 1 / t_maml, None, "steps/s", ""),
+        Row("7 gpu", f"{kind}: evaluation examples/s", len(prompts) * args.eval_rows / t_eval, None,
+            "examples/s", "", f"{len(prompts)} prompts x {args.eval_rows} rows, score_many"),
+        Row("7 gpu", f"{kind}: MAML steps/s (S{half}+Q{args.batch - half}, k=1)", 1 / t_maml, None, "steps/s", "",
+            f"{args.batch / t_maml:.0f} examples/s"),
         Row("7 gpu", f"{kind}: MAML step time vs prompt-tuning step", t_maml, t_plain, "s", "<=3.5", ""),
     ]  # fmt: skip
+    if peft_step is not None:
+        t_peft = median(times["peft"])
+        rows.append(Row("7 gpu", f"{kind}: prompt-tuning examples/s, metapt vs peft", args.batch / t_plain,
+                        args.batch / t_peft, "examples/s", "", "peft: get_peft_model, full logits, "
+                        "same bf16 autocast"))  # fmt: skip
     if memory:
         rows.append(Row("7 gpu", f"{kind}: MAML peak memory vs prompt-tuning step", memory["maml"],
                         memory["plain"], "GiB above model", "<=2", ""))  # fmt: skip
@@ -196,6 +230,35 @@ def bench_backbone(kind: str, args: argparse.Namespace, device: torch.device, dt
                         flops[key] / t / 1e12, peak_flops / 1e12, "TFLOP/s", "",
                         f"{flops[key] / 1e12:.2f} TFLOP per step"))  # fmt: skip
     return rows
+
+
+def peft_arm(kind: str, model: Any, batch: Any, prompt: torch.Tensor, device: torch.device) -> Any:
+    """A peft prompt-tuning training step on an identical copy of ``model``'s backbone."""
+    from bench_prompt_tuning import peft_answer_logits
+    from peft import PromptTuningConfig, TaskType, get_peft_model
+    from transformers import LlamaForCausalLM
+
+    base = random_model(LlamaForCausalLM, model.model.config, device)
+    config = PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=prompt.shape[0])
+    peft: Any = get_peft_model(base, config)
+    peft.eval()
+    with torch.no_grad():
+        peft.prompt_encoder["default"].embedding.weight.copy_(prompt.detach())
+    params = [p for p in peft.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=0.03)
+    label_ids = torch.tensor([5, 6], device=device)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(
+            device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"
+        ):
+            logits = peft_answer_logits(peft, batch, label_ids, prompt.shape[0]).float()
+        torch.nn.functional.cross_entropy(logits, batch.labels).backward()
+        optimizer.step()
+        sync(device)
+
+    return step
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype, n: int, reps: int) -> float:
@@ -221,13 +284,14 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--length", type=int, default=128, help="text tokens per row")
     parser.add_argument("--prompt", type=int, default=100, help="prompt length")
+    parser.add_argument("--eval-rows", type=int, default=256, help="rows scored per evaluation")
     parser.add_argument(
         "--steps", type=int, default=20, help="timed rounds (each: one step of each arm)"
     )
     parser.add_argument("--json", default="", help="also write the rows as JSON to this file")
     args = parser.parse_args()
     if args.dry_run:
-        args.batch, args.length, args.prompt, args.steps = 4, 16, 8, 2
+        args.batch, args.length, args.prompt, args.steps, args.eval_rows = 4, 16, 8, 2, 8
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     elif not torch.cuda.is_available():
         print("bench_gpu: no CUDA device here; nothing measured (run it on a GPU, or --dry-run)")
