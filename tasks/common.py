@@ -87,6 +87,16 @@ def pretrain_on_ranks(
     return launch_pretrain(cfg, shards, out_dir, kind, log=relay)
 
 
+def dask_worker() -> str:
+    """The address of the Dask worker this runs in ('' outside one)."""
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().address)
+    except (ImportError, ValueError):
+        return ""
+
+
 def load_prompt_model(cfg: PipelineConfig) -> Any:
     """:func:`metapt_core.lm.load_prompt_model` (the ``BACKBONE_LOADER`` entry), imported when a
     stage first computes: importing this module (as the fully cached run does) loads no torch."""

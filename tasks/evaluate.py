@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from metapt_core.report import build_report
 from metapt_core.store import ArtifactRef, atomic_write_json, seal
 from tasks import plan
 from tasks.cache import StageOutcome
-from tasks.common import TASK_OPTIONS, as_state, get_backbone, no_cache
+from tasks.common import TASK_OPTIONS, as_state, dask_worker, get_backbone, no_cache
 from tasks.progress import StageProgress, run_logger
 from tasks.stage import RunContext, StageSpec, execute_stage, plain, result_stats
 from tasks.tracking import CACHED_TAG, FLOW_RUN_TAG, KIND_TAG, SOURCE_RUN_TAG, STAGE_TAG
@@ -79,6 +80,10 @@ def eval_group_task(
     }
 
     def compute(out_dir: Path, progress: StageProgress) -> tuple[ArtifactRef, dict[str, Any]]:
+        worker = dask_worker()
+        if worker:
+            run_logger().info("%s: dask worker pid %d (%s)", plan.group_label(
+                task_name, shots, seed, pretrain_seed), os.getpid(), worker)  # fmt: skip
         result = evaluate_group(
             reads,
             task_name,

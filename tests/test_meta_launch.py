@@ -29,7 +29,9 @@ TOL = 1e-5  # ranks vs one process: the same prompt up to summation order
 
 
 def tiny_config(folder: Path, **meta: object) -> PipelineConfig:
-    data = to_dict(small_config(**meta))
+    """The tiny Llama with a plain-SGD outer step: Adam's first steps are about lr * sign(g), so
+    a gradient component at rounding level could move by lr either way between rank counts."""
+    data = to_dict(small_config(**{"outer_optimizer": "sgd", **meta}))
     data["backbone"]["name_or_path"] = str(folder)
     data["backbone"]["device"] = "cpu"
     data["scoring"]["max_length"] = 24
@@ -80,8 +82,7 @@ def test_two_torchrun_ranks_give_the_prompt_of_one_process(
     result = launch_pretrain(cfg, shards, tmp_path / "two", kind, nproc=2, log=lines.append)
     one, _ = load_prompt(tmp_path / "one")
     two, _ = load_prompt(tmp_path / "two")
-    # Two partial sums all-reduced vs one sum: float rounding, which Adam's division by
-    # sqrt(v) carries into the step (measured 1.5e-6 after 6 steps on a prompt of scale 0.02).
+    # Two partial sums all-reduced vs one sum: float rounding only.
     torch.testing.assert_close(two, one, rtol=0, atol=TOL)
     assert not torch.equal(one, model.embedding_matrix[: len(one)])  # it trained
     assert Path(result.ref.path) == (tmp_path / "two").resolve() and result.ref.is_valid()
