@@ -588,11 +588,14 @@ class DistributedConfig:
     With ``nproc_per_node`` > 1 the stage launches ``torchrun --standalone`` on this machine:
     each rank takes ``tasks[rank::N]`` of every meta-batch and the gradients are all-reduced
     (NCCL with a GPU per rank, else gloo), so N ranks give the prompt of one process up to float
-    summation order. Not part of any stage key: a stored prompt is served whatever N is.
+    summation order (with Adam, whose first steps are about ``lr * sign(g)``, a component whose
+    gradient is at rounding level may move by ``lr`` either way). Not part of any stage key: a
+    stored prompt is served whatever N is. A dead rank ends the group, which is relaunched
+    ``max_restarts`` times and resumes from the last checkpoint.
     """
 
     nproc_per_node: int = 1
-    max_restarts: int = 1  # torchrun restarts of the rank group after a rank dies (resuming)
+    max_restarts: int = 1  # relaunches of the rank group after a rank dies (each resumes)
 
     def __post_init__(self) -> None:
         _positive("distributed.nproc_per_node", self.nproc_per_node)

@@ -82,3 +82,12 @@ def test_loopback_mlflow_or_prefect_is_refused() -> None:
     with pytest.raises(ConfigError, match="PREFECT_API_URL"):
         check_remote_grid(config(REMOTE), SERVER, "http://localhost:4200/api", fs_type="nfs4")
     check_remote_grid(config(REMOTE), SERVER, PREFECT, fs_type="nfs4")  # all reachable
+
+
+def test_the_flow_check_refuses_before_writing_anything(tmp_path: Path) -> None:
+    from flows.context import check_grid_reach
+
+    check_grid_reach(config("", str(tmp_path / "local")))  # no Dask address: nothing checked
+    with pytest.raises(ConfigError, match="work_dir"):
+        check_grid_reach(config(REMOTE, str(tmp_path / "w")))
+    assert not (tmp_path / "w").exists()
