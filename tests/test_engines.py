@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import threading
-import time
 from pathlib import Path
 
-import psutil
 import pytest
 import torch
+from _ranks import killing_rank_one
 from safetensors.torch import load_file
 from smoke_runs import isolated_env, leftovers, results_table, run
 
@@ -26,25 +23,6 @@ PRETRAINED = ("ppt", "meta-pretrain")
 def copy_stages(reference: Path, work: Path, stages: tuple[str, ...]) -> None:
     for stage in stages:
         shutil.copytree(reference / "artifacts" / stage, work / "artifacts" / stage)
-
-
-def _kill_rank_one_of_meta(work: Path, stop: threading.Event, killed: list[int]) -> None:
-    """SIGKILL rank 1 of the meta-pretrain torchrun once a checkpoint of it is on disk."""
-    while not stop.is_set() and not killed:
-        if list((work / "artifacts" / "meta-pretrain").glob("*.partial/out.ckpt/last.pt")):
-            for proc in psutil.process_iter(["cmdline"]):
-                try:
-                    cmd = proc.info["cmdline"] or []
-                    if (
-                        "metapt_core.meta" in cmd
-                        and "--algorithm" in cmd
-                        and proc.environ().get("RANK") == "1"
-                    ):
-                        os.kill(proc.pid, signal.SIGKILL)
-                        killed.append(proc.pid)
-                except (psutil.NoSuchProcess, psutil.AccessDenied):
-                    continue
-        time.sleep(0.02)
 
 
 def test_pretraining_on_two_torchrun_ranks_survives_a_killed_rank(
@@ -69,15 +47,13 @@ def test_pretraining_on_two_torchrun_ranks_survives_a_killed_rank(
               tmp_path / "one.log", *fp32)  # fmt: skip
     assert one.returncode == 0, one.output[-4000:]
     work = works["two"]
-    stop, killed = threading.Event(), []
-    watcher = threading.Thread(target=_kill_rank_one_of_meta, args=(work, stop, killed))
-    watcher.start()
-    try:
+    checkpoint = work / "artifacts" / "meta-pretrain"
+    with killing_rank_one(
+        lambda: bool(list(checkpoint.glob("*.partial/out.ckpt/last.pt"))),
+        lambda cmd: "metapt_core.meta" in cmd and "--algorithm" in cmd,
+    ) as killed:
         result = run(work, assets_dir, isolated_env(tmp_path / "two" / "home"),
                      tmp_path / "ranks.log", *fp32, "--set", "distributed.nproc_per_node=2")  # fmt: skip
-    finally:
-        stop.set()
-        watcher.join()
     assert result.returncode == 0, result.output[-4000:]
     out = result.output
     assert killed, "rank 1 of meta-pretrain was never seen with a checkpoint"

@@ -5,15 +5,11 @@ the meta-batch are refused."""
 
 from __future__ import annotations
 
-import os
-import signal
-import threading
-import time
 from pathlib import Path
 
-import psutil
 import pytest
 import torch
+from _ranks import killing_rank_one
 from test_meta_fixtures import small_config, write_shards
 
 from metapt_core.config import PipelineConfig, from_dict, to_dict
@@ -93,40 +89,18 @@ def test_two_torchrun_ranks_give_the_prompt_of_one_process(
     assert not (tmp_path / "two.ckpt").exists()
 
 
-def _kill_rank_one(out: Path, stop: threading.Event, killed: list[int]) -> None:
-    """SIGKILL rank 1 of the torchrun writing ``out`` once its first checkpoint is on disk."""
-    while not stop.is_set() and not killed:
-        if (out.parent / f"{out.name}.ckpt" / "last.pt").is_file():
-            for proc in psutil.process_iter(["cmdline"]):
-                try:
-                    cmd = proc.info["cmdline"] or []
-                    if (
-                        str(out) in cmd
-                        and "metapt_core.meta" in cmd
-                        and proc.environ().get("RANK") == "1"
-                    ):
-                        os.kill(proc.pid, signal.SIGKILL)
-                        killed.append(proc.pid)
-                except (psutil.NoSuchProcess, psutil.AccessDenied):
-                    continue
-        time.sleep(0.02)
-
-
 def test_a_killed_rank_restarts_the_group_from_its_checkpoint(
     setup: tuple[Path, Path], tmp_path: Path
 ) -> None:
     folder, shards = setup
     cfg = tiny_config(folder, meta_steps=30, checkpoint_every=2)
     meta_pretrain(shards, cfg, "maml", load_prompt_model(cfg), tmp_path / "one")  # type: ignore[arg-type]
-    out, stop, killed = tmp_path / "two", threading.Event(), []
-    watcher = threading.Thread(target=_kill_rank_one, args=(out, stop, killed), daemon=True)
-    watcher.start()
-    lines: list[str] = []
-    try:
+    out, lines = tmp_path / "two", []
+    with killing_rank_one(
+        lambda: (out.parent / f"{out.name}.ckpt" / "last.pt").is_file(),
+        lambda cmd: str(out) in cmd and "metapt_core.meta" in cmd,
+    ) as killed:
         launch_pretrain(cfg, shards, out, "maml", nproc=2, log=lines.append)
-    finally:
-        stop.set()
-        watcher.join()
     text = "\n".join(lines)
     assert killed, "rank 1 was never seen with a checkpoint on disk"
     assert "relaunching (2 of 2)" in text and "resuming from step" in text, text[-3000:]
