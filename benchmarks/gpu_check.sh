@@ -7,7 +7,7 @@
 # initialised models of the real configs (nothing downloaded); writes gpu_tests.txt, gpu.md and
 # gpu.json into $OUT (or ./gpu-out), to be pasted into the README's GPU block.
 set -uo pipefail
-out="${OUT:-gpu-out}"
+out="$(realpath -m "${OUT:-gpu-out}")"
 mkdir -p "$out"
 export PYTHONPATH="$PWD" HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu_tests.txt"
@@ -17,6 +17,6 @@ python -m pytest --version >/dev/null 2>&1 \
   || echo "pytest not installable: carry .gpu-wheels (make gpu-wheels)"
 python -m pytest -q -rs -p no:cacheprovider -o addopts="" tests/test_gpu.py 2>&1 | tail -25 \
   | tee -a "$out/gpu_tests.txt"
-(cd benchmarks && timeout 420 python bench_gpu.py --json "../$out/gpu.json") 2>&1 | tail -40 \
+(cd benchmarks && timeout 420 python bench_gpu.py --json "$out/gpu.json") 2>&1 | tail -40 \
   | tee "$out/gpu_bench.txt"
 cp benchmarks/results/gpu.md "$out/gpu.md" 2>/dev/null || true
