@@ -16,10 +16,12 @@ axes. UMAP's numba kernels are compiled on a small warm-up set first. UMAP+HDBSC
 sizes while the next one, predicted from the growth so far, fits in a budget (10 minutes in
 full mode); the sizes it did not reach are named.
 
-Post-processing at the same sizes (the part that used to grow as ``[n_noise, k, d]``): the
-noise rule (``nearest_centroid``: 20% of the rows to 50 centroids in the 10-d UMAP space) and the
-small-cluster rule (``enforce_min_rows``: 200 clusters of 384-d vectors, a tenth of them too
-small, merged); time and peak RSS, beside the bytes the old one-array noise rule would have held.
+Post-processing at 10k to 1M rows, each against the implementation it replaced (same data, same
+process, labels checked equal): the noise rule (``nearest_centroid``: 20% of the rows to 50
+centroids in the 10-d UMAP space; blocked vs one ``[n_noise, k, d]`` array) and the small-cluster
+rule (``enforce_min_rows``: 200 clusters of 384-d vectors, a tenth of them lacking a class, merged;
+cached centroids vs recomputing every centroid and count per merge); time and peak allocation
+(tracemalloc: RSS hides memory the allocator reuses).
 """
 
 from __future__ import annotations
@@ -115,7 +117,7 @@ def embedding_rows(mode: str) -> list[Row]:
 
 
 def clustering_rows(mode: str) -> list[Row]:
-    from metapt_core.clustering.density import umap_hdbscan_labels, umap_reduce
+    from metapt_core.clustering.density import umap_hdbscan_labels
     from metapt_core.clustering.kmeans import kmeans_labels
     from metapt_core.config import NoisePolicy
 
@@ -127,7 +129,11 @@ def clustering_rows(mode: str) -> list[Row]:
         min_size = min(50, len(x) // (2 * CENTRES))
         umap_hdbscan_labels(x, 10, 15, min_size, seed=0, noise_policy=NoisePolicy.NEAREST)
 
-    umap_reduce(synthetic(300, seed=9), 10, 15, seed=0)  # compile numba kernels before timing
+    # Compile numba's kernels before timing, on enough points for the paths the sizes take
+    # (nearest-neighbour descent above 4,096 points): a 300-point warm-up left 10,000 points
+    # at 47 s and 30,000 at 26 s.
+    warm = synthetic(300 if mode == "tiny" else 6000, seed=9)
+    umap_hdbscan_labels(warm, 10, 15, 20, seed=0, noise_policy=NoisePolicy.NEAREST)
     rows: list[Row] = []
     for name, fn, sizes, budget in (
         ("k-means", kmeans, KMEANS_SIZES[mode], None),
@@ -180,64 +186,116 @@ def scaling_rows(
     return rows
 
 
+def one_array_nearest(points: np.ndarray, labels: np.ndarray, space: np.ndarray) -> np.ndarray:
+    """The noise rule as it was: one ``[M, k, d]`` array (the baseline of the blocked one)."""
+    ids = np.unique(labels[labels != -1])
+    centroids = np.stack([space[labels == c].mean(axis=0) for c in ids])
+    dist = ((space[points, None, :] - centroids[None, :, :]) ** 2).sum(axis=-1)
+    return np.asarray(ids[dist.argmin(axis=1)], dtype=np.int64)
+
+
+def recompute_all_merge(
+    labels: np.ndarray, label_ids: np.ndarray, n_classes: int, need: int, vectors: np.ndarray
+) -> np.ndarray:
+    """The small-cluster merge as it was: every centroid and count recomputed per merge."""
+    labels = labels.copy()
+    while True:
+        counts = {
+            int(c): np.bincount(label_ids[(labels == c) & (label_ids >= 0)], minlength=n_classes)
+            for c in np.unique(labels[labels != -1])
+        }
+        small = [c for c, n in counts.items() if int(n.min()) < need]
+        if not small or len(counts) < 2:
+            return labels
+        victim = min(small, key=lambda c: (int((labels == c).sum()), c))
+        targets = [c for c in counts if c != victim]
+        centre = vectors[labels == victim].mean(axis=0)
+        dist = [float(((vectors[labels == t].mean(axis=0) - centre) ** 2).sum()) for t in targets]
+        labels[labels == victim] = targets[int(np.argmin(dist))]
+
+
+def measured(fn: Callable[[], object]) -> tuple[float, float, object]:
+    """(seconds, peak MiB that numpy and Python allocated during the call, result): tracemalloc
+    sees every new array, where RSS hides memory the allocator reuses."""
+    import tracemalloc
+
+    tracemalloc.start()
+    start = time.perf_counter()
+    out = fn()
+    seconds = time.perf_counter() - start
+    peak = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    return seconds, peak, out
+
+
 def postprocess_rows(mode: str) -> list[Row]:
-    """The noise rule and the small-cluster rule at growing sizes: time, peak RSS."""
+    """The noise rule and the small-cluster rule, against the implementations they replaced
+    (same data, same process; labels checked equal): time and peak allocation."""
     from metapt_core.clustering.density import nearest_centroid
     from metapt_core.clustering.merge import enforce_min_rows
     from metapt_core.config import SmallClusterPolicy
 
     rows: list[Row] = []
-    for name in ("noise rule", "small-cluster merge"):
-        sizes = POST_SIZES[mode]
-        seconds: list[float] = []
-        peaks: list[float] = []
-        for n in sizes:
-            rng = np.random.default_rng(n)
-            if name == "noise rule":
-                space = rng.standard_normal((n, 10), dtype=np.float32)
-                labels = rng.integers(0, 50, n)
-                labels[rng.random(n) < 0.2] = -1
-                noise = np.flatnonzero(labels == -1)
-                old_mib = len(noise) * 50 * 10 * 4 / 2**20
-                fn: Callable[[], object] = partial(nearest_centroid, noise, labels, space)
-            else:
-                vectors = synthetic(n)
-                # 200 clusters; a tenth of them lack class 2, so they merge away
-                labels = rng.integers(0, 200, n)
-                label_ids = rng.integers(0, 3, n)
-                label_ids[(labels >= 180) & (label_ids == 2)] = 1
-                merge = SmallClusterPolicy.MERGE
-                fn = partial(enforce_min_rows, labels, label_ids, 3, 4, vectors, merge)
-            with peak_rss_delta() as mem:
-                start = time.perf_counter()
-                fn()
-                seconds.append(time.perf_counter() - start)
-            peaks.append(mem["delta"] / 2**20)
-            note = (
-                f" (the old [n_noise, k, d] array: {old_mib:,.0f} MiB)"
-                if name == "noise rule"
-                else ""
-            )
-            log(f"cluster: {name} n={n}: {seconds[-1]:.2f} s, peak +{peaks[-1]:.0f} MiB{note}")
-            if name == "noise rule":
-                rows.append(Row("4 cluster", f"noise rule peak RSS at {n:,}", peaks[-1], None,
-                                "MiB above data", "", f"{len(noise):,} noise rows, k 50, d 10; "
-                                f"one [n_noise, k, d] array would be {old_mib:,.0f} MiB"))  # fmt: skip
-        rows += [r for r in scaling_rows(name, sizes, seconds, peaks)
-                 if name != "noise rule" or "peak RSS" not in r.metric]  # fmt: skip
+    for n in POST_SIZES[mode]:
+        rng = np.random.default_rng(n)
+        space = rng.standard_normal((n, 10), dtype=np.float32)
+        labels = rng.integers(0, 50, n)
+        labels[rng.random(n) < 0.2] = -1
+        noise = np.flatnonzero(labels == -1)
+        t_new, m_new, new = measured(partial(nearest_centroid, noise, labels, space))
+        t_old, m_old, old = measured(partial(one_array_nearest, noise, labels, space))
+        assert np.array_equal(new, old)  # type: ignore[arg-type]
+        log(f"cluster: noise rule n={n}: {t_new:.2f} s, {m_new:.0f} MiB; one array {t_old:.2f} s, "
+            f"{m_old:.0f} MiB")  # fmt: skip
+        shape = f"{len(noise):,} noise rows, k 50, d 10"
+        rows += [
+            Row("4 cluster", f"noise rule peak allocation at {n:,}, blocked vs one array", m_new,
+                m_old, "MiB", "", shape),
+            Row("4 cluster", f"noise rule time at {n:,}, blocked vs one array", t_new, t_old, "s",
+                "", shape),
+        ]  # fmt: skip
+        del space, labels, noise
+        vectors = synthetic(n)
+        # 200 clusters; a tenth of them lack class 2, so they merge away
+        labels = rng.integers(0, 200, n)
+        label_ids = rng.integers(0, 3, n)
+        label_ids[(labels >= 180) & (label_ids == 2)] = 1
+        merge = SmallClusterPolicy.MERGE
+        t_new, m_new, got = measured(
+            partial(enforce_min_rows, labels, label_ids, 3, 4, vectors, merge)
+        )
+        t_old, m_old, old = measured(partial(recompute_all_merge, labels, label_ids, 3, 4, vectors))
+        assert np.array_equal(got[0], old)  # type: ignore[index, arg-type]
+        log(f"cluster: small-cluster merge n={n}: {t_new:.2f} s, {m_new:.0f} MiB; "
+            f"recompute-all {t_old:.2f} s, {m_old:.0f} MiB")  # fmt: skip
+        shape = f"200 clusters of 384-d vectors, {len(got[1].merged)} merged"  # type: ignore[index]
+        rows += [
+            Row("4 cluster", f"small-cluster merge time at {n:,}, cached vs recompute-all", t_new,
+                t_old, "s", "", shape),
+            Row("4 cluster", f"small-cluster merge peak allocation at {n:,}, cached vs "
+                "recompute-all", m_new, m_old, "MiB", "", shape),
+        ]  # fmt: skip
+        del vectors
     return rows
 
 
 NOISE_MIB = 16  # peak-RSS deltas below this are page-cache and allocator noise
 
 
-def run(mode: str) -> list[Row]:
-    return embedding_rows(mode) + clustering_rows(mode) + postprocess_rows(mode)
+PARTS = {"embed": embedding_rows, "cluster": clustering_rows, "post": postprocess_rows}
+
+
+def run(mode: str, parts: str = "embed,cluster,post") -> list[Row]:
+    return [row for part in parts.split(",") for row in PARTS[part.strip()](mode)]
 
 
 def main() -> None:
-    args = bench_parser(__doc__).parse_args()
-    emit(run(args.mode), args.json, "4. embedding and clustering")
+    parser = bench_parser(__doc__)
+    parser.add_argument(
+        "--parts", default="embed,cluster,post", help="a subset of embed,cluster,post"
+    )
+    args = parser.parse_args()
+    emit(run(args.mode, args.parts), args.json, "4. embedding and clustering")
 
 
 if __name__ == "__main__":

@@ -45,12 +45,6 @@ class PromptScorer(Protocol):
     def loss(self, prompt: Tensor, batch: Any) -> Tensor: ...
 
 
-class RowLossScorer(PromptScorer, Protocol):
-    """A scorer that also gives each row's loss ``[B]`` (``PromptModel.row_losses``)."""
-
-    def row_losses(self, prompt: Tensor, batch: Any) -> Tensor: ...
-
-
 class MinibatchSampler:
     """Epoch-wise shuffled minibatches of row indices from one seeded generator.
 
@@ -206,8 +200,9 @@ def _grouped_loss(
 ) -> tuple[Tensor, list[float]]:
     """The loss ``L = M * mean over all rows`` to differentiate and each prompt's own mean loss.
 
-    With ``row_losses`` both come from one pass (``rows.mean()`` has ``loss``'s gradient bit for
-    bit); a scorer without it pays one more no-grad pass per prompt for the curves.
+    With a ``row_losses(prompt, batch) -> [B]`` method (``PromptModel``) both come from one pass
+    (``rows.mean()`` has ``loss``'s gradient bit for bit); a scorer without it pays one more
+    no-grad pass per prompt for the curves.
 
     Args:
         prompt_arg: what the model takes, ``[M, P, d]`` (grouped) or ``[M*b, P, d]``.

@@ -127,6 +127,10 @@ def launch_pretrain(
         env = dict(os.environ)
         # ranks share the cores: each gets its share of threads (torchrun's default is 1)
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // ranks)))
+        if Path("/sys/class/net/lo").exists():
+            # one node: the ranks' own traffic stays on the loopback interface
+            env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+            env.setdefault("NCCL_SOCKET_IFNAME", "lo")
         attempts = 1 + cfg.distributed.max_restarts
         for attempt in range(1, attempts + 1):
             code, tail = _run(command, env, log)
