@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from pathlib import Path
 
 from metapt_core.config import MetaAlgorithm, PipelineConfig, from_dict, load_config, read_yaml
@@ -45,7 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--balanced", action="store_true", help="PPT on MetaPT's episode rows")
     parser.add_argument("--no-resume", action="store_true")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    # Rank 0 tells the story; the other ranks speak only of warnings and errors.
+    rank0 = os.environ.get("RANK", "0") == "0"
+    logging.basicConfig(level=logging.INFO if rank0 else logging.WARNING,
+                        format="%(asctime)s %(name)s %(message)s")  # fmt: skip
 
     init_from_env()
     cfg: PipelineConfig = (
