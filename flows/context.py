@@ -96,15 +96,9 @@ def check_grid_reach(cfg: PipelineConfig) -> None:
     from prefect.settings import PREFECT_API_URL
 
     from flows.remote import check_remote_grid
-    from tasks.tracking import served_mlflow
+    from tasks.tracking import resolve_tracking_uri
 
-    # resolve_tracking_uri's order, without creating the default SQLite store's folder
-    uri = (
-        cfg.tracking.mlflow_uri
-        or os.environ.get("MLFLOW_TRACKING_URI", "")
-        or served_mlflow(cfg)
-        or f"sqlite:///{cfg.work_path / 'mlflow' / 'mlflow.db'}"
-    )
+    uri = resolve_tracking_uri(cfg, create=False)  # nothing written before the check
     check_remote_grid(cfg, uri, str(PREFECT_API_URL.value() or ""))
 
 

@@ -60,9 +60,10 @@ def served_mlflow(cfg: PipelineConfig) -> str:
         return ""
 
 
-def resolve_tracking_uri(cfg: PipelineConfig) -> str:
+def resolve_tracking_uri(cfg: PipelineConfig, create: bool = True) -> str:
     """``tracking.mlflow_uri``, else ``$MLFLOW_TRACKING_URI``, else the ``make serve`` MLflow
-    server of the work folder when it is up, else SQLite under the work dir.
+    server of the work folder when it is up, else SQLite under the work dir (whose folder is
+    made unless ``create`` is False).
 
     Raises:
         ConfigError: a relative SQLite path or a bare relative folder, which would resolve
@@ -73,7 +74,8 @@ def resolve_tracking_uri(cfg: PipelineConfig) -> str:
         uri = served_mlflow(cfg)
     if not uri:
         db = cfg.work_path / "mlflow" / "mlflow.db"
-        db.parent.mkdir(parents=True, exist_ok=True)
+        if create:
+            db.parent.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{db}"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         raise ConfigError("tracking.mlflow_uri", uri, "must be absolute (sqlite:////abs/mlflow.db)")

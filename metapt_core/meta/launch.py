@@ -20,24 +20,15 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from metapt_core.config import PipelineConfig, dump_yaml
 from metapt_core.errors import ConfigError
+from metapt_core.pretraining.loop import PretrainResult
 from metapt_core.store import ArtifactRef
 
 # What the stage trains: a MetaPT algorithm ("maml", "fomaml", "reptile"), or a PPT control.
 PPT_KINDS = ("ppt", "ppt_balanced")
-
-
-@dataclass
-class LaunchResult:
-    """What rank 0 reported: the prompt folder and the stage's metrics (as ``PretrainResult``)."""
-
-    ref: ArtifactRef
-    metrics: dict[str, Any]
 
 
 _PROGRESS = re.compile(r"\[(\d+)/(\d+)\] (.*)$")
@@ -96,7 +87,7 @@ def launch_pretrain(
     kind: str,
     nproc: int | None = None,
     log: Callable[[str], None] | None = None,
-) -> LaunchResult:
+) -> PretrainResult:
     """Pre-train one prompt on ``nproc`` torchrun ranks (default ``cfg.distributed``).
 
     Args:
@@ -146,4 +137,5 @@ def launch_pretrain(
             )
         data = json.loads(result_file.read_text("utf-8"))
     ref = data["ref"]
-    return LaunchResult(ArtifactRef(ref["path"], ref["sha256"]), data["metrics"])
+    # what rank 0 reported (its history is in the prompt folder's history.json)
+    return PretrainResult(ref=ArtifactRef(ref["path"], ref["sha256"]), metrics=data["metrics"])
