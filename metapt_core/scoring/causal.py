@@ -22,7 +22,12 @@ from torch import Tensor
 
 from metapt_core.config import ScoringConfig
 from metapt_core.scoring.encoding import EncodedBatch
-from metapt_core.scoring.packing import attention_mask, model_position_ids, pack_rows
+from metapt_core.scoring.packing import (
+    PackedLayout,
+    attention_mask,
+    model_position_ids,
+    pack_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +42,22 @@ def prompt_groups(prompt: Tensor, batch_size: int) -> Tensor:
             f"prompt of shape {tuple(prompt.shape)} does not fit a batch of {batch_size}"
         )
     return prompt
+
+
+def sequence_prompts(prompts: Tensor, layout: PackedLayout) -> Tensor:
+    """The prompt ``[S, P, d]`` in front of each of the ``S`` packed sequences.
+
+    ``prompts[layout.sequence_prompt]`` would give the same values, but the backward of advanced
+    indexing accumulates repeated indices with parallel atomic adds whose order follows thread
+    timing: when several sequences share one prompt, its gradient then differs in the last bits
+    from run to run (and more under load). One prompt is expanded (its backward is a sum) and
+    several are gathered with ``index_select`` (its CPU backward adds index by index), both in a
+    fixed order.
+    """
+    count = int(layout.sequence_prompt.shape[0])
+    if prompts.shape[0] == 1:
+        return prompts.expand(count, -1, -1)
+    return prompts.index_select(0, layout.sequence_prompt)
 
 
 def label_log_prob(logp: Tensor, tokens: tuple[int, ...]) -> Tensor:
@@ -135,7 +156,7 @@ class CausalScorer:
         )
         text = self.embed(layout.token_ids)
         if plen:
-            embeds = torch.cat([prompts.to(text.dtype)[layout.sequence_prompt], text], dim=1)
+            embeds = torch.cat([sequence_prompts(prompts.to(text.dtype), layout), text], dim=1)
         else:
             embeds = text
         out = self.base(
