@@ -441,6 +441,19 @@ class MetaConfig:
     val_clusters: int = 0  # whole clusters held out (unseen tasks) for validation and "auto"
     keep_best: bool = False  # keep the prompt of the best validation loss, not the last
     clip_grad_norm: float = 0.0  # 0: off; else the (meta-)gradient's norm is clipped to it
+    # The inner step sized to the curvature: alpha <= curvature_scale / lambda_max, where
+    # lambda_max is the largest |eigenvalue| of the support loss's Hessian in the prompt (power
+    # iteration on Hessian-vector products), re-estimated at the first step and every val_every
+    # steps on that step's supports. 0: off (alpha as given or calibrated).
+    curvature_scale: float = 0.0
+    curvature_episodes: int = 2  # supports per estimate (the largest eigenvalue is kept)
+    curvature_iterations: int = 8  # power-iteration steps per support
+    # Trust region of each inner step: ||alpha g|| <= max_step_ratio * ||theta||. 0: off.
+    max_step_ratio: float = 0.0
+    # The outer rate (MetaPT's and, matched, PPT's): linear warm-up over warmup_steps, then a
+    # cosine decay to final_lr_fraction * outer_lr at the last step (1.0: constant).
+    warmup_steps: int = 0
+    final_lr_fraction: float = 1.0
     checkpoint_every: int = 10
     group_tasks: bool = True  # MAML/FOMAML: the meta-batch's tasks in grouped passes
     seed: int = 0
@@ -469,6 +482,18 @@ class MetaConfig:
         if not isinstance(self.val_clusters, int) or self.val_clusters < 0:
             raise ConfigError("meta.val_clusters", self.val_clusters, "must be zero or more")
         _non_negative("meta.clip_grad_norm", self.clip_grad_norm)
+        _non_negative("meta.curvature_scale", self.curvature_scale)
+        _non_negative("meta.max_step_ratio", self.max_step_ratio)
+        for name in ("curvature_episodes", "curvature_iterations"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"meta.{name}", value, "must be a positive integer")
+        if not isinstance(self.warmup_steps, int) or not 0 <= self.warmup_steps < self.meta_steps:
+            raise ConfigError(
+                "meta.warmup_steps", self.warmup_steps, "must be an integer from 0 to meta_steps - 1"
+            )
+        if not 0 < self.final_lr_fraction <= 1:
+            raise ConfigError("meta.final_lr_fraction", self.final_lr_fraction, "must be in (0, 1]")
         _positive("meta.outer_lr", self.outer_lr)
         _positive("meta.reptile_step", self.reptile_step)
         _non_negative("meta.val_every", self.val_every)

@@ -128,6 +128,9 @@ class EpisodeSettings:
     val_clusters: int
     keep_best: bool
     clip_grad_norm: float
+    max_step_ratio: float
+    warmup_steps: int
+    final_lr_fraction: float
     checkpoint_every: int
     seed: int
 

@@ -19,6 +19,14 @@ serves all three: ``theta <- OuterOpt(theta, g)``.
     FOMAML  g = (1/n) sum_i grad L_{Q_i}(theta'_i)                 (Jacobian of theta' dropped)
     Reptile g = beta * (theta - (1/n) sum_i phi_i)                 (Nichol et al. 2018)
 
+With ``meta.max_step_ratio`` r > 0 each inner step is a trust region: task i's step size is
+
+    alpha_i^(j) = min(alpha, r * ||theta_i^(j)|| / ||grad L_{S_i}(theta_i^(j))||)
+
+so that no step moves the prompt by more than r times its own norm. ``alpha_i^(j)`` is a step
+size, held constant in the meta-gradient (a stop-gradient, as gradient clipping is); where the
+cap is inactive the rule is plain SGD at alpha and the meta-gradient is MAML's, exactly.
+
 where ``phi_i`` is ``theta`` after ``k`` SGD steps on ``S_i`` followed by ``k`` SGD steps on
 ``Q_i`` (both batches, so Reptile sees the same examples as MAML), and ``beta`` is
 ``meta.reptile_step``. With outer SGD at rate ``eps`` this is Reptile's
@@ -86,6 +94,27 @@ def _shift(adapted: Tensor, prompt: Tensor) -> float:
     return float(diff.norm())
 
 
+def step_size(grad: Tensor, theta: Tensor, inner_lr: float, max_step_ratio: float) -> Tensor:
+    """The inner step size ``min(alpha, r ||theta|| / ||g||)`` of each task, detached.
+
+    Args:
+        grad: ``Tensor[P, d]`` (one task) or ``Tensor[n, P, d]`` (grouped tasks).
+        theta: the prompt the step starts from, same shape.
+        inner_lr: ``alpha``.
+        max_step_ratio: ``r``; 0 leaves every task at ``alpha``.
+
+    Returns:
+        ``Tensor[1, 1]`` or ``Tensor[n, 1, 1]``, broadcastable against ``grad``.
+    """
+    lead = grad.shape[:-2]
+    alpha = torch.full(lead, float(inner_lr), dtype=torch.float32, device=grad.device)
+    if max_step_ratio > 0:
+        grad_norm = grad.detach().float().flatten(-2).norm(dim=-1)
+        theta_norm = theta.detach().float().flatten(-2).norm(dim=-1)
+        alpha = torch.minimum(alpha, max_step_ratio * theta_norm / grad_norm.clamp_min(1e-12))
+    return alpha.to(grad.dtype)[..., None, None]
+
+
 @contextlib.contextmanager
 def second_order_attention(enabled: bool = True) -> Iterator[None]:
     """Run SDPA attention on its math kernel, the one with a double backward.
@@ -109,8 +138,9 @@ def inner_adapt(
     inner_lr: float,
     steps: int,
     create_graph: bool,
+    max_step_ratio: float = 0.0,
 ) -> Tensor:
-    """Adapt a prompt to one batch by plain SGD: ``theta <- theta - alpha * grad L(theta)``.
+    """Adapt a prompt to one batch by SGD: ``theta <- theta - alpha_j * grad L(theta)``.
 
     Args:
         prompt: ``Tensor[P, d]`` requiring grad (a leaf, or a function of the meta-parameters
@@ -122,6 +152,7 @@ def inner_adapt(
         create_graph: keep the graph of each step, so the result is differentiable in
             ``prompt`` through the inner gradients (second-order MAML). Without it each step
             starts from a detached copy.
+        max_step_ratio: ``r`` of the trust region (module docstring); 0: plain SGD at alpha.
 
     Returns:
         The adapted prompt ``theta'``, ``Tensor[P, d]``, requiring grad.
@@ -130,7 +161,7 @@ def inner_adapt(
     for _ in range(steps):
         loss = loss_fn(adapted, support)
         (grad,) = torch.autograd.grad(loss, adapted, create_graph=create_graph)
-        adapted = adapted - inner_lr * grad
+        adapted = adapted - step_size(grad, adapted, inner_lr, max_step_ratio) * grad
         if not create_graph:
             adapted = adapted.detach().requires_grad_(True)
     return adapted
@@ -143,6 +174,7 @@ def maml_task_loss(
     inner_lr: float,
     inner_steps: int,
     create_graph: bool = True,
+    max_step_ratio: float = 0.0,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """The query loss after adapting on the support: ``L_Q(theta'(theta))``.
 
@@ -154,6 +186,7 @@ def maml_task_loss(
         inner_steps: ``k``.
         create_graph: True for MAML (the query loss is differentiable in ``theta`` through
             the inner steps); False for FOMAML (the adapted prompt is a fresh leaf).
+        max_step_ratio: ``r`` of the trust region (module docstring); 0: plain SGD.
 
     Returns:
         ``(query_loss, support_loss, adapted)``: the query loss at ``theta'``, the detached
@@ -166,7 +199,7 @@ def maml_task_loss(
         if step == 0:
             support_loss = loss.detach()
         (grad,) = torch.autograd.grad(loss, adapted, create_graph=create_graph)
-        adapted = adapted - inner_lr * grad
+        adapted = adapted - step_size(grad, adapted, inner_lr, max_step_ratio) * grad
         if not create_graph:
             adapted = adapted.detach().requires_grad_(True)
     return loss_fn(adapted, episode.query), support_loss, adapted
@@ -179,19 +212,23 @@ def maml_vjp_gradient(
     loss_fn: LossFn,
     inner_lr: float,
     inner_steps: int,
+    max_step_ratio: float = 0.0,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Exact second-order MAML gradient, the query gradient first, then back through the steps.
 
     With ``theta_(j+1) = theta_j - alpha g_j``, ``g_j = grad L_S(theta_j)`` and
     ``H_j = grad^2 L_S(theta_j)``, the chain rule gives
 
-        v_k = grad L_Q(theta_k),    v_j = v_(j+1) - alpha * H_j v_(j+1),    dL_Q/dtheta = v_0,
+        v_k = grad L_Q(theta_k),    v_j = v_(j+1) - alpha_j * H_j v_(j+1),    dL_Q/dtheta = v_0,
 
     where ``H_j v`` is the vector-Jacobian product of ``g_j`` (a Hessian-vector product, exact,
     no approximation). The query pass is first-order, so it runs on the fused attention kernels
     and its graph is freed before any product through the support graphs; only the support
     passes, which are differentiated twice, run on the math kernel. This equals
     ``d/dtheta L_Q(theta_k(theta))`` computed through one graph (tested).
+
+    ``alpha_j`` is the step size of :func:`step_size` (``alpha`` unless the trust region caps
+    it; a constant of the rule either way).
 
     Args:
         prompt: ``theta``, ``Tensor[P, d]`` (or ``[n, P, d]`` of grouped tasks when ``loss_fn``
@@ -203,7 +240,7 @@ def maml_vjp_gradient(
         ``theta_k`` (detached).
     """
     current = prompt.detach().requires_grad_(True)
-    steps: list[tuple[Tensor, Tensor]] = []
+    steps: list[tuple[Tensor, Tensor, Tensor]] = []
     support_loss = torch.zeros((), device=prompt.device)
     for step in range(inner_steps):
         with second_order_attention():
@@ -211,13 +248,14 @@ def maml_vjp_gradient(
             (grad,) = torch.autograd.grad(loss, current, create_graph=True)
         if step == 0:
             support_loss = loss.detach()
-        steps.append((current, grad))
-        current = (current - inner_lr * grad).detach().requires_grad_(True)
+        alpha = step_size(grad, current, inner_lr, max_step_ratio)
+        steps.append((current, grad, alpha))
+        current = (current - alpha * grad).detach().requires_grad_(True)
     query_loss = loss_fn(current, query)
     (vector,) = torch.autograd.grad(query_loss, current)
-    for theta_j, grad_j in reversed(steps):
+    for theta_j, grad_j, alpha_j in reversed(steps):
         (hvp,) = torch.autograd.grad(grad_j, theta_j, grad_outputs=vector)
-        vector = vector - inner_lr * hvp
+        vector = vector - alpha_j * hvp
     return vector.detach(), query_loss.detach(), support_loss, current.detach()
 
 
@@ -229,6 +267,7 @@ def grouped_meta_gradient_sum(
     algorithm: MetaAlgorithm,
     inner_lr: float,
     inner_steps: int,
+    max_step_ratio: float = 0.0,
 ) -> MetaGradientSum:
     """:func:`meta_gradient_sum` for MAML and FOMAML with the n tasks in grouped passes.
 
@@ -252,11 +291,17 @@ def grouped_meta_gradient_sum(
 
     if MetaAlgorithm(algorithm) is MetaAlgorithm.MAML:
         grads, query_loss, support_loss, adapted = maml_vjp_gradient(
-            copies, support, query, summed, inner_lr, inner_steps
+            copies, support, query, summed, inner_lr, inner_steps, max_step_ratio
         )
     else:
         query_sum, support_sum, adapted = maml_task_loss(
-            copies, Episode(support, query), summed, inner_lr, inner_steps, create_graph=False
+            copies,
+            Episode(support, query),
+            summed,
+            inner_lr,
+            inner_steps,
+            create_graph=False,
+            max_step_ratio=max_step_ratio,
         )
         (grads,) = torch.autograd.grad(query_sum, adapted)
         query_loss, support_loss = query_sum.detach(), support_sum
@@ -299,11 +344,13 @@ def task_meta_gradient(
     inner_lr: float,
     inner_steps: int,
     reptile_step: float = 1.0,
+    max_step_ratio: float = 0.0,
 ) -> tuple[Tensor, float, float, float]:
     """One task's term of the meta-gradient (see the module docstring for the equations).
 
     Args:
         prompt: ``theta``, ``Tensor[P, d]`` (its own grad state is ignored).
+        max_step_ratio: the trust region of MAML's and FOMAML's inner steps (Reptile: unused).
 
     Returns:
         ``(grad, query_loss, support_loss, shift)`` with ``grad`` a detached ``Tensor[P, d]``
@@ -314,12 +361,12 @@ def task_meta_gradient(
     theta = prompt.detach().requires_grad_(True)
     if algorithm is MetaAlgorithm.MAML:
         grad, query_loss, support_loss, adapted = maml_vjp_gradient(
-            theta, episode.support, episode.query, loss_fn, inner_lr, inner_steps
+            theta, episode.support, episode.query, loss_fn, inner_lr, inner_steps, max_step_ratio
         )
         shift = _shift(adapted, theta)
     elif algorithm is MetaAlgorithm.FOMAML:
         query_loss, support_loss, adapted = maml_task_loss(
-            theta, episode, loss_fn, inner_lr, inner_steps, create_graph=False
+            theta, episode, loss_fn, inner_lr, inner_steps, False, max_step_ratio
         )
         # The adapted prompt is a leaf: this is grad L_Q at theta', not through it.
         (grad,) = torch.autograd.grad(query_loss, adapted)
@@ -342,6 +389,7 @@ def meta_gradient_sum(
     inner_steps: int,
     reptile_step: float = 1.0,
     concat: Callable[[Sequence[Any]], Any] | None = None,
+    max_step_ratio: float = 0.0,
 ) -> MetaGradientSum:
     """The sum over tasks of the per-task meta-gradient terms and losses.
 
@@ -358,7 +406,7 @@ def meta_gradient_sum(
         sizes = {(len(e.support), len(e.query)) for e in episodes}
         if len(sizes) == 1:
             return grouped_meta_gradient_sum(
-                prompt, episodes, loss_fn, concat, algorithm, inner_lr, inner_steps
+                prompt, episodes, loss_fn, concat, algorithm, inner_lr, inner_steps, max_step_ratio
             )
     grad_sum = torch.zeros_like(prompt, dtype=prompt.dtype).detach()
     query_sum = 0.0
@@ -366,7 +414,7 @@ def meta_gradient_sum(
     shift_sum = 0.0
     for episode in episodes:
         grad, query_loss, support_loss, shift = task_meta_gradient(
-            prompt, episode, loss_fn, algorithm, inner_lr, inner_steps, reptile_step
+            prompt, episode, loss_fn, algorithm, inner_lr, inner_steps, reptile_step, max_step_ratio
         )
         grad_sum += grad
         query_sum += query_loss
@@ -384,6 +432,7 @@ def meta_gradient(
     inner_steps: int,
     reptile_step: float = 1.0,
     concat: Callable[[Sequence[Any]], Any] | None = None,
+    max_step_ratio: float = 0.0,
 ) -> MetaGradient:
     """The meta-gradient of a meta-batch, averaged over its tasks.
 
@@ -400,6 +449,7 @@ def meta_gradient(
         inner_steps: ``k``.
         reptile_step: ``beta`` (Reptile only).
         concat: joins batches (``EncodedBatch.concat``): MAML/FOMAML tasks in grouped passes.
+        max_step_ratio: ``r`` of the inner steps' trust region (module docstring); 0: off.
 
     Returns:
         :class:`MetaGradient` ``(grad: Tensor[P, d], query_loss, support_loss)``.
@@ -407,7 +457,15 @@ def meta_gradient(
     if not episodes:
         raise ValueError("meta_gradient needs at least one episode")
     total = meta_gradient_sum(
-        prompt, episodes, loss_fn, algorithm, inner_lr, inner_steps, reptile_step, concat
+        prompt,
+        episodes,
+        loss_fn,
+        algorithm,
+        inner_lr,
+        inner_steps,
+        reptile_step,
+        concat,
+        max_step_ratio,
     )
     n = total.tasks
     return MetaGradient(total.grad / n, total.query_loss / n, total.support_loss / n)

@@ -65,6 +65,23 @@ class LoopSettings:
     keep_best: bool = False
     select_on: str = "val_loss"
     clip_grad_norm: float = 0.0
+    warmup_steps: int = 0
+    final_lr_fraction: float = 1.0
+
+
+def lr_factor(step: int, total: int, warmup: int, final_fraction: float) -> float:
+    """The outer rate of step ``t`` (1-based) as a fraction of the configured one.
+
+    ``t / W`` during the warm-up (``t <= W``), then a cosine from 1 at ``t = W`` to ``f`` at
+    ``t = T``: ``f + (1 - f) (1 + cos(pi (t - W) / (T - W))) / 2``. A pure function of the step,
+    so a resumed run needs no scheduler state.
+    """
+    if warmup > 0 and step <= warmup:
+        return step / warmup
+    if final_fraction >= 1.0 or total <= warmup:
+        return 1.0
+    progress = (step - warmup) / (total - warmup)
+    return final_fraction + (1.0 - final_fraction) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def clip_gradient(grad: Tensor, max_norm: float) -> tuple[Tensor, float]:
@@ -84,6 +101,7 @@ def train_prompt(
     ckpt_dir: Path,
     progress: Progress | None = None,
     resume: bool = True,
+    restore: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> tuple[Tensor, list[dict[str, Any]]]:
     """Optimise a prompt with a given (pseudo-)gradient, checkpointing and validating.
 
@@ -102,6 +120,8 @@ def train_prompt(
         ckpt_dir: the scratch folder for checkpoints (rank 0 writes it).
         progress: ``progress(done, total, message)`` after each step.
         resume: continue from a matching checkpoint in ``ckpt_dir`` if there is one.
+        restore: called with the checkpoint's history on resume, so that ``step_fn`` can take
+            back state it carries between steps (MetaPT's current inner rate).
 
     Returns:
         ``(prompt, history)``: the final prompt (the best validated one under ``keep_best``,
@@ -110,6 +130,7 @@ def train_prompt(
     """
     prompt = torch.nn.Parameter(initial.detach().clone())
     optimizer = optimizer_factory([prompt])
+    base_lrs = [float(group["lr"]) for group in optimizer.param_groups]  # before any resume
     history: list[dict[str, Any]] = []
     start = 0
     best: Tensor | None = None
@@ -132,6 +153,8 @@ def train_prompt(
         optimizer.load_state_dict(state.optimizer)
         history = [dict(h) for h in state.history]
         start = state.step
+        if restore is not None:
+            restore(history)
         if state.best is not None:
             best, best_step = state.best.to(prompt.device, prompt.dtype), state.best_step
         log.info(
@@ -150,10 +173,17 @@ def train_prompt(
     for step in range(start + 1, settings.total_steps + 1):
         grad, metrics = step_fn(step, prompt.detach())
         grad, norm = clip_gradient(grad, settings.clip_grad_norm)
+        factor = lr_factor(
+            step, settings.total_steps, settings.warmup_steps, settings.final_lr_fraction
+        )
+        for group, base_lr in zip(optimizer.param_groups, base_lrs, strict=True):
+            group["lr"] = base_lr * factor
         optimizer.zero_grad(set_to_none=True)
         prompt.grad = grad.to(prompt.device, prompt.dtype)
         optimizer.step()
         record: dict[str, Any] = {"step": step, **metrics, "grad_norm": norm}
+        if factor != 1.0:
+            record["outer_lr"] = base_lrs[0] * factor
         last = step == settings.total_steps
         if validating and (step % settings.val_every == 0 or last):
             assert val_fn is not None
