@@ -83,6 +83,15 @@ def find_cached_run(cfg: PipelineConfig) -> CachedRun | None:
         if made is None:
             return None
         made_by[plan.prompt_key(init, seed)] = made.ref
+    objectives: dict[int, Any] = {}
+    for seed in cfg.pretrain_seeds if cfg.meta.check_episodes > 0 else []:
+        prompts = plan.seed_prompts(cfg, made_by, seed)
+        if prompts:
+            check_plan = plan.meta_objective(cfg, seed, assets, shards.ref, prompts)
+            check = stored(f"meta-objective@{seed}", check_plan)
+            if check is None:
+                return None
+            objectives[seed] = check.ref
     group_refs = []
     for task, shots, seed, pseed in plan.groups(cfg):
         prompts = plan.group_prompts(cfg, made_by, pseed)
@@ -91,7 +100,7 @@ def find_cached_run(cfg: PipelineConfig) -> CachedRun | None:
         if done is None:
             return None
         group_refs.append(done.ref)
-    if stored("report", plan.report(cfg, group_refs, [])) is None:
+    if stored("report", plan.report(cfg, group_refs, [], objectives)) is None:
         return None
     return run
 

@@ -102,7 +102,12 @@ def evaluate_flow(
                 progress(index, len(futures), label)
         if not done:
             raise RuntimeError(f"every evaluation group failed: {', '.join(failed)}")
-        report = outcome_of(report_task(ctx, done, failed))
+        objectives = {
+            int(key[len(plan.OBJECTIVE_PREFIX) :]): to_ref(value)
+            for key, value in refs.items()
+            if key.startswith(plan.OBJECTIVE_PREFIX)
+        }
+        report = outcome_of(report_task(ctx, done, failed, objectives))
         try:  # what the run was trained and scored on, on its MLflow page
             log_dataset_inputs(ctx.tracker, ctx.tracker.parent_run_id, refs)
             log_cluster_diagnostics(ctx.tracker, ctx.tracker.parent_run_id, refs)

@@ -437,6 +437,9 @@ class MetaConfig:
     reptile_step: float = 1.0  # Reptile: outer step is outer_lr * reptile_step * (adapted - init)
     val_every: int = 20
     val_episodes: int = 8
+    # Held-out-cluster episodes of the meta-objective check (disjoint in rows from those that
+    # choose alpha and the kept prompt); 0: no check.
+    check_episodes: int = 16
     val_fraction: float = 0.1  # of each shard held out for validation episodes
     val_clusters: int = 0  # whole clusters held out (unseen tasks) for validation and "auto"
     keep_best: bool = False  # keep the prompt of the best validation loss, not the last
@@ -482,6 +485,8 @@ class MetaConfig:
         if not isinstance(self.val_clusters, int) or self.val_clusters < 0:
             raise ConfigError("meta.val_clusters", self.val_clusters, "must be zero or more")
         _non_negative("meta.clip_grad_norm", self.clip_grad_norm)
+        if not isinstance(self.check_episodes, int) or self.check_episodes < 0:
+            raise ConfigError("meta.check_episodes", self.check_episodes, "must be zero or more")
         _non_negative("meta.curvature_scale", self.curvature_scale)
         _non_negative("meta.max_step_ratio", self.max_step_ratio)
         for name in ("curvature_episodes", "curvature_iterations"):

@@ -152,7 +152,9 @@ def ppt_pretrain(
         model,
         calibration_key(repr(cfg.pool), tensor_hash(initial), shards_digest(root), meta, model),
     )
-    val_fn = validation_fn(data.val, data.unseen, model, calibration.alpha, meta.inner_steps)
+    val_fn = validation_fn(
+        data.val, data.unseen, model, calibration.alpha, meta.inner_steps, meta.max_step_ratio
+    )
     settings = LoopSettings(
         total_steps=steps if not balanced else meta.meta_steps,
         val_every=meta.val_every if val_fn is not None else 0,
@@ -162,6 +164,8 @@ def ppt_pretrain(
         keep_best=meta.keep_best,
         select_on="unseen_loss" if data.unseen else "val_loss",
         clip_grad_norm=meta.clip_grad_norm,
+        warmup_steps=min(meta.warmup_steps, max(steps if not balanced else meta.meta_steps, 1) - 1),
+        final_lr_fraction=meta.final_lr_fraction,
     )
     ckpt = checkpoint_dir(out)
     matched = cfg.ppt  # PPTSpec.of filled every unset setting with MetaPT's
@@ -188,6 +192,7 @@ def ppt_pretrain(
         "batch_size": batch_size,
         "held_out_clusters": data.held_out_ids,
         "inner_lr": calibration.alpha,
+        "max_step_ratio": meta.max_step_ratio,
         "calibration": calibration.to_dict(),
         "warnings": collapse_warnings(history, len(cfg.pool.classes)),
         "config": {"ppt": to_dict(cfg.ppt), "prompt": to_dict(cfg.prompt)},

@@ -142,9 +142,16 @@ def log_cells(ctx: RunContext, outcome: StageOutcome) -> list[str]:
 
 
 @task(name="report", cache_policy=no_cache(), **TASK_OPTIONS)
-def report_task(ctx: RunContext, groups: list[StageOutcome], failed: list[str]) -> StageOutcome:
-    """Aggregate the cells (mean, spread, intervals) into ``results.csv``, ``report.md``, plots."""
-    stage = plan.report(ctx.cfg, [g.ref for g in groups], failed)
+def report_task(
+    ctx: RunContext,
+    groups: list[StageOutcome],
+    failed: list[str],
+    objectives: dict[int, ArtifactRef] | None = None,
+) -> StageOutcome:
+    """Aggregate the cells (mean, spread, intervals) into ``results.csv``, ``report.md``, plots,
+    with each pre-training seed's meta-objective check (``meta_objective.csv``) ahead."""
+    objectives = objectives or {}
+    stage = plan.report(ctx.cfg, [g.ref for g in groups], failed, objectives)
     cells = [cell for group in groups for cell in group.stats.get("cells", [])]
 
     def compute(out_dir: Path, progress: StageProgress) -> tuple[ArtifactRef, dict[str, Any]]:
@@ -157,7 +164,12 @@ def report_task(ctx: RunContext, groups: list[StageOutcome], failed: list[str]) 
             pseed = group.stats.get("pretrain_seed", 0)
             for init, found in (group.stats.get("pretrain_warnings") or {}).items():
                 warnings[f"{init}@{pseed}"] = list(found)
-        result = build_report(cells, zero_shot, stage.spec, out_dir, untuned, warnings)
+        checks = [
+            Path(ref.path) / "meta_objective.csv" for _, ref in sorted(objectives.items())
+        ]
+        result = build_report(
+            cells, zero_shot, stage.spec, out_dir, untuned, warnings, objective_files=checks
+        )
         return result.ref, {**result_stats(result), "cells": len(cells), "failed_groups": failed}
 
     spec = StageSpec.of(stage, compute, artifacts=["."])

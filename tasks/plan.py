@@ -45,6 +45,8 @@ EMBED_CORE = "metapt_core.embedding:embed_pool"
 CLUSTER_CORE = "metapt_core.clustering:cluster_pool"
 PPT_CORE = "metapt_core.ppt:ppt_pretrain"
 META_CORE = "metapt_core.meta:meta_pretrain"
+OBJECTIVE_CORE = "metapt_core.pretraining.objective:meta_objective_check"
+OBJECTIVE_PREFIX = "objective:"
 CELLS_CORE = "metapt_core.fewshot.stage:evaluate_group"
 REPORT_CORE = "metapt_core.report:build_report"
 PROMPT_PREFIX = "prompt:"
@@ -162,6 +164,38 @@ def pretrain(
     return meta_pretrain(seeded, algorithm, assets, shards)
 
 
+def meta_objective(
+    cfg: PipelineConfig,
+    seed: int,
+    assets: ArtifactRef,
+    shards: ArtifactRef,
+    prompts: Mapping[str, ArtifactRef],
+) -> StagePlan:
+    """The meta-objective check of pre-training seed ``seed``: its pre-trained prompts (init name
+    -> prompt folder) and the initial prompt on held-out-cluster episodes."""
+    seeded = cfg.with_pretrain_seed(seed)
+    upstream = {"assets": assets, "shards": shards}
+    upstream.update({f"{PROMPT_PREFIX}{name}": ref for name, ref in sorted(prompts.items())})
+    entries = (OBJECTIVE_CORE, BACKBONE_LOADER)
+    extra = {"pretrain_seed": seed, "level": cfg.grid.ci_level}
+    spec = MetaSpec.of(seeded)
+    return StagePlan("meta-objective", entries, "tasks.objective", spec, upstream, extra)
+
+
+def seed_prompts(
+    cfg: PipelineConfig, refs: Mapping[str, ArtifactRef], seed: int
+) -> dict[str, ArtifactRef]:
+    """Each pre-trained init of the grid -> its prompt of pre-training seed ``seed``."""
+    return {
+        init.value: refs[prompt_key(init, seed)] for init in cfg.grid.inits if init.is_pretrained
+    }
+
+
+def objective_key(seed: int) -> str:
+    """The refs key of a pre-training seed's meta-objective check: ``objective:<seed>``."""
+    return f"{OBJECTIVE_PREFIX}{seed}"
+
+
 def pretrain_runs(cfg: PipelineConfig) -> list[tuple[InitMethod, int]]:
     """Every (pre-trained init, pre-training seed) of the grid, seed-major."""
     return [
@@ -220,9 +254,15 @@ def group_prompts(
     }
 
 
-def report(cfg: PipelineConfig, group_refs: list[ArtifactRef], failed: list[str]) -> StagePlan:
+def report(
+    cfg: PipelineConfig,
+    group_refs: list[ArtifactRef],
+    failed: list[str],
+    objectives: Mapping[int, ArtifactRef] | None = None,
+) -> StagePlan:
     # by position, not by the groups' keys: a group recomputed to the same cells keeps the report
     upstream = {f"group:{index}": ref for index, ref in enumerate(group_refs)}
+    upstream.update({objective_key(s): ref for s, ref in sorted((objectives or {}).items())})
     extra = {"failed": sorted(failed)}
     return StagePlan(
         "report", (REPORT_CORE,), "tasks.evaluate", ReportSpec.of(cfg), upstream, extra

@@ -39,6 +39,7 @@ TASK_MODULES = (
     "tasks.cluster",
     "tasks.meta",
     "tasks.ppt",
+    "tasks.objective",
     "tasks.evaluate",
 )
 
@@ -52,6 +53,7 @@ STANDINS = (
     "load_prompt_model",
     "meta_pretrain",
     "ppt_pretrain",
+    "meta_objective_check",
     "evaluate_group",
     "build_report",
 )
@@ -242,6 +244,16 @@ def evaluate_group(
     return cells
 
 
+def meta_objective_check(
+    shards_dir: Any, spec: Any, model: Any, prompts: Any, out_dir: Path, **_: Any
+) -> tuple[Path, list[Any]]:
+    _called(f"meta-objective-p{spec.meta.seed}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "meta_objective.csv", "pretrain_seed,init\n")
+    return out, []
+
+
 def build_report(
     cells: list[dict[str, Any]],
     zero_shot: dict[str, float],
@@ -250,6 +262,7 @@ def build_report(
     untuned: Any = (),
     warnings: Any = None,
     progress: Progress = None,
+    objective_files: Any = (),
 ) -> FakeResult:
     _called("report", progress)
     frame = pd.DataFrame(cells)

@@ -56,6 +56,7 @@ def test_only_the_changed_stage_and_its_dependents_recompute(
         "cluster",
         "ppt",
         "meta-pretrain-maml",
+        "meta-objective-p0",
         "evaluate-cells mr/k2/s0",
         "evaluate-cells mr/k2/s1",
         "report",
@@ -71,6 +72,7 @@ def test_only_the_changed_stage_and_its_dependents_recompute(
         "cluster",
         "ppt",
         "meta-pretrain-maml",
+        "meta-objective-p0",
         "evaluate-cells mr/k2/s0",
         "evaluate-cells mr/k2/s1",
         "report",
@@ -116,7 +118,7 @@ def test_stored_stages_are_cached_states_and_runs_are_named(
 
     work = f"work_dir={tmp_path / 'work'}"
     metapt_flow(profile="smoke", overrides=[work])
-    assert len(calls(fakes)) == 9
+    assert len(calls(fakes)) == 10
     state = metapt_flow(profile="smoke", overrides=[work], return_state=True)
     assert calls(fakes) == []
 
@@ -134,7 +136,7 @@ def test_stored_stages_are_cached_states_and_runs_are_named(
     digest = stable_hash(to_dict(load_config("smoke", overrides=[work])))[:8]
     assert name == f"smoke-{digest}"
     for stage in ("ingest-pool", "ingest-tasks", "embed", "cluster", "ppt", "meta-pretrain",
-                  "evaluate-cells", "report"):  # fmt: skip
+                  "meta-objective", "evaluate-cells", "report"):  # fmt: skip
         seen = {(n, t) for s, n, t in task_runs if s == stage}
         assert ("Completed", "COMPLETED") in seen, (stage, seen)  # the first run computed it
         assert ("Cached", "COMPLETED") in seen, (stage, seen)  # the second served it
@@ -150,6 +152,6 @@ def test_a_stage_flow_alone_runs_what_it_needs_first(harness, fakes: Path, tmp_p
 
     work = f"work_dir={tmp_path / 'work'}"
     refs = evaluate_flow(profile="smoke", overrides=[work])
-    assert len(calls(fakes)) == 9 and "report" in refs and "prompt:ppt@0" in refs
+    assert len(calls(fakes)) == 10 and "report" in refs and "prompt:ppt@0" in refs
     shards = cluster_flow(profile="smoke", overrides=[work])
     assert calls(fakes) == [] and shards["shards"] == refs["shards"]  # served from the store

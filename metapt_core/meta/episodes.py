@@ -25,6 +25,7 @@ SPLIT_STREAM = 2
 POOL_STREAM = 3
 HOLDOUT_STREAM = 4
 UNSEEN_STREAM = 5
+CHECK_STREAM = 6
 
 
 @dataclass(frozen=True)
@@ -290,4 +291,40 @@ def unseen_episodes(
         return []
     return sample_meta_batch(
         held_out, count, support_size, query_size, rng_for(seed, UNSEEN_STREAM, 0)
+    )
+
+
+def check_episodes(
+    held_out: Sequence[ShardTask],
+    used: Sequence[EpisodeRows],
+    count: int,
+    support_size: int,
+    query_size: int,
+    seed: int,
+) -> list[EpisodeRows]:
+    """``count`` episodes from held-out clusters, disjoint in rows from the episodes ``used``
+    (those that chose alpha and the kept prompt), for the meta-objective check.
+
+    Drawn with ``rng(seed, CHECK_STREAM, 0)``; ``task_index`` indexes ``held_out``. Empty when
+    no held-out cluster keeps ``support_size + query_size`` rows.
+    """
+    if count <= 0 or not held_out:
+        return []
+    taken: dict[int, set[int]] = {}
+    for rows in used:
+        taken.setdefault(rows.task_index, set()).update(rows.support.tolist())
+        taken[rows.task_index].update(rows.query.tolist())
+    free = [
+        dataclasses.replace(
+            t,
+            train_rows=np.array(
+                [r for r in t.train_rows.tolist() if r not in taken.get(i, set())], np.int64
+            ),
+        )
+        for i, t in enumerate(held_out)
+    ]
+    if not any(len(t.train_rows) >= support_size + query_size for t in free):
+        return []
+    return sample_meta_batch(
+        free, count, support_size, query_size, rng_for(seed, CHECK_STREAM, 0)
     )

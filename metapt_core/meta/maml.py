@@ -106,13 +106,13 @@ def step_size(grad: Tensor, theta: Tensor, inner_lr: float, max_step_ratio: floa
     Returns:
         ``Tensor[1, 1]`` or ``Tensor[n, 1, 1]``, broadcastable against ``grad``.
     """
-    lead = grad.shape[:-2]
-    alpha = torch.full(lead, float(inner_lr), dtype=torch.float32, device=grad.device)
+    dtype = torch.promote_types(grad.dtype, torch.float32)
+    alpha = torch.full(grad.shape[:-2], float(inner_lr), dtype=dtype, device=grad.device)
     if max_step_ratio > 0:
-        grad_norm = grad.detach().float().flatten(-2).norm(dim=-1)
-        theta_norm = theta.detach().float().flatten(-2).norm(dim=-1)
+        grad_norm = grad.detach().to(dtype).flatten(-2).norm(dim=-1)
+        theta_norm = theta.detach().to(dtype).flatten(-2).norm(dim=-1)
         alpha = torch.minimum(alpha, max_step_ratio * theta_norm / grad_norm.clamp_min(1e-12))
-    return alpha.to(grad.dtype)[..., None, None]
+    return alpha[..., None, None]
 
 
 @contextlib.contextmanager

@@ -26,6 +26,7 @@ from torch import Tensor
 from metapt_core.config import MetaAlgorithm, PipelineConfig, to_dict
 from metapt_core.meta import distributed as dist_utils
 from metapt_core.meta.checkpoint import checkpoint_dir
+from metapt_core.meta.curvature import curvature_inner_lr, curvature_lambda
 from metapt_core.meta.episodes import TRAIN_STREAM, rng_for, sample_meta_batch
 from metapt_core.meta.maml import meta_gradient_sum
 from metapt_core.pretraining.adaptation import (
@@ -81,8 +82,15 @@ def meta_pretrain(
     Outer step ``t``: draw ``meta.meta_batch_size`` tasks and their disjoint support/query
     batches from ``rng(meta.seed, t)``, compute the meta-gradient ``g`` of ``algorithm``
     (:func:`metapt_core.meta.maml.meta_gradient`), and apply ``theta <- Opt(theta, g)`` with
-    ``meta.outer_optimizer`` at ``meta.outer_lr``. Every ``meta.val_every`` steps the prompt is
-    adapted on held-out validation episodes and scored on their queries.
+    ``meta.outer_optimizer`` at ``meta.outer_lr`` (warmed up and decayed as
+    :func:`~metapt_core.pretraining.loop.lr_factor` says). Every ``meta.val_every`` steps the
+    prompt is adapted on held-out validation episodes and scored on their queries.
+
+    The inner rate: ``alpha_0`` as given or calibrated on the held-out clusters, then, with
+    ``meta.curvature_scale`` c > 0, ``alpha_t = min(alpha_0, c / lambda_max)`` re-estimated at
+    step 1 and every ``meta.val_every`` steps on that step's support batches
+    (:mod:`metapt_core.meta.curvature`); each inner step is capped at ``meta.max_step_ratio``
+    times the prompt's norm (:func:`metapt_core.meta.maml.step_size`).
 
     Args:
         shards: the cluster stage's shards folder (or its reference).
@@ -96,8 +104,11 @@ def meta_pretrain(
         initial_prompt: a starting ``Tensor[P, d]`` instead of ``init_prompt`` (tests, toys).
 
     Returns:
-        :class:`PretrainResult`; ``history`` has ``query_loss``, ``support_loss`` and
-        ``examples`` per step and ``val_*`` at validation steps.
+        :class:`PretrainResult`; ``history`` has per step ``query_loss`` (after the inner step:
+        MAML's objective), ``query_loss_0`` (before), ``support_loss`` (before), ``inner_lr``,
+        ``inner_update_ratio`` (``||theta' - theta|| / ||theta||``), ``grad_norm``, ``examples``;
+        ``lambda_max`` where the curvature was estimated; ``val_*`` / ``unseen_*`` at
+        validation steps.
     """
     started = time.perf_counter()
     algorithm = MetaAlgorithm(algorithm)
@@ -118,8 +129,14 @@ def meta_pretrain(
         model,
         calibration_key(repr(cfg.pool), tensor_hash(initial), shards_digest(root), meta, model),
     )
-    alpha = calibration.alpha
     reference_norm = embedding_norm(model)
+    recheck_every = meta.val_every or meta.meta_steps
+    rate = {"alpha": calibration.alpha}  # the current inner rate, re-sized to the curvature
+
+    def restore(history: list[dict[str, Any]]) -> None:
+        for record in history:
+            if "inner_lr" in record:
+                rate["alpha"] = float(record["inner_lr"])
 
     def step_fn(step: int, prompt: Tensor) -> tuple[Tensor, dict[str, float]]:
         rows = sample_meta_batch(
@@ -129,6 +146,17 @@ def meta_pretrain(
             meta.query_size,
             rng_for(meta.seed, TRAIN_STREAM, step),
         )
+        extra: dict[str, float] = {}
+        if meta.curvature_scale > 0 and (step - 1) % recheck_every == 0:
+            # Every rank estimates on the same supports, so every rank gets the same alpha.
+            supports = [e.support for e in encoded.episodes(rows[: meta.curvature_episodes])]
+            lam = curvature_lambda(
+                prompt, supports, model.loss, meta.curvature_iterations,
+                (meta.seed, TRAIN_STREAM, step),
+            )  # fmt: skip
+            rate["alpha"] = curvature_inner_lr(calibration.alpha, lam, meta.curvature_scale)
+            extra["lambda_max"] = lam
+        alpha = rate["alpha"]
         episodes = encoded.episodes(dist_utils.local_slice(rows))
         concat = grouped_concat(model, episodes)
         total = meta_gradient_sum(
@@ -140,6 +168,7 @@ def meta_pretrain(
             meta.inner_steps,
             meta.reptile_step,
             concat=concat if meta.group_tasks else None,
+            max_step_ratio=meta.max_step_ratio,
         )
         before = query_loss_before(prompt, episodes, model, concat)
         grad, (query_sum, support_sum, before_sum, shift_sum, count) = dist_utils.reduce_sums(
@@ -152,14 +181,18 @@ def meta_pretrain(
             "query_loss_0": before_sum / count,
             "support_loss": support_sum / count,
             "inner_update_ratio": shift_sum / count / max(theta_norm, 1e-12),
+            "inner_lr": alpha,
             "examples": float(len(rows) * episode_rows),
+            **extra,
         }
         ratio = prompt_norm_ratio(prompt, reference_norm)
         if math.isfinite(ratio):  # models without an embedding matrix (toys) have none
             record["prompt_norm_ratio"] = ratio
         return grad / count, record
 
-    val_fn = validation_fn(data.val, data.unseen, model, alpha, meta.inner_steps)
+    val_fn = validation_fn(
+        data.val, data.unseen, model, lambda: rate["alpha"], meta.inner_steps, meta.max_step_ratio
+    )
     settings = LoopSettings(
         total_steps=meta.meta_steps,
         val_every=meta.val_every if val_fn is not None else 0,
@@ -171,6 +204,8 @@ def meta_pretrain(
         keep_best=meta.keep_best,
         select_on="unseen_loss" if data.unseen else "val_loss",
         clip_grad_norm=meta.clip_grad_norm,
+        warmup_steps=meta.warmup_steps,
+        final_lr_fraction=meta.final_lr_fraction,
     )
     ckpt = checkpoint_dir(out)
     log.info(
@@ -181,7 +216,7 @@ def meta_pretrain(
         len(data.held_out),
         len(data.val),
         len(data.unseen),
-        alpha,
+        calibration.alpha,
         meta.meta_steps,
         model.device,
     )
@@ -195,6 +230,7 @@ def meta_pretrain(
             ckpt,
             progress,
             resume,
+            restore,
         )
     info = {
         "made_by": settings.name,
@@ -204,7 +240,8 @@ def meta_pretrain(
         "seed": meta.seed,
         "tasks": [t.cluster_id for t in tasks],
         "held_out_clusters": data.held_out_ids,
-        "inner_lr": alpha,
+        "inner_lr": rate["alpha"],  # the rule the prompt ends with: what the check evaluates
+        "max_step_ratio": meta.max_step_ratio,
         "calibration": calibration.to_dict(),
         "warnings": collapse_warnings(history, len(cfg.pool.classes)),
         "config": {"meta": to_dict(meta), "prompt": to_dict(cfg.prompt)},

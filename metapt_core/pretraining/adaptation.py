@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +40,7 @@ def evaluate_adapted(
     inner_lr: float,
     inner_steps: int,
     prefix: str = "val",
+    max_step_ratio: float = 0.0,
 ) -> dict[str, float]:
     """Query loss, accuracy and the largest predicted-class share, before and after adapting.
 
@@ -58,7 +59,13 @@ def evaluate_adapted(
     counts: dict[int, torch.Tensor] = {}
     for episode in local:
         adapted = inner_adapt(
-            prompt.detach(), episode.support, model.loss, inner_lr, inner_steps, create_graph=False
+            prompt.detach(),
+            episode.support,
+            model.loss,
+            inner_lr,
+            inner_steps,
+            create_graph=False,
+            max_step_ratio=max_step_ratio,
         )
         labels = episode.query.labels
         with torch.no_grad():
@@ -202,8 +209,8 @@ def calibration_key(pool: str, initial_hash: str, shards_hash: str, meta: Any, m
 
 
 def collapse_warnings(history: Sequence[dict[str, Any]], n_classes: int) -> list[str]:
-    """Warnings on a finished run's last validation: a loss within ``CHANCE_MARGIN`` of chance
-    (``log C``), or predictions of which ``COLLAPSE_SHARE`` or more fall in one class.
+    """Warnings on a finished run's last validation: a loss at or above chance (``log C``) less
+    ``CHANCE_MARGIN`` (one-sided: worse than chance is flagged too), or predictions of which ``COLLAPSE_SHARE`` or more fall in one class.
 
     Each validation set (``val``: held-out rows; ``unseen``: held-out clusters) is checked
     after adaptation.
@@ -215,9 +222,9 @@ def collapse_warnings(history: Sequence[dict[str, Any]], n_classes: int) -> list
     out = []
     for prefix in ("val", "unseen"):
         loss, share = last.get(f"{prefix}_loss"), last.get(f"{prefix}_top_share")
-        if loss is not None and abs(float(loss) - chance) <= CHANCE_MARGIN:
+        if loss is not None and float(loss) >= chance - CHANCE_MARGIN:
             out.append(
-                f"{prefix} loss {float(loss):.4f} is within {CHANCE_MARGIN} of chance "
+                f"{prefix} loss {float(loss):.4f} is at or above chance less {CHANCE_MARGIN} "
                 f"(log {n_classes} = {chance:.4f}): the prompt learned nothing measurable"
             )
         if share is not None and float(share) >= COLLAPSE_SHARE:
@@ -232,20 +239,27 @@ def validation_fn(
     val: Sequence[Episode[Any]],
     unseen: Sequence[Episode[Any]],
     model: PromptObjective,
-    inner_lr: float,
+    inner_lr: float | Callable[[], float],
     inner_steps: int,
+    max_step_ratio: float = 0.0,
 ) -> Any:
     """The loop's validation: :func:`evaluate_adapted` on held-out rows (``val_*``) and on
-    unseen clusters (``unseen_*``), each where it has episodes; None when neither has."""
+    unseen clusters (``unseen_*``), each where it has episodes; None when neither has.
+
+    ``inner_lr`` may be a callable giving the current rate (MetaPT re-sizes it as it trains)."""
     if not val and not unseen:
         return None
 
     def run(prompt: Tensor) -> dict[str, float]:
+        alpha = inner_lr() if callable(inner_lr) else inner_lr
         out: dict[str, float] = {}
-        if val:
-            out.update(evaluate_adapted(prompt, val, model, inner_lr, inner_steps, "val"))
-        if unseen:
-            out.update(evaluate_adapted(prompt, unseen, model, inner_lr, inner_steps, "unseen"))
+        for prefix, episodes in (("val", val), ("unseen", unseen)):
+            if episodes:
+                out.update(
+                    evaluate_adapted(
+                        prompt, episodes, model, alpha, inner_steps, prefix, max_step_ratio
+                    )
+                )
         return out
 
     return run

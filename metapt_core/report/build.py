@@ -184,6 +184,57 @@ def stability_sentences(summary: pd.DataFrame, shots: int, order: Sequence[str])
     return out
 
 
+def objective_lines(objective: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """The report's "Meta-objective check" section and the one-line verdicts of the
+    meta-learned prompts that did not train ("metapt_maml did not train on pre-training seed 1")."""
+    from metapt_core.pretraining.objective import verdict
+
+    episodes = int(objective["episodes"].max())
+    alphas = ", ".join(sorted({f"{a:g}" for a in objective["inner_lr"]}))
+    lines = [
+        "## Meta-objective check",
+        "",
+        "Did MetaPT lower the loss MAML minimises? Each pre-trained prompt and the initial prompt"
+        f" are scored on {episodes} held-out-cluster episodes per pre-training seed (disjoint in "
+        "rows from those that chose alpha and the kept prompt), before and after MetaPT's own "
+        f"inner rule (alpha {alphas}), paired by episode; bounds are percentile bootstraps over "
+        "episodes. A meta-learned prompt *trained* when the upper bound of its after-loss is "
+        "below chance and below the initial prompt's; it *beats PPT on its own objective* when "
+        "the bound of its after-loss minus PPT's is below 0.",
+        "",
+        "| pre-training seed | init | loss before | loss after [bounds] | minus PPT [bounds] | "
+        "trained |",
+        "|---|---|---|---|---|---|",
+    ]
+    untrained: list[str] = []
+    verdicts: list[str] = []
+    for row in objective.sort_values(["pretrain_seed", "init"]).to_dict("records"):
+        diff = row["diff_vs_ppt"]
+        minus = (
+            f"{diff:+.3f} [{row['diff_low']:+.3f}, {row['diff_high']:+.3f}]"
+            if diff == diff
+            else ""
+        )
+        trained = "" if row["trained"] != row["trained"] or row["trained"] is None else (
+            "yes" if str(row["trained"]).lower() in ("true", "1", "1.0") else "**no**"
+        )
+        lines.append(
+            f"| {int(row['pretrain_seed'])} | {row['init']} | {row['loss_before']:.3f} | "
+            f"{row['loss_after']:.3f} [{row['after_low']:.3f}, {row['after_high']:.3f}] | "
+            f"{minus} | {trained} |"
+        )
+        if trained:
+            verdicts.append(verdict(row))
+            if trained != "yes":
+                untrained.append(
+                    f"{row['init']} did not train on pre-training seed {int(row['pretrain_seed'])}"
+                )
+    chance = float(objective["chance"].iloc[0])
+    lines += ["", f"Chance is log C = {chance:.4f} nats.", ""]
+    lines += [f"- {v}" for v in verdicts] + ([""] if verdicts else [])
+    return lines, untrained
+
+
 def render_markdown(
     results: pd.DataFrame,
     summary: pd.DataFrame,
@@ -195,8 +246,9 @@ def render_markdown(
     accuracy: pd.DataFrame | None = None,
     evidence: pd.DataFrame | None = None,
     warnings: Mapping[str, Sequence[str]] | None = None,
+    objective: pd.DataFrame | None = None,
 ) -> str:
-    """The report's Markdown text."""
+    """The report's Markdown text (the meta-objective check ahead of the verdicts)."""
     order = init_order(results, cfg.grid)
     level = cfg.grid.ci_level
     pct = int(round(100 * level))
@@ -233,6 +285,10 @@ def render_markdown(
             "(pre-training seed, few-shot seed) units, a range below 5 units.",
             "",
         ]
+    untrained: list[str] = []
+    if objective is not None and not objective.empty:
+        found, untrained = objective_lines(objective)
+        lines += found
     if warnings:
         lines += ["## Warnings from pre-training", ""]
         lines += [f"- {name}: {w}" for name, found in sorted(warnings.items()) for w in found]
@@ -241,9 +297,18 @@ def render_markdown(
     for protocol in protocols(results):
         for shots in sorted(int(s) for s in results["shots"].unique()):
             title = "" if protocol == "fewshot" else f", protocol {protocol}"
+            caveat = (
+                [
+                    f"**{'; '.join(untrained)}**: the comparisons below include those seeds and "
+                    "describe a failed optimisation there, not the method.",
+                    "",
+                ]
+                if untrained
+                else []
+            )
             if nested:
                 assert evidence is not None
-                lines += [f"## Verdict, k={shots} per class{title}", ""]
+                lines += [f"## Verdict, k={shots} per class{title}", "", *caveat]
                 if stated := verdict_summary(evidence, protocol, shots, order):
                     lines += [stated, ""]
                 found = evidence_lines(evidence, protocol, shots, order, level)
@@ -353,9 +418,10 @@ def build_report(
     out_dir: str | Path,
     untuned: Sequence[Mapping[str, Any]] = (),
     warnings: Mapping[str, Sequence[str]] | None = None,
+    objective_files: Sequence[str | Path] = (),
 ) -> ReportResult:
     """Write results.csv, summary.csv, comparisons.csv, accuracy.csv, evidence.csv,
-    untuned.csv, report.md and PNG plots to ``out_dir``.
+    untuned.csv, meta_objective.csv, report.md and PNG plots to ``out_dir``.
 
     The folder is built under a temporary name and renamed into place, so it is complete or
     absent. Cells with an ``error`` field (or no test accuracy) are listed as failed and left
@@ -366,6 +432,8 @@ def build_report(
         zero_shot: task -> zero-shot test accuracy of the backbone (may be empty).
         untuned: per (task, init, pre-training seed) test scores with no tuning.
         warnings: pre-trained prompt (``init@seed``) -> its collapse warnings.
+        objective_files: each pre-training seed's ``meta_objective.csv`` (the meta-objective
+            check, :mod:`metapt_core.pretraining.objective`), joined into one.
         cfg: what the report reads (:class:`~metapt_core.specs.ReportSpec`: ``grid.inits``,
             ``grid.bootstrap``, ``grid.ci_level``, the backbone's name), or a whole config.
         out_dir: the report folder.
@@ -386,10 +454,16 @@ def build_report(
         reference[AVERAGE] = (
             sum(zero_shot[t] for t in set(results["task"])) / results["task"].nunique()
         )
+    frames = [pd.read_csv(f) for f in objective_files if Path(f).stat().st_size > 0]
+    frames = [f for f in frames if not f.empty]
+    objective = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     final = Path(out_dir)
     names: list[str] = []
     with atomic_path(final) as tmp:
         tmp.mkdir(parents=True)
+        if objective_files:
+            objective.to_csv(tmp / "meta_objective.csv", index=False)
+            names.append("meta_objective.csv")
         results.drop(columns=["test_correct"], errors="ignore").to_csv(
             tmp / "results.csv", index=False
         )
@@ -422,7 +496,7 @@ def build_report(
             plots += [bars, seeds]
         markdown = render_markdown(
             results, summary, comparisons, zero_shot, cfg, plots, failed, accuracy, evidence,
-            warnings,
+            warnings, objective,
         )  # fmt: skip
         (tmp / "report.md").write_text(markdown, encoding="utf-8")
         names += plots + ["report.md"]

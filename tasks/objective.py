@@ -1,0 +1,62 @@
+"""Prefect task around ``metapt_core.pretraining.objective.meta_objective_check``."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+
+from metapt_core.pretraining.objective import meta_objective_check, verdict
+from metapt_core.store import ArtifactRef
+from tasks import plan
+from tasks.cache import StageOutcome
+from tasks.common import TASK_OPTIONS, as_state, get_backbone, no_cache
+from tasks.progress import StageProgress
+from tasks.stage import RunContext, StageSpec, execute_stage
+
+CORE = plan.OBJECTIVE_CORE
+ENTRIES = [CORE, plan.BACKBONE_LOADER]  # their import closure is the code key
+
+
+@task(name="meta-objective", cache_policy=no_cache(), **TASK_OPTIONS)
+def meta_objective_task(
+    ctx: RunContext,
+    assets: ArtifactRef,
+    shards: ArtifactRef,
+    seed: int,
+    prompts: dict[str, ArtifactRef],
+) -> StageOutcome:
+    """The meta-objective check of pre-training seed ``seed`` (``meta_objective.csv``); its
+    figures become metrics of the stage's MLflow run (``<init>_loss_after``, ...)."""
+    cfg = ctx.cfg
+    stage = plan.meta_objective(cfg, seed, assets, shards, prompts)
+
+    def compute(out_dir: Path, progress: StageProgress) -> tuple[ArtifactRef, dict[str, Any]]:
+        progress(0, 1, f"meta-objective check, pre-training seed {seed}")
+        model = get_backbone(cfg)
+        folders = {name: ref.path for name, ref in prompts.items()}
+        out, rows = meta_objective_check(
+            shards.path, stage.spec, model, folders, out_dir, level=cfg.grid.ci_level
+        )
+        stats: dict[str, Any] = {"episodes": rows[0].episodes if rows else 0}
+        for row in rows:
+            for field in ("loss_before", "loss_after", "after_low", "after_high", "diff_vs_ppt"):
+                value = asdict(row)[field]
+                if value == value:  # not NaN
+                    stats[f"{row.init}_{field}"] = value
+            if row.trained is not None:
+                stats[f"{row.init}_trained"] = float(row.trained)
+        lines = [verdict(row) for row in rows if row.trained is not None]
+        progress(1, 1, "; ".join(lines) or "no held-out clusters: no check")
+        return ArtifactRef.of(out), stats
+
+    spec = StageSpec.of(
+        stage,
+        compute,
+        artifacts=["."],
+        run_name=f"meta-objective-p{seed}",
+        params={"pretrain_seed": seed},
+    )
+    return as_state(execute_stage(ctx, spec))
