@@ -85,9 +85,9 @@ def find_cached_run(cfg: PipelineConfig) -> CachedRun | None:
         made_by[plan.prompt_key(init, seed)] = made.ref
     objectives: dict[int, Any] = {}
     for seed in cfg.pretrain_seeds if cfg.meta.check_episodes > 0 else []:
-        prompts = plan.seed_prompts(cfg, made_by, seed)
-        if prompts:
-            check_plan = plan.meta_objective(cfg, seed, assets, shards.ref, prompts)
+        seed_refs = plan.seed_prompts(cfg, made_by, seed)
+        if seed_refs:
+            check_plan = plan.meta_objective(cfg, seed, assets, shards.ref, seed_refs)
             check = stored(f"meta-objective@{seed}", check_plan)
             if check is None:
                 return None

@@ -28,7 +28,9 @@ EXIT_CONFIG = 2
 
 
 def _config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--profile", default="default", help="smoke, default, study or paper")
+    parser.add_argument(
+        "--profile", default="default", help="smoke, default, study, paper or control"
+    )
     parser.add_argument("--config", default="", help="a YAML file merged over the profile")
     parser.add_argument(
         "--set",

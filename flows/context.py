@@ -27,7 +27,7 @@ from tasks.tracking import (
 Refs = dict[str, dict[str, str]]
 # The bundled profiles, typed so that the deployments' parameter form offers them as a choice
 # (tests check it against metapt_core.config.PROFILES).
-Profile = Literal["smoke", "default", "study", "paper"]
+Profile = Literal["smoke", "default", "study", "paper", "control"]
 
 
 def as_list(value: list[str] | str | None) -> list[str]:

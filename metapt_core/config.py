@@ -46,6 +46,9 @@ class ClusterMethod(str, Enum):
     KMEANS = "kmeans"
     UMAP_HDBSCAN = "umap_hdbscan"
     LDA = "lda"
+    # The positive control: tasks made from the labels, each leaning to one class
+    # (metapt_core.clustering.control), not clusters of the text.
+    LABEL_PRIOR = "label_prior"
 
 
 class NoisePolicy(str, Enum):
@@ -345,6 +348,7 @@ class ClusterConfig:
     min_rows_per_class: int = 0  # 0: derived from meta.support_size + meta.query_size
     top_terms: int = 10
     seed: int = 0
+    dominant_share: float = 0.85  # label_prior: the dominant class's share of a task's rows
     auto_k_sample: int = 3000  # rows (seeded sample) fitted and scored per candidate k
     metrics_sample: int = 10000  # rows (seeded sample) for silhouette / Davies-Bouldin
     scatter_sample: int = 5000  # rows in the 2-D UMAP diagnostic plot; 0: no plot
@@ -362,6 +366,9 @@ class ClusterConfig:
         _positive("cluster.hdbscan_min_cluster_size", self.hdbscan_min_cluster_size)
         _positive("cluster.lda_vocab_size", self.lda_vocab_size)
         _non_negative("cluster.min_rows_per_class", self.min_rows_per_class)
+        if self.method is ClusterMethod.LABEL_PRIOR and self.n_clusters == 0:
+            raise ConfigError("cluster.n_clusters", 0, "label_prior needs a number of tasks")
+        _fraction("cluster.dominant_share", self.dominant_share)
 
 
 @dataclass
@@ -495,7 +502,9 @@ class MetaConfig:
                 raise ConfigError(f"meta.{name}", value, "must be a positive integer")
         if not isinstance(self.warmup_steps, int) or not 0 <= self.warmup_steps < self.meta_steps:
             raise ConfigError(
-                "meta.warmup_steps", self.warmup_steps, "must be an integer from 0 to meta_steps - 1"
+                "meta.warmup_steps",
+                self.warmup_steps,
+                "must be an integer from 0 to meta_steps - 1",
             )
         if not 0 < self.final_lr_fraction <= 1:
             raise ConfigError("meta.final_lr_fraction", self.final_lr_fraction, "must be in (0, 1]")
@@ -958,7 +967,7 @@ def parse_override(text: str) -> dict[str, Any]:
     return apply_override({}, text)
 
 
-PROFILES = ("smoke", "default", "study", "paper")
+PROFILES = ("smoke", "default", "study", "paper", "control")
 
 
 def profile_data(name: str) -> dict[str, Any]:

@@ -164,9 +164,7 @@ def report_task(
             pseed = group.stats.get("pretrain_seed", 0)
             for init, found in (group.stats.get("pretrain_warnings") or {}).items():
                 warnings[f"{init}@{pseed}"] = list(found)
-        checks = [
-            Path(ref.path) / "meta_objective.csv" for _, ref in sorted(objectives.items())
-        ]
+        checks = [Path(ref.path) / "meta_objective.csv" for _, ref in sorted(objectives.items())]
         result = build_report(
             cells, zero_shot, stage.spec, out_dir, untuned, warnings, objective_files=checks
         )

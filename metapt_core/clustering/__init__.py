@@ -1,7 +1,8 @@
 """Clustering the pre-training pool into auxiliary tasks (MetaPT's unsupervised split).
 
 ``cluster_pool`` reads the pool and its embeddings, clusters them (k-means, UMAP + HDBSCAN, or
-LDA on bag-of-words), applies the noise policy and the small-cluster rule, and writes
+LDA on bag-of-words; or, for the positive control, tasks made from the labels that each lean to
+one class), applies the noise policy and the small-cluster rule, and writes
 ``shards/`` (one Parquet file per task plus ``manifest.json``) and ``diagnostics/``.
 
 Usage::
@@ -23,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from metapt_core.clustering.control import label_prior_tasks
 from metapt_core.clustering.density import NOISE, umap_hdbscan_labels
 from metapt_core.clustering.diagnostics import write_diagnostics
 from metapt_core.clustering.kmeans import kmeans_labels
@@ -197,7 +199,13 @@ def cluster_pool(
             progress(done, _STEPS, message)
 
     step(0, f"clustering {n} rows with {cc.method.value}")
-    labels, info = cluster_labels(vectors, texts, cc)
+    if cc.method is ClusterMethod.LABEL_PRIOR:
+        labels = label_prior_tasks(
+            label_ids, len(classes), cc.n_clusters, cc.dominant_share, cc.seed
+        )
+        info: dict[str, Any] = {"k": cc.n_clusters, "noise": 0, "empty_docs": 0, "k_scores": {}}
+    else:
+        labels, info = cluster_labels(vectors, texts, cc)
     found = int(len(np.unique(labels[labels != NOISE])))
     noise_dropped = int((labels == NOISE).sum())
     log.info("cluster: %s gave %d clusters over %d rows", cc.method.value, found, n)

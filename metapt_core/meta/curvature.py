@@ -77,7 +77,8 @@ def curvature_lambda(
     iterations: int,
     seed: Sequence[int],
 ) -> float:
-    """``max_s |lambda_max(L_s)|`` over the support batches ``supports`` (0.0 when none).
+    """``max_s |lambda_s|`` over the support batches ``supports``, ``lambda_s`` the eigenvalue of
+    largest magnitude of ``L_s``'s Hessian (0.0 when none).
 
     ``seed`` (e.g. ``(meta.seed, stream, step)``) seeds the starting vectors, so the estimate of
     a step is the same in every process and after a resume.

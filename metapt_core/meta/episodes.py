@@ -325,6 +325,4 @@ def check_episodes(
     ]
     if not any(len(t.train_rows) >= support_size + query_size for t in free):
         return []
-    return sample_meta_batch(
-        free, count, support_size, query_size, rng_for(seed, CHECK_STREAM, 0)
-    )
+    return sample_meta_batch(free, count, support_size, query_size, rng_for(seed, CHECK_STREAM, 0))

@@ -79,7 +79,8 @@ def episode_losses(
     Returns:
         ``(before, after)``, each ``float64[E]``.
     """
-    before, after = [], []
+    before: list[float] = []
+    after: list[float] = []
     for episode in episodes:
         adapted = inner_adapt(
             prompt.detach(), episode.support, model.loss, inner_lr, inner_steps, False,
@@ -140,8 +141,19 @@ def meta_objective_rows(
         beats = bool(vs_ppt[2] < 0) if learned and REFERENCE in losses else None
         rows.append(
             ObjectiveRow(
-                pretrain_seed, init, count, inner_lr, chance, float(before.mean()), mean_after,
-                low, high, *vs_ppt, *vs_initial, trained, beats,
+                pretrain_seed,
+                init,
+                count,
+                inner_lr,
+                chance,
+                float(before.mean()),
+                mean_after,
+                low,
+                high,
+                *vs_ppt,
+                *vs_initial,
+                trained,
+                beats,
             )  # fmt: skip
         )
     return rows
@@ -162,9 +174,7 @@ def check_set(
     used = unseen_episodes(
         held_out, meta.val_episodes, meta.support_size, meta.query_size, meta.seed
     )
-    rows = check_episodes(
-        held_out, used, count, meta.support_size, meta.query_size, meta.seed
-    )
+    rows = check_episodes(held_out, used, count, meta.support_size, meta.query_size, meta.seed)
     if not rows:
         return []
     return EncodedTasks(model, held_out, pool_format(model, pool)).episodes(rows)
@@ -196,7 +206,9 @@ def verdict(row: ObjectiveRow | Mapping[str, Any]) -> str:
             f" and beats PPT on its own objective ({r['diff_vs_ppt']:+.3f} "
             f"[{r['diff_low']:+.3f}, {r['diff_high']:+.3f}])"
         )
-    if r.get("beats_ppt") is None or (isinstance(r["diff_vs_ppt"], float) and math.isnan(r["diff_vs_ppt"])):
+    if r.get("beats_ppt") is None or (
+        isinstance(r["diff_vs_ppt"], float) and math.isnan(r["diff_vs_ppt"])
+    ):
         return line
     return line + (
         f"; it does not beat PPT on its own objective ({r['diff_vs_ppt']:+.3f} "

@@ -211,12 +211,12 @@ def objective_lines(objective: pd.DataFrame) -> tuple[list[str], list[str]]:
     for row in objective.sort_values(["pretrain_seed", "init"]).to_dict("records"):
         diff = row["diff_vs_ppt"]
         minus = (
-            f"{diff:+.3f} [{row['diff_low']:+.3f}, {row['diff_high']:+.3f}]"
-            if diff == diff
-            else ""
+            f"{diff:+.3f} [{row['diff_low']:+.3f}, {row['diff_high']:+.3f}]" if diff == diff else ""
         )
-        trained = "" if row["trained"] != row["trained"] or row["trained"] is None else (
-            "yes" if str(row["trained"]).lower() in ("true", "1", "1.0") else "**no**"
+        trained = (
+            ""
+            if row["trained"] != row["trained"] or row["trained"] is None
+            else ("yes" if str(row["trained"]).lower() in ("true", "1", "1.0") else "**no**")
         )
         lines.append(
             f"| {int(row['pretrain_seed'])} | {row['init']} | {row['loss_before']:.3f} | "
