@@ -54,7 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="STAGE",
-        help="recompute a stage even if stored: ingest, embed, cluster, meta-pretrain, evaluate, all",
+        help=(
+            "recompute a stage even if stored: ingest, embed, cluster, meta-pretrain, "
+            "meta-objective, evaluate, all"
+        ),
     )
     run.add_argument(
         "--verify",

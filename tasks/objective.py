@@ -8,7 +8,8 @@ from typing import Any
 
 from prefect import task
 
-from metapt_core.pretraining.objective import meta_objective_check, verdict
+from metapt_core.objective import verdict
+from metapt_core.pretraining.objective import meta_objective_check
 from metapt_core.store import ArtifactRef
 from tasks import plan
 from tasks.cache import StageOutcome

@@ -63,9 +63,25 @@ def answer_metrics(report_dir: Path) -> dict[str, float]:
     - ``untuned/<protocol>/k<shots>/<task>/<init>`` the same prompt's accuracy with no tuning;
     - ``f1/<protocol>/k<shots>/<task>/<init>`` mean macro-F1 (``summary.csv``);
     - ``diff/<protocol>/k<shots>/<task>/<method>-vs-<baseline>`` the paired difference, with
-      ``diff_low``, ``diff_high`` and ``mdd`` (``evidence.csv``).
+      ``diff_low``, ``diff_high`` and ``mdd`` (``evidence.csv``);
+    - ``meta_objective/p<seed>/<init>/<figure>``: the meta-objective check
+      (``meta_objective.csv``: ``loss_before``, ``loss_after`` and its bounds, ``diff_vs_ppt``
+      and its bounds, ``trained`` and ``beats_ppt`` as 0/1).
     """
     metrics: dict[str, float] = {}
+    objective = _read(report_dir, "meta_objective.csv")
+    for row in objective.to_dict("records"):
+        seed_init = (f"p{int(row['pretrain_seed'])}", row["init"])
+        for column in ("loss_before", "loss_after", "after_low", "after_high", "diff_vs_ppt",
+                       "diff_low", "diff_high", "trained", "beats_ppt"):  # fmt: skip
+            value = row.get(column)
+            if isinstance(value, str):
+                value = {"true": 1.0, "false": 0.0}.get(value.strip().lower())
+            elif isinstance(value, bool):
+                value = float(value)
+            number = _finite(value)
+            if number is not None:
+                metrics[metric_key("meta_objective", *seed_init, column)] = number
     accuracy = _read(report_dir, "accuracy.csv")
     for row in accuracy.to_dict("records"):
         where = (row["protocol"], f"k{int(row['shots'])}", row["task"], row["init"])

@@ -1,26 +1,12 @@
-"""The meta-objective check: did a meta-learned prompt lower the loss MAML minimises?
+"""The meta-objective check, scored: every pre-trained prompt of a pre-training seed and its
+initial prompt on held-out-cluster episodes, before and after MetaPT's inner rule.
 
-MAML minimises the query loss after the inner step, ``L_Q(theta'(theta))``. The check scores
-every pre-trained prompt of one pre-training seed (and the initial prompt they all started
-from) on ``E`` held-out-cluster episodes that nothing was chosen on (disjoint in rows from the
-episodes that chose alpha and the kept prompt), before and after MetaPT's own inner rule, paired
-by episode:
-
-    before_e(p) = L_{Q_e}(p),   after_e(p) = L_{Q_e}(p'_e),   p'_e = inner rule on S_e from p
-
-    loss_after(p) = mean_e after_e(p)         (percentile bootstrap over episodes -> [low, high])
-    diff_vs_ppt(m) = mean_e [after_e(m) - after_e(ppt)]     (paired; the same resamples)
-
-A meta-learned prompt ``m`` has **trained** when the upper bound of ``loss_after(m)`` is below
-chance (``log C``) and the upper bound of ``after(m) - after(initial)`` is below 0; it **beats
-PPT on its own objective** when the upper bound of ``diff_vs_ppt(m)`` is below 0.
+The rules and statistics are :mod:`metapt_core.objective`; this module runs the backbone.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,39 +17,9 @@ from torch import Tensor
 
 from metapt_core.meta.episodes import check_episodes, hold_out_clusters, load_tasks, unseen_episodes
 from metapt_core.meta.maml import Episode, inner_adapt
+from metapt_core.objective import INITIAL, ObjectiveRow, meta_objective_rows, write_rows
 from metapt_core.pretraining.data import EncodedTasks, PromptObjective, pool_format
 from metapt_core.specs import EpisodeSettings, PoolFormat
-
-INITIAL = "initial"
-REFERENCE = "ppt"
-
-
-@dataclass(frozen=True)
-class ObjectiveRow:
-    """One prompt's line of ``meta_objective.csv`` (losses in nats, bounds at ``level``).
-
-    ``diff_*`` compare this prompt's after-loss with PPT's (NaN for PPT itself or when the grid
-    has no PPT); ``vs_initial_*`` with the initial prompt's. ``trained`` and ``beats_ppt`` are
-    set for meta-learned prompts only (empty otherwise).
-    """
-
-    pretrain_seed: int
-    init: str
-    episodes: int
-    inner_lr: float
-    chance: float
-    loss_before: float
-    loss_after: float
-    after_low: float
-    after_high: float
-    diff_vs_ppt: float
-    diff_low: float
-    diff_high: float
-    vs_initial: float
-    vs_initial_low: float
-    vs_initial_high: float
-    trained: bool | None
-    beats_ppt: bool | None
 
 
 def episode_losses(
@@ -94,71 +50,6 @@ def episode_losses(
     return np.asarray(before), np.asarray(after)
 
 
-def bootstrap_mean(
-    values: np.ndarray, resamples: np.ndarray, level: float
-) -> tuple[float, float, float]:
-    """``(mean, low, high)``: the mean of ``values`` ``[E]`` and its percentile interval over
-    the resampled episode indices ``resamples`` ``[R, E]``."""
-    means = values[resamples].mean(axis=1)
-    tail = (1.0 - level) / 2.0 * 100.0
-    low, high = np.percentile(means, [tail, 100.0 - tail])
-    return float(values.mean()), float(low), float(high)
-
-
-def meta_objective_rows(
-    losses: Mapping[str, tuple[np.ndarray, np.ndarray]],
-    pretrain_seed: int,
-    inner_lr: float,
-    n_classes: int,
-    level: float = 0.95,
-    resamples: int = 2000,
-    seed: int = 0,
-) -> list[ObjectiveRow]:
-    """The check's rows from per-episode losses (module docstring for the rules).
-
-    Args:
-        losses: init name -> ``(before[E], after[E])``, the same episodes in the same order;
-            ``"initial"`` for the starting prompt, ``"ppt"`` for PPT where the grid has it.
-        resamples: bootstrap resamples of the episodes (one index set shared by every prompt,
-            so differences are paired).
-    """
-    count = len(next(iter(losses.values()))[0])
-    rng = np.random.default_rng([seed, pretrain_seed])
-    index = rng.integers(0, count, size=(resamples, count))
-    chance = math.log(max(n_classes, 2))
-    nan = (math.nan, math.nan, math.nan)
-    rows = []
-    for init, (before, after) in losses.items():
-        mean_after, low, high = bootstrap_mean(after, index, level)
-        vs_ppt = nan
-        if REFERENCE in losses and init != REFERENCE:
-            vs_ppt = bootstrap_mean(after - losses[REFERENCE][1], index, level)
-        vs_initial = nan
-        if INITIAL in losses and init != INITIAL:
-            vs_initial = bootstrap_mean(after - losses[INITIAL][1], index, level)
-        learned = init.startswith("metapt_")
-        trained = bool(high < chance and vs_initial[2] < 0) if learned else None
-        beats = bool(vs_ppt[2] < 0) if learned and REFERENCE in losses else None
-        rows.append(
-            ObjectiveRow(
-                pretrain_seed,
-                init,
-                count,
-                inner_lr,
-                chance,
-                float(before.mean()),
-                mean_after,
-                low,
-                high,
-                *vs_ppt,
-                *vs_initial,
-                trained,
-                beats,
-            )  # fmt: skip
-        )
-    return rows
-
-
 def check_set(
     shards_dir: Path,
     meta: EpisodeSettings,
@@ -178,46 +69,6 @@ def check_set(
     if not rows:
         return []
     return EncodedTasks(model, held_out, pool_format(model, pool)).episodes(rows)
-
-
-def write_rows(rows: Sequence[ObjectiveRow], path: Path) -> None:
-    """``meta_objective.csv``: one line per (pre-training seed, init)."""
-    import pandas as pd
-
-    columns = list(ObjectiveRow.__dataclass_fields__)
-    pd.DataFrame([asdict(r) for r in rows], columns=columns).to_csv(path, index=False)
-
-
-def verdict(row: ObjectiveRow | Mapping[str, Any]) -> str:
-    """One line on a meta-learned prompt's check, e.g. "MetaPT did not train on pre-training
-    seed 1 (after-loss 1.13 [1.09, 1.17], chance 1.10)"."""
-    r = asdict(row) if isinstance(row, ObjectiveRow) else dict(row)
-    seed = int(r["pretrain_seed"])
-    bound = f"after-loss {r['loss_after']:.3f} [{r['after_low']:.3f}, {r['after_high']:.3f}]"
-    if not _true(r.get("trained")):
-        return (
-            f"{r['init']} did not train on pre-training seed {seed} ({bound}; chance "
-            f"{r['chance']:.3f}; minus the initial prompt's {r['vs_initial']:+.3f} "
-            f"[{r['vs_initial_low']:+.3f}, {r['vs_initial_high']:+.3f}])"
-        )
-    line = f"{r['init']} trained on pre-training seed {seed} ({bound}, chance {r['chance']:.3f})"
-    if _true(r.get("beats_ppt")):
-        return line + (
-            f" and beats PPT on its own objective ({r['diff_vs_ppt']:+.3f} "
-            f"[{r['diff_low']:+.3f}, {r['diff_high']:+.3f}])"
-        )
-    if r.get("beats_ppt") is None or (
-        isinstance(r["diff_vs_ppt"], float) and math.isnan(r["diff_vs_ppt"])
-    ):
-        return line
-    return line + (
-        f"; it does not beat PPT on its own objective ({r['diff_vs_ppt']:+.3f} "
-        f"[{r['diff_low']:+.3f}, {r['diff_high']:+.3f}])"
-    )
-
-
-def _true(value: Any) -> bool:
-    return str(value).strip().lower() in ("true", "1", "1.0")
 
 
 def meta_objective_check(

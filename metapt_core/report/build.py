@@ -187,7 +187,7 @@ def stability_sentences(summary: pd.DataFrame, shots: int, order: Sequence[str])
 def objective_lines(objective: pd.DataFrame) -> tuple[list[str], list[str]]:
     """The report's "Meta-objective check" section and the one-line verdicts of the
     meta-learned prompts that did not train ("metapt_maml did not train on pre-training seed 1")."""
-    from metapt_core.pretraining.objective import verdict
+    from metapt_core.objective import verdict
 
     episodes = int(objective["episodes"].max())
     alphas = ", ".join(sorted({f"{a:g}" for a in objective["inner_lr"]}))
