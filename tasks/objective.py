@@ -35,12 +35,12 @@ def meta_objective_task(
     stage = plan.meta_objective(cfg, seed, assets, shards, prompts)
 
     def compute(out_dir: Path, progress: StageProgress) -> tuple[ArtifactRef, dict[str, Any]]:
-        progress(0, 1, f"meta-objective check, pre-training seed {seed}")
         model = get_backbone(cfg)
         folders = {name: ref.path for name, ref in prompts.items()}
         out, rows = meta_objective_check(
-            shards.path, stage.spec, model, folders, out_dir, level=cfg.grid.ci_level
-        )
+            shards.path, stage.spec, model, folders, out_dir, cfg.grid.ci_level,
+            progress=lambda done, total, message: progress(done, total + 1, message),
+        )  # fmt: skip
         stats: dict[str, Any] = {"episodes": rows[0].episodes if rows else 0}
         for row in rows:
             for field in ("loss_before", "loss_after", "after_low", "after_high", "diff_vs_ppt"):
@@ -50,7 +50,8 @@ def meta_objective_task(
             if row.trained is not None:
                 stats[f"{row.init}_trained"] = float(row.trained)
         lines = [verdict(row) for row in rows if row.trained is not None]
-        progress(1, 1, "; ".join(lines) or "no held-out clusters: no check")
+        done = len(prompts) + 1
+        progress(done, done, "; ".join(lines) or "no held-out clusters: no check")
         return ArtifactRef.of(out), stats
 
     spec = StageSpec.of(

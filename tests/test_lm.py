@@ -294,3 +294,33 @@ def test_bf16_autocast_on_cpu_is_close_to_fp32(tiny_llama_path: Path) -> None:
     torch.testing.assert_close(s16, s32, atol=0.05, rtol=0.05)
     cos = torch.nn.functional.cosine_similarity(g16.flatten(), g32.flatten(), dim=0)
     assert cos > 0.98
+
+
+def test_bf16_hessian_vector_product_is_close_to_fp32(tiny_llama_path: Path) -> None:
+    """The product the meta-gradient and the curvature estimate use, ``H v`` of the support
+    loss in the prompt, under bf16 autocast against fp32: cosine >= 0.98, relative error of
+    ``v^T H v`` (the Rayleigh quotient that sizes alpha) within 10%."""
+    from metapt_core.lm import native_bf16
+    from metapt_core.meta.maml import second_order_attention
+
+    if not native_bf16(torch.device("cpu")):
+        pytest.skip("this CPU has no native bf16: autocast is off, nothing to compare")
+    bb = _backbone(tiny_llama_path)
+    fp32, bf16 = PromptModel(bb), PromptModel(bb, autocast_bf16=True)
+    batch = fp32.encode(TEXTS, LABELS, FMT)
+    theta = _prompt(fp32)
+    vector = torch.randn(theta.shape, generator=torch.Generator().manual_seed(3))
+    vector = vector / vector.norm()
+    products = []
+    for model in (fp32, bf16):
+        point = theta.clone().requires_grad_(True)
+        with second_order_attention():
+            (grad,) = torch.autograd.grad(model.loss(point, batch), point, create_graph=True)
+        (hvp,) = torch.autograd.grad(grad, point, grad_outputs=vector)
+        products.append(hvp.float())
+    h32, h16 = products
+    cos = torch.nn.functional.cosine_similarity(h16.flatten(), h32.flatten(), dim=0)
+    assert cos > 0.98
+    q32, q16 = float(h32.flatten() @ vector.flatten()), float(h16.flatten() @ vector.flatten())
+    print(f"bf16 HVP: cosine {float(cos):.5f}, Rayleigh quotient {q16:.5g} vs {q32:.5g}")
+    assert abs(q16 - q32) <= 0.1 * abs(q32)

@@ -6,7 +6,7 @@ The rules and statistics are :mod:`metapt_core.objective`; this module runs the 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +79,7 @@ def meta_objective_check(
     out_dir: str | Path,
     level: float = 0.95,
     resamples: int = 2000,
+    progress: Callable[[int, int, str], None] | None = None,
 ) -> tuple[Path, list[ObjectiveRow]]:
     """Run the check for one pre-training seed and write ``out_dir/meta_objective.csv``.
 
@@ -88,6 +89,7 @@ def meta_objective_check(
         model: the frozen prompt model.
         prompts: init name -> its prompt folder (PPT, class-balanced PPT, MetaPT variants).
         out_dir: the folder to write (atomically).
+        progress: ``progress(done, total, message)`` per prompt scored.
 
     The inner rule is a MetaPT prompt's own (its final ``inner_lr`` and ``max_step_ratio``,
     from ``prompt.json``), else PPT's; every prompt is adapted with that one rule.
@@ -115,14 +117,16 @@ def meta_objective_check(
         candidates = {INITIAL: initial}
         for name, (tensor, _) in loaded.items():
             candidates[name] = tensor.to(initial.device, initial.dtype)
-        losses = {
-            name: episode_losses(p, episodes, model, alpha, meta.inner_steps, ratio)
-            for name, p in candidates.items()
-        }
+        losses = {}
+        for done, (name, prompt) in enumerate(candidates.items()):
+            if progress is not None:
+                progress(done, len(candidates), f"{name}: {len(episodes)} episodes")
+            losses[name] = episode_losses(prompt, episodes, model, alpha, meta.inner_steps, ratio)
         rows = meta_objective_rows(
             losses, int(meta.seed), alpha, len(spec.pool.classes), level, resamples
         )
     out = Path(out_dir)
     with atomic_path(out) as tmp:
+        tmp.mkdir(parents=True)
         write_rows(rows, tmp / "meta_objective.csv")
     return out, rows
