@@ -232,6 +232,10 @@ def meta_pretrain(
             resume,
             restore,
         )
+    # The inner rule the kept prompt was validated with (the last one unless keep_best chose an
+    # earlier step): what the meta-objective check and the inner protocol adapt it with.
+    kept = next((h for h in history if h.get("kept")), None)
+    final_alpha = float(kept.get("inner_lr", rate["alpha"])) if kept else rate["alpha"]
     info = {
         "made_by": settings.name,
         "algorithm": algorithm.value,
@@ -240,7 +244,7 @@ def meta_pretrain(
         "seed": meta.seed,
         "tasks": [t.cluster_id for t in tasks],
         "held_out_clusters": data.held_out_ids,
-        "inner_lr": rate["alpha"],  # the rule the prompt ends with: what the check evaluates
+        "inner_lr": final_alpha,
         "max_step_ratio": meta.max_step_ratio,
         "calibration": calibration.to_dict(),
         "warnings": collapse_warnings(history, len(cfg.pool.classes)),

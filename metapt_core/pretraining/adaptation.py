@@ -210,7 +210,8 @@ def calibration_key(pool: str, initial_hash: str, shards_hash: str, meta: Any, m
 
 def collapse_warnings(history: Sequence[dict[str, Any]], n_classes: int) -> list[str]:
     """Warnings on a finished run's last validation: a loss at or above chance (``log C``) less
-    ``CHANCE_MARGIN`` (one-sided: worse than chance is flagged too), or predictions of which ``COLLAPSE_SHARE`` or more fall in one class.
+    ``CHANCE_MARGIN`` (one-sided: worse than chance is flagged too), or predictions of which
+    ``COLLAPSE_SHARE`` or more fall in one class.
 
     Each validation set (``val``: held-out rows; ``unseen``: held-out clusters) is checked
     after adaptation.
