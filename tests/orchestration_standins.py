@@ -245,7 +245,7 @@ def evaluate_group(
 
 
 def meta_objective_check(
-    shards_dir: Any, spec: Any, model: Any, prompts: Any, out_dir: Path, **_: Any
+    shards_dir: Any, spec: Any, model: Any, prompts: Any, out_dir: Path, *_: Any, **__: Any
 ) -> tuple[Path, list[Any]]:
     _called(f"meta-objective-p{spec.meta.seed}")
     out = Path(out_dir)
