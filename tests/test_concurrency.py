@@ -68,6 +68,7 @@ def test_two_runs_on_one_store(tmp_path: Path, assets_dir: Path) -> None:
             "cluster",
             "ppt-p0",
             "meta-pretrain-maml-p0",
+            "meta-objective-p0",
             "evaluate-mr-k2-s0-p0",
             "evaluate-mr-k2-s1-p0",
             "report",
@@ -81,6 +82,7 @@ def test_two_runs_on_one_store(tmp_path: Path, assets_dir: Path) -> None:
         "cluster": 1,
         "ppt": 1,
         "meta-pretrain": 1,
+        "meta-objective": 1,
         "evaluate-cells": 2,
         "report": 1,
     }

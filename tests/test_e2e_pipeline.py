@@ -30,6 +30,7 @@ STAGES = {
     "cluster",
     "ppt",
     "meta-pretrain",
+    "meta-objective",
     "evaluate-cells",
     "report",
 }
@@ -137,6 +138,11 @@ def test_full_pipeline_served_cached_and_partially_recomputed(served) -> None:
     assert {c.data.params["method"] for c in cells} == {"random", "ppt", "metapt_maml"}
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"config", "results"} <= artifacts
+    # the meta-objective check: its CSV beside the report, its figures on the pipeline run
+    results = {a.path for a in client.list_artifacts(parent.info.run_id, "results")}
+    assert "results/meta_objective.csv" in results
+    for figure in ("loss_after", "after_high", "trained", "diff_vs_ppt"):
+        assert f"meta_objective/p0/metapt_maml/{figure}" in parent.data.metrics, figure
     computed_by = {r.data.tags["metapt.stage"] + r.info.run_name: r.info.run_id for r in stage_runs}
 
     second = run_deployment(env, overrides)
@@ -178,6 +184,7 @@ def test_full_pipeline_served_cached_and_partially_recomputed(served) -> None:
         "cluster": False,
         "ppt": False,
         "meta-pretrain": False,
+        "meta-objective": False,
         "evaluate-cells": False,
         "report": False,
     }
@@ -191,6 +198,7 @@ def test_full_pipeline_served_cached_and_partially_recomputed(served) -> None:
         "cluster": 2,
         "ppt": 2,
         "meta-pretrain": 2,
+        "meta-objective": 2,
         "evaluate-cells": 4,
         "report": 2,
     }
