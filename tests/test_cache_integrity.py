@@ -33,6 +33,7 @@ STORE_STAGES = (
     "cluster",
     "ppt",
     "meta-pretrain",
+    "meta-objective",
     "evaluate-cells",
     "report",
 )
@@ -43,12 +44,14 @@ ALL_CALLS = [
     "cluster",
     "ppt",
     "meta-pretrain-maml",
+    "meta-objective-p0",
     "evaluate-cells mr/k2/s0",
     "evaluate-cells mr/k2/s1",
     "report",
 ]
 GRID_CALLS = ["evaluate-cells mr/k2/s0", "evaluate-cells mr/k2/s1", "report"]
-PRETRAIN_CALLS = ["ppt", "meta-pretrain-maml", *GRID_CALLS]
+CHECK = "meta-objective-p0"  # the seed's meta-objective check reads every pre-trained prompt
+PRETRAIN_CALLS = ["ppt", "meta-pretrain-maml", CHECK, *GRID_CALLS]
 
 
 # ------------------------------------------------------------------ real outputs
@@ -120,7 +123,7 @@ def test_fully_cached_rerun_is_decided_before_torch_and_prefect(
         cwd=Path(__file__).resolve().parent.parent,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "every stage (9) was served from the store" in done.stdout
+    assert "every stage (10) was served from the store" in done.stdout
     assert "HEAVY []" in done.stdout
     assert "# MetaPT few-shot evaluation" in done.stdout
     report = next(iter(records(work)["report"]))
@@ -257,16 +260,16 @@ PARAMETERS = [
     ("ingest-tasks", TASKS_YAML, ["ingest-tasks", *GRID_CALLS]),
     ("embed", "embed.batch_size=32", ALL_CALLS[2:]),
     ("cluster", "cluster.n_clusters=2", ALL_CALLS[3:]),
-    ("ppt", "ppt.lr=0.01", ["ppt", *GRID_CALLS]),
+    ("ppt", "ppt.lr=0.01", ["ppt", CHECK, *GRID_CALLS]),
     # a setting of MetaPT's alone (how its meta-batch is batched): PPT is kept
-    ("meta-pretrain", "meta.group_tasks=false", ["meta-pretrain-maml", *GRID_CALLS]),
+    ("meta-pretrain", "meta.group_tasks=false", ["meta-pretrain-maml", CHECK, *GRID_CALLS]),
     # PPT's optimiser is matched to MetaPT's outer one unless ppt.* is set, so it follows it...
     ("meta-outer-lr", "meta.outer_lr=0.05", PRETRAIN_CALLS),
     # ...and an explicit ppt.lr keeps PPT stored when MetaPT's outer lr changes
     (
         "meta-outer-lr-ppt-set",
         ["ppt.lr=0.03", "meta.outer_lr=0.05"],
-        ["meta-pretrain-maml", *GRID_CALLS],
+        ["meta-pretrain-maml", CHECK, *GRID_CALLS],
     ),
     # PPT's budget is matched to MetaPT's, so it follows it
     ("meta-budget", "meta.meta_steps=4", PRETRAIN_CALLS),
@@ -308,10 +311,10 @@ CODE = [
     ("metapt_core.clustering.kmeans", ["cluster"]),
     ("metapt_core.ppt", ["ppt"]),
     # PPT runs the shared training loop, the meta package's episode sampler and checkpoints.
-    ("metapt_core.meta.episodes", ["ppt", "meta-pretrain-maml"]),
-    ("metapt_core.pretraining.loop", ["ppt", "meta-pretrain-maml"]),
-    ("metapt_core.scoring.packing", ["ppt", "meta-pretrain-maml", *EVALS]),
-    ("metapt_core.backbone", ["ppt", "meta-pretrain-maml", *EVALS]),
+    ("metapt_core.meta.episodes", ["ppt", "meta-pretrain-maml", CHECK]),
+    ("metapt_core.pretraining.loop", ["ppt", "meta-pretrain-maml", CHECK]),
+    ("metapt_core.scoring.packing", ["ppt", "meta-pretrain-maml", CHECK, *EVALS]),
+    ("metapt_core.backbone", ["ppt", "meta-pretrain-maml", CHECK, *EVALS]),
     ("metapt_core.fewshot.tuning", EVALS),
     ("metapt_core.report.stats", ["report"]),
     # the derived settings (ppt_budget, min_rows_per_class) live in the config module

@@ -36,6 +36,7 @@ def _stages() -> dict[str, tuple[list[str], str]]:
         plan.cluster(cfg, ref, ref),
         plan.ppt(cfg, ref, ref),
         plan.meta_pretrain(cfg, MetaAlgorithm.MAML, ref, ref),
+        plan.meta_objective(cfg, 0, ref, ref, {"ppt": ref}),
         plan.eval_group(cfg, cfg.tasks[0].name, 2, 0, 0, ref, ref, {}),
         plan.report(cfg, [ref], []),
     ]
