@@ -154,3 +154,23 @@ def test_check_flags_broken_mamls(control_rows: dict) -> None:
     for name in ("metapt_flipped", "metapt_alpha30"):
         row = control_rows[name]
         assert row.trained is False and row.beats_ppt is False, name
+
+
+def test_label_prior_tasks_lean_to_their_class() -> None:
+    from metapt_core.clustering.control import label_prior_tasks
+
+    labels = np.repeat([0, 1, 2], [700, 600, 300])
+    labels = np.random.default_rng(0).permutation(np.append(labels, [-1] * 10))
+    tasks = label_prior_tasks(labels, 3, 6, 0.85, seed=0)
+    assert (tasks[labels < 0] == -1).all()  # unlabelled rows are never used
+    sizes = [int((tasks == t).sum()) for t in range(6)]
+    assert len(set(sizes)) == 1 and sizes[0] > 0
+    for task in range(6):
+        members = labels[tasks == task]
+        share = float((members == task % 3).mean())
+        assert abs(share - 0.85) < 0.02, (task, share)
+        assert set(np.unique(members)) == {0, 1, 2}  # the other classes are there too
+    used = tasks >= 0
+    assert np.bincount(labels[used], minlength=3)[2] <= 300  # no row used twice
+    with pytest.raises(Exception, match="dominant_share"):
+        label_prior_tasks(labels, 3, 6, 0.2, seed=0)
