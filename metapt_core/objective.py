@@ -65,10 +65,10 @@ def bootstrap_mean(
 ) -> tuple[float, float, float]:
     """``(mean, low, high)``: the mean of ``values`` ``[E]`` and its percentile interval over
     the resampled episode indices ``resamples`` ``[R, E]``."""
-    means = values[resamples].mean(axis=1)
-    tail = (1.0 - level) / 2.0 * 100.0
-    low, high = np.percentile(means, [tail, 100.0 - tail])
-    return float(values.mean()), float(low), float(high)
+    from metapt_core.report.nested import percentile_bounds
+
+    low, high = percentile_bounds(values[resamples].mean(axis=1), level)
+    return float(values.mean()), low, high
 
 
 def meta_objective_rows(
