@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from metapt_core.quantiles import percentile_bounds
+
 INITIAL = "initial"
 REFERENCE = "ppt"
 
@@ -65,7 +67,6 @@ def bootstrap_mean(
 ) -> tuple[float, float, float]:
     """``(mean, low, high)``: the mean of ``values`` ``[E]`` and its percentile interval over
     the resampled episode indices ``resamples`` ``[R, E]``."""
-    from metapt_core.report.nested import percentile_bounds
 
     low, high = percentile_bounds(values[resamples].mean(axis=1), level)
     return float(values.mean()), low, high

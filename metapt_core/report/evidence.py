@@ -27,11 +27,11 @@ import numpy as np
 import pandas as pd
 
 from metapt_core.errors import DataError
+from metapt_core.quantiles import percentile_bounds
 from metapt_core.report.nested import (
     interval_name,
     mcnemar,
     nested_draws,
-    percentile_bounds,
     standard_error,
     variance_components,
 )

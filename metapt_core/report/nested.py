@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as sps
 
+from metapt_core.quantiles import percentile_bounds
+
 MIN_UNITS_FOR_INTERVAL = 5  # fewer units at a level: the bootstrap bounds are a range
 
 
@@ -69,13 +71,6 @@ def nested_draws(values: np.ndarray, n_resamples: int, seed: int, chunk: int = 2
         drawn = x[pi[:, :, None, None], fi[:, :, :, None], ri]
         means[start : start + b] = drawn.mean(axis=(1, 2, 3))
     return means
-
-
-def percentile_bounds(draws: np.ndarray, level: float) -> tuple[float, float]:
-    """The ``(1 -/+ level) / 2`` quantiles of bootstrap draws."""
-    alpha = (1.0 - level) / 2.0
-    low, high = np.quantile(draws, [alpha, 1.0 - alpha])
-    return float(low), float(high)
 
 
 def nested_bootstrap(
