@@ -40,6 +40,9 @@ def _worker(rank: int, world: int, tmp: str) -> None:
         _, sums = reduce_sums(torch.zeros(2), [float(rank + 1)])
         assert sums == [3.0]
         _run_all(Path(tmp) / "shards", Path(tmp) / "dist")
+        # Both ranks leave together: a rank that tears gloo down while the other is still in
+        # its last collective aborts that one at exit.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
