@@ -83,6 +83,15 @@ class Row:
         return cls(**fields)
 
 
+TIMING_ALPHA = 0.1  # inner rate where the profile says ``auto`` (the cost does not depend on it)
+
+
+def inner_alpha(inner_lr: float | str) -> float:
+    """The profile's ``meta.inner_lr`` as a number: ``auto`` (chosen per run from the curvature)
+    becomes :data:`TIMING_ALPHA`, a rate in the range the curvature rule picks on SmolLM2."""
+    return float(inner_lr) if not isinstance(inner_lr, str) else TIMING_ALPHA
+
+
 def meets(ratio: float, target: str) -> bool:
     """Whether ``ratio`` satisfies ``target`` (``">=X"`` or ``"<=X"``)."""
     match = re.fullmatch(r"\s*(>=|<=)\s*([0-9.eE+-]+)\s*", target)

@@ -30,6 +30,7 @@ from _common import (
     bench_parser,
     default_config,
     emit,
+    inner_alpha,
     interleaved,
     load_prompt_model,
     log,
@@ -86,7 +87,7 @@ def build(mode: str, tmp: Path):  # type: ignore[no-untyped-def]
                 episodes,
                 model.loss,
                 algorithms[arm],
-                cfg.meta.inner_lr,
+                inner_alpha(cfg.meta.inner_lr),
                 cfg.meta.inner_steps,
                 concat=EncodedBatch.concat if cfg.meta.group_tasks else None,
             ).grad

@@ -24,6 +24,7 @@ from _common import (
     bench_parser,
     default_config,
     emit,
+    inner_alpha,
     interleaved,
     load_prompt_model,
     log,
@@ -66,7 +67,7 @@ def run(mode: str) -> list[Row]:
 
     def maml_grad(model: PromptModel) -> torch.Tensor:
         return meta_gradient(
-            prompt0, [episode], model.loss, MetaAlgorithm.MAML, cfg.meta.inner_lr, 1
+            prompt0, [episode], model.loss, MetaAlgorithm.MAML, inner_alpha(cfg.meta.inner_lr), 1
         ).grad
 
     models = {"fp32": fp32, "bf16": bf16}

@@ -436,6 +436,10 @@ class MetaConfig:
     meta_batch_size: int = 4  # tasks per outer step
     support_size: int = 4  # examples per task in the support batch
     query_size: int = 4  # examples per task in the query batch (disjoint from the support)
+    # Support and query class-balanced as far as a task's rows allow (like the balanced k-shot
+    # sets downstream). False: rows drawn uniformly from the task, so each batch carries the
+    # task's class prior (the label-prior control needs it: balanced batches erase its tasks).
+    balanced_episodes: bool = True
     inner_steps: int = 1
     inner_lr: float | str = 0.3  # alpha, or "auto": chosen from inner_lr_grid on held-out clusters
     inner_lr_grid: list[float] = field(default_factory=lambda: [0.1, 0.3, 1.0, 3.0, 10.0, 30.0])

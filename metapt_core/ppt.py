@@ -9,7 +9,7 @@ objective:
   step ``t`` draws ``B`` rows from the pool with ``rng(seed, POOL, t)``.
 - **class-balanced PPT** (``balanced=True``): exactly MetaPT's episode rows (the support and
   query of each task of step ``t``'s meta-batch, drawn with MetaPT's own ``rng(seed, TRAIN,
-  t)``), with no inner step. It separates the effect of meta-learning from that of class
+  t)``; class-balanced unless ``meta.balanced_episodes`` is false), with no inner step. It separates the effect of meta-learning from that of class
   balance, cluster-wise batches and batch size.
 
 Each step minimises the mean cross-entropy of its rows with the (matched) outer optimiser:
@@ -123,6 +123,7 @@ def ppt_pretrain(
             meta.support_size,
             meta.query_size,
             rng_for(meta.seed, TRAIN_STREAM, step),
+            balanced=meta.balanced_episodes,
         )
         return [where[(e.task_index, int(r))] for e in episodes for r in (*e.support, *e.query)]
 

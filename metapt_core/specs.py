@@ -119,6 +119,7 @@ class EpisodeSettings:
     meta_batch_size: int
     support_size: int
     query_size: int
+    balanced_episodes: bool
     inner_steps: int
     inner_lr: float | str
     inner_lr_grid: list[float]

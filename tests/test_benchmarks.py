@@ -89,3 +89,15 @@ def test_only_replaces_its_benchmarks_rows_in_the_saved_table(tmp_path: Path) ->
     assert "T0" in header and "T1" in header and "6 cache" in header
     # another mode's table is not merged
     assert run_all.merge_previous(saved, "full", new, "Run T1.", "T1") == (new, "Run T1.")
+
+
+@pytest.mark.parametrize("name", ["meta_step", "precision"])
+def test_model_benchmarks_finish_in_tiny_mode(name: str, tmp_path: Path) -> None:
+    """The scripts read the default profile (``meta.inner_lr: auto``) and must still run."""
+    out = tmp_path / f"{name}.json"
+    done = subprocess.run(
+        run_all.script_command(name, "tiny", out), capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(out.read_text())
+    assert rows, f"{name}: no rows"

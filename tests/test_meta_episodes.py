@@ -32,6 +32,23 @@ def test_support_and_query_are_disjoint_and_balanced() -> None:
         assert counts.max() - counts[:2].min() <= 3
 
 
+def test_unbalanced_episodes_keep_the_task_prior() -> None:
+    """``balanced=False`` draws rows uniformly: a task 85% one class gives batches about 85%
+    that class (the label-prior control's signal); balanced batches give about a third."""
+    labels = np.array([0] * 170 + [1] * 15 + [2] * 15)
+    rows = np.arange(len(labels))
+    shares = {True: [], False: []}
+    for balanced in (True, False):
+        for step in range(200):
+            rng = rng_for(0, TRAIN_STREAM, step)
+            support, query = sample_episode(labels, rows, 8, 8, rng, balanced=balanced)
+            assert len(support) == 8 and len(query) == 8
+            assert not set(support) & set(query)
+            shares[balanced].append(np.mean(labels[np.concatenate([support, query])] == 0))
+    assert abs(np.mean(shares[False]) - 0.85) < 0.03
+    assert abs(np.mean(shares[True]) - 1 / 3) < 0.03  # 3/3/2 per batch, the 2 rotating
+
+
 def test_episodes_deterministic_per_step(tmp_path: Path) -> None:
     tasks = load_tasks(write_shards(tmp_path / "s"), CLASSES, 0.2, 6, seed=0)
     a = sample_meta_batch(tasks, 3, 3, 3, rng_for(0, TRAIN_STREAM, 5))

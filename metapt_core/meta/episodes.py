@@ -183,17 +183,22 @@ def sample_episode(
     support_size: int,
     query_size: int,
     rng: np.random.Generator,
+    balanced: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Disjoint support and query rows, each class-balanced as far as the rows allow.
 
     The support takes a class-interleaved prefix of ``rows``; the query does the same over the
-    rows left, so no row is in both.
+    rows left, so no row is in both. ``balanced=False``: the first ``support_size`` and the
+    next ``query_size`` rows of a random permutation (each batch keeps the task's class prior).
 
     Returns:
         ``(support, query)``: ``int64`` arrays of ``support_size`` and ``query_size`` rows.
     """
     if len(rows) < support_size + query_size:
         raise DataError("episode.rows", len(rows), f"needs {support_size + query_size} rows")
+    if not balanced:
+        order = rng.permutation(rows)
+        return order[:support_size], order[support_size : support_size + query_size]
     support = _interleave_by_class(labels, rows, rng)[:support_size]
     rest = np.setdiff1d(rows, support, assume_unique=True)
     query = _interleave_by_class(labels, rest, rng)[:query_size]
@@ -207,6 +212,7 @@ def sample_meta_batch(
     query_size: int,
     rng: np.random.Generator,
     validation: bool = False,
+    balanced: bool = True,
 ) -> list[EpisodeRows]:
     """A meta-batch: ``meta_batch_size`` tasks (distinct while there are enough) and their rows.
 
@@ -216,6 +222,7 @@ def sample_meta_batch(
         support_size / query_size: rows per batch.
         rng: the step's generator (see :func:`rng_for`).
         validation: draw from each task's held-out rows (tasks without enough are skipped).
+        balanced: class-balanced batches (:func:`sample_episode`).
     """
     need = support_size + query_size
     usable = [
@@ -232,20 +239,31 @@ def sample_meta_batch(
     for task_index in chosen:
         task = tasks[int(task_index)]
         rows = task.val_rows if validation else task.train_rows
-        support, query = sample_episode(task.labels, rows, support_size, query_size, rng)
+        support, query = sample_episode(task.labels, rows, support_size, query_size, rng, balanced)
         episodes.append(EpisodeRows(int(task_index), support, query))
     return episodes
 
 
 def validation_episodes(
-    tasks: Sequence[ShardTask], count: int, support_size: int, query_size: int, seed: int
+    tasks: Sequence[ShardTask],
+    count: int,
+    support_size: int,
+    query_size: int,
+    seed: int,
+    balanced: bool = True,
 ) -> list[EpisodeRows]:
     """A fixed set of ``count`` validation episodes from held-out rows (empty if none fit)."""
     need = support_size + query_size
     if count <= 0 or not any(len(t.val_rows) >= need for t in tasks):
         return []
     return sample_meta_batch(
-        tasks, count, support_size, query_size, rng_for(seed, VAL_STREAM, 0), validation=True
+        tasks,
+        count,
+        support_size,
+        query_size,
+        rng_for(seed, VAL_STREAM, 0),
+        validation=True,
+        balanced=balanced,
     )
 
 
@@ -281,7 +299,12 @@ def hold_out_clusters(
 
 
 def unseen_episodes(
-    held_out: Sequence[ShardTask], count: int, support_size: int, query_size: int, seed: int
+    held_out: Sequence[ShardTask],
+    count: int,
+    support_size: int,
+    query_size: int,
+    seed: int,
+    balanced: bool = True,
 ) -> list[EpisodeRows]:
     """A fixed set of ``count`` episodes from held-out clusters (all their rows; empty if none).
 
@@ -290,7 +313,12 @@ def unseen_episodes(
     if count <= 0 or not held_out:
         return []
     return sample_meta_batch(
-        held_out, count, support_size, query_size, rng_for(seed, UNSEEN_STREAM, 0)
+        held_out,
+        count,
+        support_size,
+        query_size,
+        rng_for(seed, UNSEEN_STREAM, 0),
+        balanced=balanced,
     )
 
 
@@ -301,6 +329,7 @@ def check_episodes(
     support_size: int,
     query_size: int,
     seed: int,
+    balanced: bool = True,
 ) -> list[EpisodeRows]:
     """``count`` episodes from held-out clusters, disjoint in rows from the episodes ``used``
     (those that chose alpha and the kept prompt), for the meta-objective check.
@@ -325,4 +354,5 @@ def check_episodes(
     ]
     if not any(len(t.train_rows) >= support_size + query_size for t in free):
         return []
-    return sample_meta_batch(free, count, support_size, query_size, rng_for(seed, CHECK_STREAM, 0))
+    rng = rng_for(seed, CHECK_STREAM, 0)
+    return sample_meta_batch(free, count, support_size, query_size, rng, balanced=balanced)

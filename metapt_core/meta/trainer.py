@@ -145,6 +145,7 @@ def meta_pretrain(
             meta.support_size,
             meta.query_size,
             rng_for(meta.seed, TRAIN_STREAM, step),
+            balanced=meta.balanced_episodes,
         )
         extra: dict[str, float] = {}
         if meta.curvature_scale > 0 and (step - 1) % recheck_every == 0:

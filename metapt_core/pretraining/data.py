@@ -131,12 +131,9 @@ def load_pretrain_data(
     tasks, held_out = hold_out_clusters(every, meta.val_clusters, meta.seed)
     fmt = pool_format(model, pool)
     encoded = EncodedTasks(model, tasks, fmt)
-    val_rows = validation_episodes(
-        tasks, meta.val_episodes, meta.support_size, meta.query_size, meta.seed
-    )
-    unseen_rows = unseen_episodes(
-        held_out, meta.val_episodes, meta.support_size, meta.query_size, meta.seed
-    )
+    sizes = (meta.support_size, meta.query_size, meta.seed, meta.balanced_episodes)
+    val_rows = validation_episodes(tasks, meta.val_episodes, *sizes)
+    unseen_rows = unseen_episodes(held_out, meta.val_episodes, *sizes)
     unseen = EncodedTasks(model, held_out, fmt).episodes(unseen_rows) if held_out else []
     return PretrainData(tasks, held_out, encoded, encoded.episodes(val_rows), unseen)
 

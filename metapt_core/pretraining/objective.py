@@ -62,10 +62,9 @@ def check_set(
     episode_rows = meta.support_size + meta.query_size
     every = load_tasks(shards_dir, pool.classes, meta.val_fraction, episode_rows, meta.seed)
     _, held_out = hold_out_clusters(every, meta.val_clusters, meta.seed)
-    used = unseen_episodes(
-        held_out, meta.val_episodes, meta.support_size, meta.query_size, meta.seed
-    )
-    rows = check_episodes(held_out, used, count, meta.support_size, meta.query_size, meta.seed)
+    sizes = (meta.support_size, meta.query_size, meta.seed, meta.balanced_episodes)
+    used = unseen_episodes(held_out, meta.val_episodes, *sizes)
+    rows = check_episodes(held_out, used, count, *sizes)
     if not rows:
         return []
     return EncodedTasks(model, held_out, pool_format(model, pool)).episodes(rows)
