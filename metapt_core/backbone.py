@@ -80,6 +80,7 @@ def load_backbone(cfg: BackboneConfig, assets_dir: Path | None = None) -> Backbo
     with _LOCK:
         if key in _CACHE:
             return _CACHE[key]
+        torch_threads_from_env()
         path = resolve_name(cfg.name_or_path, assets_dir)
         local = Path(path).expanduser()
         if (local.is_absolute() or path.startswith(".")) and not local.exists():
@@ -138,7 +139,15 @@ def clear_cache() -> None:
 
 
 def torch_threads_from_env() -> None:
-    """Honour ``METAPT_TORCH_THREADS`` (useful when several workers share a small machine)."""
-    value = os.environ.get("METAPT_TORCH_THREADS")
-    if value:
-        torch.set_num_threads(int(value))
+    """Honour ``METAPT_TORCH_THREADS`` (intra-op threads of this process; useful when several
+    workers share a small machine). Applied when a process loads its first backbone.
+
+    Raises:
+        ConfigError: the variable is set to anything but a positive integer.
+    """
+    value = os.environ.get("METAPT_TORCH_THREADS", "").strip()
+    if not value:
+        return
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError("METAPT_TORCH_THREADS", value, "must be a positive integer")
+    torch.set_num_threads(int(value))

@@ -296,6 +296,21 @@ def test_bf16_autocast_on_cpu_is_close_to_fp32(tiny_llama_path: Path) -> None:
     assert cos > 0.98
 
 
+def test_native_bf16_follows_the_cpu_flags(tmp_path: Path) -> None:
+    """AVX-512 alone (Skylake to Ice Lake: emulated bf16) is not native; AVX512-BF16 or AMX
+    is; the flags are read from /proc/cpuinfo's ``flags`` line."""
+    from metapt_core.scoring.precision import cpu_flags, native_bf16
+
+    cpu = torch.device("cpu")
+    assert not native_bf16(cpu, {"avx2", "avx512f", "avx512bw", "avx512_vnni"})
+    assert native_bf16(cpu, {"avx512f", "avx512_bf16"})
+    assert native_bf16(cpu, {"avx512f", "amx_bf16", "amx_tile"})
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16\n\nflags\t: fpu\n")
+    assert cpu_flags(str(info)) == {"fpu", "avx512f", "avx512_bf16"}
+    assert cpu_flags(str(tmp_path / "missing")) is None
+
+
 def test_bf16_hessian_vector_product_is_close_to_fp32(tiny_llama_path: Path) -> None:
     """The product the meta-gradient and the curvature estimate use, ``H v`` of the support
     loss in the prompt, under bf16 autocast against fp32: cosine >= 0.98, relative error of
@@ -324,3 +339,26 @@ def test_bf16_hessian_vector_product_is_close_to_fp32(tiny_llama_path: Path) -> 
     q32, q16 = float(h32.flatten() @ vector.flatten()), float(h16.flatten() @ vector.flatten())
     print(f"bf16 HVP: cosine {float(cos):.5f}, Rayleigh quotient {q16:.5g} vs {q32:.5g}")
     assert abs(q16 - q32) <= 0.1 * abs(q32)
+
+
+def test_torch_threads_follow_the_environment(
+    tiny_llama_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``METAPT_TORCH_THREADS`` sets the intra-op threads when a backbone is loaded; a value
+    that is not a positive integer is refused naming the variable."""
+    from metapt_core.backbone import clear_cache
+    from metapt_core.errors import ConfigError
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("METAPT_TORCH_THREADS", "1")
+        clear_cache()
+        _backbone(tiny_llama_path)
+        assert torch.get_num_threads() == 1
+        monkeypatch.setenv("METAPT_TORCH_THREADS", "two")
+        clear_cache()
+        with pytest.raises(ConfigError, match="METAPT_TORCH_THREADS"):
+            _backbone(tiny_llama_path)
+    finally:
+        torch.set_num_threads(before)
+        clear_cache()

@@ -22,13 +22,36 @@ _COPIES: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
 
 
-def native_bf16(device: torch.device) -> bool:
-    """True where bf16 autocast is fast: CUDA, or a CPU whose oneDNN has native bf16 kernels
-    (AVX512-BF16 or AMX). On other CPUs bf16 is emulated and slower than fp32."""
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of bf16 dot products
+
+
+def cpu_flags(path: str = "/proc/cpuinfo") -> set[str] | None:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (Linux); None where it cannot be read."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        return None
+    return None
+
+
+def native_bf16(device: torch.device, flags: set[str] | None = None) -> bool:
+    """True where bf16 autocast is fast: CUDA, or a CPU with bf16 dot-product instructions
+    (AVX512-BF16 or AMX). On other CPUs bf16 is emulated and slower than fp32.
+
+    oneDNN's own test (``_is_mkldnn_bf16_supported``) accepts any AVX-512 CPU, emulation
+    included (Skylake, Cascade Lake, Ice Lake), so on Linux the CPU flags decide; elsewhere
+    oneDNN's answer is kept. ``flags``: the CPU's flags (default: read ``/proc/cpuinfo``).
+    """
     if device.type == "cuda":
         return True
     if device.type != "cpu":
         return False
+    flags = cpu_flags() if flags is None else flags
+    if flags is not None:
+        return any(flag in flags for flag in NATIVE_BF16_FLAGS)
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
