@@ -49,6 +49,19 @@ def test_unbalanced_episodes_keep_the_task_prior() -> None:
     assert abs(np.mean(shares[True]) - 1 / 3) < 0.03  # 3/3/2 per batch, the 2 rotating
 
 
+def test_validation_split_keeps_class_proportions() -> None:
+    """Stratified: a shard 85% one class keeps 85% on both sides (to a row per class), where
+    a class-balanced prefix would give the validation rows a third each."""
+    from metapt_core.meta.episodes import split_validation
+
+    labels = np.array([0] * 340 + [1] * 30 + [2] * 30)
+    train, val = split_validation(labels, 0.1, 16, rng_for(0, TRAIN_STREAM, 0))
+    assert len(val) == 40 and len(train) == 360
+    assert not set(train) & set(val)
+    assert np.bincount(labels[val], minlength=3).tolist() == [34, 3, 3]
+    assert np.bincount(labels[train], minlength=3).tolist() == [306, 27, 27]
+
+
 def test_episodes_deterministic_per_step(tmp_path: Path) -> None:
     tasks = load_tasks(write_shards(tmp_path / "s"), CLASSES, 0.2, 6, seed=0)
     a = sample_meta_batch(tasks, 3, 3, 3, rng_for(0, TRAIN_STREAM, 5))

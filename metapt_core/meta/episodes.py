@@ -112,10 +112,19 @@ def split_validation(
     n_val = max(math.ceil(val_fraction * n), episode_rows)
     if n - n_val < episode_rows:
         return np.arange(n, dtype=np.int64), np.empty(0, dtype=np.int64)
-    # Stratified: shuffle each class, then deal rows in class-interleaved order.
-    order = _interleave_by_class(labels, np.arange(n), rng)
-    val = np.sort(order[:n_val])
-    train = np.sort(order[n_val:])
+    # Stratified: each class gives its share of the n_val rows (largest remainders), drawn at
+    # random from its rows, so both sides keep the shard's class proportions.
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = counts * (n_val / n)
+    take = np.floor(quota).astype(np.int64)
+    by_remainder = np.argsort(-(quota - take), kind="stable")
+    take[by_remainder[: n_val - int(take.sum())]] += 1
+    picked = [
+        rng.permutation(np.flatnonzero(labels == cls))[:k]
+        for cls, k in zip(classes, take, strict=True)
+    ]
+    val = np.sort(np.concatenate(picked)).astype(np.int64)
+    train = np.setdiff1d(np.arange(n, dtype=np.int64), val, assume_unique=True)
     return train, val
 
 
