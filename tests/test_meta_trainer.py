@@ -163,3 +163,22 @@ def test_no_resume_starts_over(tmp_path: Path) -> None:
 def _fingerprint_of(folder: Path) -> str:
     payload = torch.load(folder / "last.pt", weights_only=True)
     return str(payload["fingerprint"])
+
+
+def test_step_zero_validation_scores_the_curvature_sized_rule(tmp_path: Path) -> None:
+    """The initial prompt is validated with the rate training starts with (alpha capped by
+    the curvature at the initial prompt), not the uncapped calibrated one: under keep_best the
+    step-0 record competes with the others, so it must score the same rule; and every
+    validation says which rate it used."""
+    shards = write_shards(tmp_path / "shards")
+    model = _toy()
+    cfg = small_config(meta_steps=4, inner_lr=50.0, curvature_scale=1.0, keep_best=True)
+    meta_pretrain(
+        shards, cfg, MetaAlgorithm.MAML, model, tmp_path / "out", initial_prompt=_init(model)
+    )
+    history = json.loads((tmp_path / "out" / "history.json").read_text())
+    first = history[1]
+    assert first["inner_lr"] == pytest.approx(1.0 / first["lambda_max"])
+    assert first["inner_lr"] < 50.0
+    assert history[0]["inner_lr"] == first["inner_lr"]  # step 0 scored the capped rule
+    assert all("inner_lr" in h for h in history if "val_loss" in h)

@@ -133,13 +133,17 @@ def meta_pretrain(
     recheck_every = meta.val_every or meta.meta_steps
     rate = {"alpha": calibration.alpha}  # the current inner rate, re-sized to the curvature
 
-    def restore(history: list[dict[str, Any]]) -> None:
-        for record in history:
-            if "inner_lr" in record:
-                rate["alpha"] = float(record["inner_lr"])
+    def curvature_at(step: int, prompt: Tensor, rows: list[Any]) -> float:
+        """lambda_max of step ``step``'s first supports at ``prompt`` (every rank estimates
+        on the same supports, so every rank gets the same alpha)."""
+        supports = [e.support for e in encoded.episodes(rows[: meta.curvature_episodes])]
+        return curvature_lambda(
+            prompt, supports, model.loss, meta.curvature_iterations,
+            (meta.seed, TRAIN_STREAM, step),
+        )  # fmt: skip
 
-    def step_fn(step: int, prompt: Tensor) -> tuple[Tensor, dict[str, float]]:
-        rows = sample_meta_batch(
+    def rows_of(step: int) -> list[Any]:
+        return sample_meta_batch(
             tasks,
             meta.meta_batch_size,
             meta.support_size,
@@ -147,14 +151,27 @@ def meta_pretrain(
             rng_for(meta.seed, TRAIN_STREAM, step),
             balanced=meta.balanced_episodes,
         )
+
+    # The rate is sized at the initial prompt before anything is validated, so the step-0
+    # validation (a keep_best candidate) scores the rule that training starts with; step 1
+    # reuses this estimate (same prompt, same supports).
+    first_lambda: dict[int, float] = {}
+    if meta.curvature_scale > 0:
+        first_lambda[1] = curvature_at(1, initial, rows_of(1))
+        rate["alpha"] = curvature_inner_lr(calibration.alpha, first_lambda[1], meta.curvature_scale)
+
+    def restore(history: list[dict[str, Any]]) -> None:
+        for record in history:
+            if "inner_lr" in record:
+                rate["alpha"] = float(record["inner_lr"])
+
+    def step_fn(step: int, prompt: Tensor) -> tuple[Tensor, dict[str, float]]:
+        rows = rows_of(step)
         extra: dict[str, float] = {}
         if meta.curvature_scale > 0 and (step - 1) % recheck_every == 0:
-            # Every rank estimates on the same supports, so every rank gets the same alpha.
-            supports = [e.support for e in encoded.episodes(rows[: meta.curvature_episodes])]
-            lam = curvature_lambda(
-                prompt, supports, model.loss, meta.curvature_iterations,
-                (meta.seed, TRAIN_STREAM, step),
-            )  # fmt: skip
+            lam = first_lambda.pop(step, None)
+            if lam is None:
+                lam = curvature_at(step, prompt, rows)
             rate["alpha"] = curvature_inner_lr(calibration.alpha, lam, meta.curvature_scale)
             extra["lambda_max"] = lam
         alpha = rate["alpha"]

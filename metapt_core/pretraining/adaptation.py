@@ -247,13 +247,14 @@ def validation_fn(
     """The loop's validation: :func:`evaluate_adapted` on held-out rows (``val_*``) and on
     unseen clusters (``unseen_*``), each where it has episodes; None when neither has.
 
-    ``inner_lr`` may be a callable giving the current rate (MetaPT re-sizes it as it trains)."""
+    ``inner_lr`` may be a callable giving the current rate (MetaPT re-sizes it as it trains);
+    the rate used is returned as ``inner_lr``, so every validation says which rule it scored."""
     if not val and not unseen:
         return None
 
     def run(prompt: Tensor) -> dict[str, float]:
         alpha = inner_lr() if callable(inner_lr) else inner_lr
-        out: dict[str, float] = {}
+        out: dict[str, float] = {"inner_lr": float(alpha)}
         for prefix, episodes in (("val", val), ("unseen", unseen)):
             if episodes:
                 out.update(
