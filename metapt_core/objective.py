@@ -67,7 +67,6 @@ def bootstrap_mean(
 ) -> tuple[float, float, float]:
     """``(mean, low, high)``: the mean of ``values`` ``[E]`` and its percentile interval over
     the resampled episode indices ``resamples`` ``[R, E]``."""
-
     low, high = percentile_bounds(values[resamples].mean(axis=1), level)
     return float(values.mean()), low, high
 

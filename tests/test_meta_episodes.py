@@ -49,6 +49,24 @@ def test_unbalanced_episodes_keep_the_task_prior() -> None:
     assert abs(np.mean(shares[True]) - 1 / 3) < 0.03  # 3/3/2 per batch, the 2 rotating
 
 
+def test_meta_batches_pass_the_balance_choice_on() -> None:
+    """``sample_meta_batch`` (what training, validation, unseen and check episodes draw
+    through) honours ``balanced``: the same skewed task gives ~85% or ~a third."""
+    from metapt_core.meta.episodes import ShardTask
+
+    labels = np.array([0] * 170 + [1] * 15 + [2] * 15)
+    rows = np.arange(len(labels), dtype=np.int64)
+    task = ShardTask(0, tuple(str(i) for i in rows), labels, rows, np.empty(0, np.int64))
+    for balanced, expected in ((False, 0.85), (True, 1 / 3)):
+        shares = []
+        for step in range(100):
+            (episode,) = sample_meta_batch(
+                [task], 1, 8, 8, rng_for(0, TRAIN_STREAM, step), balanced=balanced
+            )
+            shares.append(np.mean(labels[np.concatenate([episode.support, episode.query])] == 0))
+        assert abs(np.mean(shares) - expected) < 0.04, (balanced, np.mean(shares))
+
+
 def test_validation_split_keeps_class_proportions() -> None:
     """Stratified: a shard 85% one class keeps 85% on both sides (to a row per class), where
     a class-balanced prefix would give the validation rows a third each."""

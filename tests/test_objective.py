@@ -172,5 +172,7 @@ def test_label_prior_tasks_lean_to_their_class() -> None:
         assert set(np.unique(members)) == {0, 1, 2}  # the other classes are there too
     used = tasks >= 0
     assert np.bincount(labels[used], minlength=3)[2] <= 300  # no row used twice
-    with pytest.raises(Exception, match="dominant_share"):
+    from metapt_core.errors import DataError
+
+    with pytest.raises(DataError, match="dominant_share"):
         label_prior_tasks(labels, 3, 6, 0.2, seed=0)
