@@ -16,6 +16,15 @@ by episode:
 A meta-learned prompt ``m`` has **trained** when the upper bound of ``loss_after(m)`` is below
 chance (``log C``) and the upper bound of ``after(m) - after(initial)`` is below 0; it **beats
 PPT on its own objective** when the upper bound of ``diff_vs_ppt(m)`` is below 0.
+
+Beside the prompts the check scores one reference that needs no model, ``support_prior``: each
+query row predicted by its episode's support label frequencies, add-one smoothed,
+
+    p_e(c) = (n_e(c) + 1) / (S + C),   prior_e = -(1/Q) sum_q log p_e(y_q)
+
+so that where episodes keep their clusters' natural class mix (``meta.balanced_episodes:
+false``) a reader sees how much of an after-loss below chance counting the support's labels
+alone reaches.
 """
 
 from __future__ import annotations
@@ -32,6 +41,21 @@ from metapt_core.quantiles import percentile_bounds
 
 INITIAL = "initial"
 REFERENCE = "ppt"
+SUPPORT_PRIOR = "support_prior"
+
+
+def support_prior_losses(
+    support: Sequence[np.ndarray], query: Sequence[np.ndarray], n_classes: int
+) -> np.ndarray:
+    """Per-episode query cross-entropy of the add-one-smoothed support label frequencies
+    (module docstring): ``support[e]`` ``int[S]`` and ``query[e]`` ``int[Q]`` class indices;
+    returns ``float64[E]``."""
+    out = np.empty(len(support))
+    for e, (s, q) in enumerate(zip(support, query, strict=True)):
+        counts = np.bincount(np.asarray(s, dtype=np.int64), minlength=n_classes) + 1.0
+        log_p = np.log(counts / counts.sum())
+        out[e] = -float(log_p[np.asarray(q, dtype=np.int64)].mean())
+    return out
 
 
 @dataclass(frozen=True)

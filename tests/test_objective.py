@@ -176,3 +176,17 @@ def test_label_prior_tasks_lean_to_their_class() -> None:
 
     with pytest.raises(DataError, match="dominant_share"):
         label_prior_tasks(labels, 3, 6, 0.2, seed=0)
+
+
+def test_support_prior_is_the_add_one_smoothed_support_frequency() -> None:
+    from metapt_core.objective import support_prior_losses
+
+    support = [np.array([0, 0, 0, 1]), np.array([2, 2])]
+    query = [np.array([0, 1, 2]), np.array([2])]
+    got = support_prior_losses(support, query, 3)
+    # episode 0: counts + 1 = (4, 2, 1) / 7; episode 1: (1, 1, 3) / 5
+    want = [-(math.log(4 / 7) + math.log(2 / 7) + math.log(1 / 7)) / 3, -math.log(3 / 5)]
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    # a support that says nothing (all classes once) predicts chance
+    flat = support_prior_losses([np.array([0, 1, 2])], [np.array([1, 2])], 3)
+    assert math.isclose(float(flat[0]), CHANCE3)

@@ -17,7 +17,14 @@ from torch import Tensor
 
 from metapt_core.meta.episodes import check_episodes, hold_out_clusters, load_tasks, unseen_episodes
 from metapt_core.meta.maml import Episode, inner_adapt
-from metapt_core.objective import INITIAL, ObjectiveRow, meta_objective_rows, write_rows
+from metapt_core.objective import (
+    INITIAL,
+    SUPPORT_PRIOR,
+    ObjectiveRow,
+    meta_objective_rows,
+    support_prior_losses,
+    write_rows,
+)
 from metapt_core.pretraining.data import EncodedTasks, PromptObjective, pool_format
 from metapt_core.specs import EpisodeSettings, PoolFormat
 
@@ -91,7 +98,8 @@ def meta_objective_check(
         progress: ``progress(done, total, message)`` per prompt scored.
 
     The inner rule is a MetaPT prompt's own (its final ``inner_lr`` and ``max_step_ratio``,
-    from ``prompt.json``), else PPT's; every prompt is adapted with that one rule.
+    from ``prompt.json``), else PPT's; every prompt is adapted with that one rule. The rows
+    also hold the model-free ``support_prior`` reference (:func:`~metapt_core.objective.support_prior_losses`).
 
     Returns:
         ``(out_dir, rows)``; no rows (and an empty CSV) when the run holds no cluster out.
@@ -121,6 +129,12 @@ def meta_objective_check(
             if progress is not None:
                 progress(done, len(candidates), f"{name}: {len(episodes)} episodes")
             losses[name] = episode_losses(prompt, episodes, model, alpha, meta.inner_steps, ratio)
+        prior = support_prior_losses(
+            [e.support.labels.cpu().numpy() for e in episodes],
+            [e.query.labels.cpu().numpy() for e in episodes],
+            len(spec.pool.classes),
+        )
+        losses[SUPPORT_PRIOR] = (prior, prior)
         rows = meta_objective_rows(
             losses, int(meta.seed), alpha, len(spec.pool.classes), level, resamples
         )

@@ -200,7 +200,9 @@ def objective_lines(objective: pd.DataFrame) -> tuple[list[str], list[str]]:
         f"inner rule (alpha {alphas}), paired by episode; bounds are percentile bootstraps over "
         "episodes. A meta-learned prompt *trained* when the upper bound of its after-loss is "
         "below chance and below the initial prompt's; it *beats PPT on its own objective* when "
-        "the bound of its after-loss minus PPT's is below 0.",
+        "the bound of its after-loss minus PPT's is below 0. `support_prior` needs no model: "
+        "each query row predicted by its episode's support label frequencies (add-one "
+        "smoothed), i.e. what counting the support's labels alone reaches.",
         "",
         "| pre-training seed | init | loss before | loss after [bounds] | minus PPT [bounds] | "
         "trained |",
