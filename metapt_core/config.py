@@ -469,7 +469,10 @@ class MetaConfig:
     warmup_steps: int = 0
     final_lr_fraction: float = 1.0
     checkpoint_every: int = 10
-    group_tasks: bool = True  # MAML/FOMAML: the meta-batch's tasks in grouped passes
+    # MAML/FOMAML: the meta-batch's tasks in one grouped pass (true) or one task at a time
+    # (false; the same meta-gradient). Grouped keeps every task's double-backward graph alive
+    # at once: about 4x a plain step's peak memory against under 1x, for no time saved on CPU.
+    group_tasks: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -262,7 +262,7 @@ PARAMETERS = [
     ("cluster", "cluster.n_clusters=2", ALL_CALLS[3:]),
     ("ppt", "ppt.lr=0.01", ["ppt", CHECK, *GRID_CALLS]),
     # a setting of MetaPT's alone (how its meta-batch is batched): PPT is kept
-    ("meta-pretrain", "meta.group_tasks=false", ["meta-pretrain-maml", CHECK, *GRID_CALLS]),
+    ("meta-pretrain", "meta.group_tasks=true", ["meta-pretrain-maml", CHECK, *GRID_CALLS]),
     # PPT's optimiser is matched to MetaPT's outer one unless ppt.* is set, so it follows it...
     ("meta-outer-lr", "meta.outer_lr=0.05", PRETRAIN_CALLS),
     # ...and an explicit ppt.lr keeps PPT stored when MetaPT's outer lr changes
