@@ -379,9 +379,9 @@ class BackboneConfig:
     kind: BackboneKind = BackboneKind.AUTO
     dtype: DType = DType.FLOAT32
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    autocast_bf16: bool = (
-        False  # bf16 autocast on CUDA and on CPUs with native bf16 (lm.native_bf16)
-    )
+    # bf16 autocast on CUDA, and on CPUs with bf16 instructions where a pipeline run measures
+    # it faster than fp32 at the backbone's shapes (metapt_core/scoring/dtype_probe.py).
+    autocast_bf16: bool = False
     trust_remote_code: bool = False
     revision: str = ""
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import cast
 
 import torch
@@ -32,6 +33,7 @@ from metapt_core.backbone import Backbone, load_backbone
 from metapt_core.config import BackboneKind, LossKind, PipelineConfig, ScoringConfig, ScoringMode
 from metapt_core.errors import ConfigError
 from metapt_core.scoring.causal import CausalScorer
+from metapt_core.scoring.dtype_probe import Bf16Choice, choose_bf16, linear_shapes
 from metapt_core.scoring.encoding import SENTINEL, EncodedBatch, PromptEncoder, TaskFormat
 from metapt_core.scoring.precision import autocast_model, native_bf16
 from metapt_core.scoring.seq2seq import Seq2SeqScorer
@@ -66,14 +68,19 @@ class PromptModel:
     accepts_grouped_prompts = True
 
     def __init__(
-        self, backbone: Backbone, scoring: ScoringConfig | None = None, autocast_bf16: bool = False
+        self,
+        backbone: Backbone,
+        scoring: ScoringConfig | None = None,
+        autocast_bf16: bool = False,
+        bf16_cache: Path | None = None,
     ) -> None:
         self.backbone = backbone
         self.model = backbone.model
         self.tokenizer = backbone.tokenizer
         self.kind = backbone.kind
         self.scoring = scoring or ScoringConfig()
-        self.autocast_bf16 = autocast_bf16 and native_bf16(backbone.device)
+        self.bf16 = self._choose_bf16(autocast_bf16, bf16_cache)
+        self.autocast_bf16 = self.bf16.use
         self.encoder = PromptEncoder(
             self.tokenizer,
             self.kind,
@@ -90,6 +97,17 @@ class PromptModel:
                                            low_precision=self.autocast_bf16)  # fmt: skip
             else:
                 self.scorer = Seq2SeqScorer(running)
+
+    def _choose_bf16(self, wanted: bool, cache: Path | None) -> Bf16Choice:
+        """Off unless asked; with a probe cache, timed at the backbone's linear shapes
+        (:func:`~metapt_core.scoring.dtype_probe.choose_bf16`); without, the CPU flags decide."""
+        device = self.backbone.device
+        if not wanted:
+            return Bf16Choice(False, "config")
+        if cache is not None:
+            return choose_bf16(device, linear_shapes(self.model), cache)
+        native = native_bf16(device)
+        return Bf16Choice(native, "cuda" if device.type == "cuda" else "flags")
 
     # ---------------------------------------------------------------- properties
 
@@ -124,7 +142,9 @@ class PromptModel:
             parts.append("restricted head" if self.scorer.restricted_head else "full logits")
             if self.scoring.prompt_cache:
                 parts.append("prompt cache")
-        parts.append("bf16 autocast, weights cast once" if self.autocast_bf16 else "fp32")
+        if self.autocast_bf16:
+            parts.append("bf16 autocast, weights cast once")
+        parts.append(f"dtype {self.bf16.describe()}")
         return ", ".join(parts)
 
     # ---------------------------------------------------------------- encoding
@@ -241,6 +261,11 @@ class PromptModel:
 def load_prompt_model(cfg: PipelineConfig) -> PromptModel:
     """The frozen backbone of ``cfg`` (loaded once per process) wrapped for scoring."""
     backbone = load_backbone(cfg.backbone, cfg.assets_path)
-    model = PromptModel(backbone, cfg.scoring, autocast_bf16=cfg.backbone.autocast_bf16)
+    model = PromptModel(
+        backbone,
+        cfg.scoring,
+        autocast_bf16=cfg.backbone.autocast_bf16,
+        bf16_cache=cfg.work_path / "probes" / "bf16.json",
+    )
     log.info("scoring path: %s", model.path)
     return model
