@@ -182,3 +182,8 @@ def test_step_zero_validation_scores_the_curvature_sized_rule(tmp_path: Path) ->
     assert first["inner_lr"] < 50.0
     assert history[0]["inner_lr"] == first["inner_lr"]  # step 0 scored the capped rule
     assert all("inner_lr" in h for h in history if "val_loss" in h)
+    # the diagnostic support loss at the adapted prompt, logged where the curvature was sized:
+    # at alpha = 1 / lambda_max the inner step lowers the loss it stepped on
+    assert first["support_loss_after"] < first["support_loss"]
+    logged = [h["step"] for h in history if "support_loss_after" in h]
+    assert logged == [h["step"] for h in history if "lambda_max" in h] and 1 in logged

@@ -28,7 +28,7 @@ from metapt_core.meta import distributed as dist_utils
 from metapt_core.meta.checkpoint import checkpoint_dir
 from metapt_core.meta.curvature import curvature_inner_lr, curvature_lambda
 from metapt_core.meta.episodes import TRAIN_STREAM, rng_for, sample_meta_batch
-from metapt_core.meta.maml import meta_gradient_sum
+from metapt_core.meta.maml import inner_adapt, meta_gradient_sum
 from metapt_core.pretraining.adaptation import (
     calibration_key,
     collapse_warnings,
@@ -107,7 +107,8 @@ def meta_pretrain(
         :class:`PretrainResult`; ``history`` has per step ``query_loss`` (after the inner step:
         MAML's objective), ``query_loss_0`` (before), ``support_loss`` (before), ``inner_lr``,
         ``inner_update_ratio`` (``||theta' - theta|| / ||theta||``), ``grad_norm``, ``examples``;
-        ``lambda_max`` where the curvature was estimated; ``val_*`` / ``unseen_*`` at
+        ``lambda_max`` where the curvature was estimated and ``support_loss_after`` (the support
+        loss at the adapted prompt) at the same steps (every ``val_every``, from step 1); ``val_*`` / ``unseen_*`` at
         validation steps.
     """
     started = time.perf_counter()
@@ -189,6 +190,12 @@ def meta_pretrain(
             max_step_ratio=meta.max_step_ratio,
         )
         before = query_loss_before(prompt, episodes, model, concat)
+        if (step - 1) % recheck_every == 0:  # a diagnostic pass, at the curvature steps only
+            local_after = support_loss_after(prompt, episodes, model, alpha, meta)
+            _, (after_sum, tasks_sum) = dist_utils.reduce_sums(
+                torch.zeros(1), [local_after, float(len(episodes))]
+            )
+            extra["support_loss_after"] = after_sum / max(tasks_sum, 1.0)
         grad, (query_sum, support_sum, before_sum, shift_sum, count) = dist_utils.reduce_sums(
             total.grad,
             [total.query_loss, total.support_loss, before, total.inner_shift, total.tasks],
@@ -269,6 +276,23 @@ def meta_pretrain(
         "config": {"meta": to_dict(meta), "prompt": to_dict(cfg.prompt)},
     }
     return finish(out, ckpt, prompt, info, history, started, model)
+
+
+def support_loss_after(
+    prompt: Tensor, episodes: list[Any], model: PromptObjective, alpha: float, meta: Any
+) -> float:
+    """Sum over episodes of the support loss at the adapted prompt, ``L_S(theta')`` with
+    ``theta'`` the inner rule (``alpha``, ``meta.inner_steps``, ``meta.max_step_ratio``) on that
+    support: whether the inner step lowered the loss it stepped on."""
+    total = 0.0
+    for episode in episodes:
+        adapted = inner_adapt(
+            prompt.detach(), episode.support, model.loss, alpha, meta.inner_steps, False,
+            meta.max_step_ratio,
+        )  # fmt: skip
+        with torch.no_grad():
+            total += float(model.loss(adapted.detach(), episode.support))
+    return total
 
 
 @torch.no_grad()
