@@ -63,8 +63,10 @@ class ObjectiveRow:
     """One prompt's line of ``meta_objective.csv`` (losses in nats, bounds at ``level``).
 
     ``diff_*`` compare this prompt's after-loss with PPT's (NaN for PPT itself or when the grid
-    has no PPT); ``vs_initial_*`` with the initial prompt's. ``trained`` and ``beats_ppt`` are
-    set for meta-learned prompts only (empty otherwise).
+    has no PPT); ``vs_initial_*`` with the initial prompt's; ``vs_prior_*`` with the
+    ``support_prior`` reference's (where it was scored). ``trained``, ``beats_ppt`` and
+    ``beats_prior`` (the bound of ``vs_prior`` below 0) are set for meta-learned prompts only
+    (empty otherwise).
     """
 
     pretrain_seed: int
@@ -84,6 +86,10 @@ class ObjectiveRow:
     vs_initial_high: float
     trained: bool | None
     beats_ppt: bool | None
+    vs_prior: float = math.nan
+    vs_prior_low: float = math.nan
+    vs_prior_high: float = math.nan
+    beats_prior: bool | None = None
 
 
 def bootstrap_mean(
@@ -126,9 +132,13 @@ def meta_objective_rows(
         vs_initial = nan
         if INITIAL in losses and init != INITIAL:
             vs_initial = bootstrap_mean(after - losses[INITIAL][1], index, level)
+        vs_prior = nan
+        if SUPPORT_PRIOR in losses and init != SUPPORT_PRIOR:
+            vs_prior = bootstrap_mean(after - losses[SUPPORT_PRIOR][1], index, level)
         learned = init.startswith("metapt_")
         trained = bool(high < chance and vs_initial[2] < 0) if learned else None
         beats = bool(vs_ppt[2] < 0) if learned and REFERENCE in losses else None
+        beats_prior = bool(vs_prior[2] < 0) if learned and SUPPORT_PRIOR in losses else None
         rows.append(
             ObjectiveRow(
                 pretrain_seed,
@@ -144,6 +154,8 @@ def meta_objective_rows(
                 *vs_initial,
                 trained,
                 beats,
+                *vs_prior,
+                beats_prior,
             )  # fmt: skip
         )
     return rows
@@ -170,19 +182,27 @@ def verdict(row: ObjectiveRow | Mapping[str, Any]) -> str:
             f"[{r['vs_initial_low']:+.3f}, {r['vs_initial_high']:+.3f}])"
         )
     line = f"{r['init']} trained on pre-training seed {seed} ({bound}, chance {r['chance']:.3f})"
-    if _true(r.get("beats_ppt")):
-        return line + (
-            f" and beats PPT on its own objective ({r['diff_vs_ppt']:+.3f} "
-            f"[{r['diff_low']:+.3f}, {r['diff_high']:+.3f}])"
-        )
-    if r.get("beats_ppt") is None or (
-        isinstance(r["diff_vs_ppt"], float) and math.isnan(r["diff_vs_ppt"])
-    ):
-        return line
-    return line + (
-        f"; it does not beat PPT on its own objective ({r['diff_vs_ppt']:+.3f} "
-        f"[{r['diff_low']:+.3f}, {r['diff_high']:+.3f}])"
-    )
+    if _number(r.get("diff_vs_ppt")):
+        diff = f"({r['diff_vs_ppt']:+.3f} [{r['diff_low']:+.3f}, {r['diff_high']:+.3f}])"
+        if _true(r.get("beats_ppt")):
+            line += f" and beats PPT on its own objective {diff}"
+        else:
+            line += f"; it does not beat PPT on its own objective {diff}"
+    if _number(r.get("vs_prior")):
+        prior = f"({r['vs_prior']:+.3f} [{r['vs_prior_low']:+.3f}, {r['vs_prior_high']:+.3f}])"
+        if _true(r.get("beats_prior")):
+            line += f"; it beats counting the support's labels {prior}"
+        else:
+            line += f"; it does not beat counting the support's labels {prior}"
+    return line
+
+
+def _number(value: Any) -> bool:
+    """A finite number (a CSV's empty cell or NaN is not)."""
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
 
 
 def _true(value: Any) -> bool:

@@ -43,12 +43,15 @@ def meta_objective_task(
         )  # fmt: skip
         stats: dict[str, Any] = {"episodes": rows[0].episodes if rows else 0}
         for row in rows:
-            for field in ("loss_before", "loss_after", "after_low", "after_high", "diff_vs_ppt"):
+            for field in ("loss_before", "loss_after", "after_low", "after_high", "diff_vs_ppt",
+                          "vs_prior"):  # fmt: skip
                 value = asdict(row)[field]
                 if value == value:  # not NaN
                     stats[f"{row.init}_{field}"] = value
             if row.trained is not None:
                 stats[f"{row.init}_trained"] = float(row.trained)
+            if row.beats_prior is not None:
+                stats[f"{row.init}_beats_prior"] = float(row.beats_prior)
         lines = [verdict(row) for row in rows if row.trained is not None]
         done = len(prompts) + 1
         progress(done, done, "; ".join(lines) or "no held-out clusters: no check")

@@ -66,14 +66,16 @@ def answer_metrics(report_dir: Path) -> dict[str, float]:
       ``diff_low``, ``diff_high`` and ``mdd`` (``evidence.csv``);
     - ``meta_objective/p<seed>/<init>/<figure>``: the meta-objective check
       (``meta_objective.csv``: ``loss_before``, ``loss_after`` and its bounds, ``diff_vs_ppt``
-      and its bounds, ``trained`` and ``beats_ppt`` as 0/1).
+      and its bounds, ``vs_prior`` (minus the support-prior reference) and its bounds,
+      ``trained``, ``beats_ppt`` and ``beats_prior`` as 0/1).
     """
     metrics: dict[str, float] = {}
     objective = _read(report_dir, "meta_objective.csv")
     for row in objective.to_dict("records"):
         seed_init = (f"p{int(row['pretrain_seed'])}", row["init"])
         for column in ("loss_before", "loss_after", "after_low", "after_high", "diff_vs_ppt",
-                       "diff_low", "diff_high", "trained", "beats_ppt"):  # fmt: skip
+                       "diff_low", "diff_high", "vs_prior", "vs_prior_low", "vs_prior_high",
+                       "trained", "beats_ppt", "beats_prior"):  # fmt: skip
             value = row.get(column)
             if isinstance(value, str):
                 value = {"true": 1.0, "false": 0.0}.get(value.strip().lower())

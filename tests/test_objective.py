@@ -190,3 +190,26 @@ def test_support_prior_is_the_add_one_smoothed_support_frequency() -> None:
     # a support that says nothing (all classes once) predicts chance
     flat = support_prior_losses([np.array([0, 1, 2])], [np.array([1, 2])], 3)
     assert math.isclose(float(flat[0]), CHANCE3)
+
+
+def test_meta_learned_rows_are_compared_with_the_support_prior() -> None:
+    rng = np.random.default_rng(1)
+    prior = rng.uniform(0.4, 0.6, 30)
+    losses = {
+        "initial": (prior + 1.5, prior + 1.4),
+        "ppt": (prior + 0.5, prior + 0.4),
+        "support_prior": (prior, prior),
+        "metapt_maml": (prior + 0.4, prior + 0.3 + rng.normal(0, 0.02, 30)),
+    }
+    rows = {r.init: r for r in meta_objective_rows(losses, 0, 0.1, 3)}
+    maml = rows["metapt_maml"]
+    assert math.isclose(maml.vs_prior, float((losses["metapt_maml"][1] - prior).mean()))
+    assert maml.vs_prior_low > 0 and maml.beats_prior is False
+    assert maml.trained is True and maml.beats_ppt is True
+    assert rows["ppt"].beats_prior is None and rows["support_prior"].trained is None
+    assert math.isnan(rows["support_prior"].vs_prior)
+    line = verdict(maml)
+    assert "beats PPT" in line and "does not beat counting the support's labels" in line
+    better = dict(losses, metapt_maml=(prior, prior - 0.2))
+    row = next(r for r in meta_objective_rows(better, 0, 0.1, 3) if r.init == "metapt_maml")
+    assert row.beats_prior is True and "it beats counting" in verdict(row)

@@ -202,11 +202,12 @@ def objective_lines(objective: pd.DataFrame) -> tuple[list[str], list[str]]:
         "below chance and below the initial prompt's; it *beats PPT on its own objective* when "
         "the bound of its after-loss minus PPT's is below 0. `support_prior` needs no model: "
         "each query row predicted by its episode's support label frequencies (add-one "
-        "smoothed), i.e. what counting the support's labels alone reaches.",
+        "smoothed), i.e. what counting the support's labels alone reaches; a meta-learned "
+        "prompt that does not beat it has learned no more than its task's label prior.",
         "",
         "| pre-training seed | init | loss before | loss after [bounds] | minus PPT [bounds] | "
-        "trained |",
-        "|---|---|---|---|---|---|",
+        "minus support prior [bounds] | trained |",
+        "|---|---|---|---|---|---|---|",
     ]
     untrained: list[str] = []
     verdicts: list[str] = []
@@ -214,6 +215,12 @@ def objective_lines(objective: pd.DataFrame) -> tuple[list[str], list[str]]:
         diff = row["diff_vs_ppt"]
         minus = (
             f"{diff:+.3f} [{row['diff_low']:+.3f}, {row['diff_high']:+.3f}]" if diff == diff else ""
+        )
+        prior = row.get("vs_prior", float("nan"))
+        minus_prior = (
+            f"{prior:+.3f} [{row['vs_prior_low']:+.3f}, {row['vs_prior_high']:+.3f}]"
+            if prior == prior
+            else ""
         )
         trained = (
             ""
@@ -223,7 +230,7 @@ def objective_lines(objective: pd.DataFrame) -> tuple[list[str], list[str]]:
         lines.append(
             f"| {int(row['pretrain_seed'])} | {row['init']} | {row['loss_before']:.3f} | "
             f"{row['loss_after']:.3f} [{row['after_low']:.3f}, {row['after_high']:.3f}] | "
-            f"{minus} | {trained} |"
+            f"{minus} | {minus_prior} | {trained} |"
         )
         if trained:
             verdicts.append(verdict(row))
