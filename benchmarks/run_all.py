@@ -37,6 +37,7 @@ BENCHMARKS = {
     "grid": "bench_grid_batching.py",
     "cache": "bench_cache.py",
     "precision": "bench_precision.py",
+    "eval_attention": "bench_eval_attention.py",
     "gpu": "bench_gpu.py",
 }
 README = HERE / "README.md"

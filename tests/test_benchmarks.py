@@ -91,7 +91,7 @@ def test_only_replaces_its_benchmarks_rows_in_the_saved_table(tmp_path: Path) ->
     assert run_all.merge_previous(saved, "full", new, "Run T1.", "T1") == (new, "Run T1.")
 
 
-@pytest.mark.parametrize("name", ["meta_step", "precision"])
+@pytest.mark.parametrize("name", ["meta_step", "precision", "eval_attention"])
 def test_model_benchmarks_finish_in_tiny_mode(name: str, tmp_path: Path) -> None:
     """The scripts read the default profile (``meta.inner_lr: auto``) and must still run."""
     out = tmp_path / f"{name}.json"

@@ -3,8 +3,8 @@
 Training and gradient passes put each distinct prompt once in front of its rows
 (:mod:`metapt_core.scoring.packing`). Evaluation (:meth:`CausalScorer.score_many`, no gradient)
 runs the M prompts once, keeps their keys and values, and then runs length-sorted chunks of
-right-padded rows against that cache, each row attending only to its prompt and itself; every
-prompt sees the same chunk, so a chunk is one ``[M * R, L]`` call.
+packed rows against that cache; every prompt sees the same chunk, so a chunk is one
+``[M, T]`` call.
 
 The padded path (each row ``[p | x_b]``, right-padded; a shared prompt's keys and values
 computed once and expanded) is kept as the reference that packing is tested against, and as
@@ -13,7 +13,6 @@ the path for backbones where packing does not reproduce it (:meth:`CausalScorer.
 
 from __future__ import annotations
 
-import copy
 import inspect
 import logging
 from typing import Any, cast
@@ -283,13 +282,10 @@ class CausalScorer:
     ) -> Tensor:
         """First-token scores ``[M, B, C]`` of every row behind each of M prompts (no gradient).
 
-        The prompts' keys and values are computed once (``[M, P]`` tokens). Rows then run in
-        length-sorted chunks of at most ``max_rows`` rows, each row its own right-padded
-        sequence (padded to the chunk's longest) behind its prompt's cached keys and values,
-        all M prompts in one ``[M * R, L]`` call: attention costs ``L * (P + L)`` pairs per row
-        (a packed sequence of ``T`` tokens cost ``T * (P + T)`` for all its rows), and with
-        right padding and a causal mask no real token sees a pad. ``max_tokens`` bounds only
-        the paths without the prompt cache.
+        The prompts' keys and values are computed once (``[M, P]`` tokens); length-sorted chunks
+        of at most ``max_rows`` rows and about ``max_tokens`` tokens then run packed against
+        them, one ``[M, T]`` call per chunk, with the block mask restricted to the chunk's
+        queries (``[M, 1, T, P + T]``).
         """
         n_prompts, plen = int(prompts.shape[0]), int(prompts.shape[1])
         out = torch.empty((n_prompts, len(batch), len(token_ids)), device=self.device)
@@ -307,27 +303,20 @@ class CausalScorer:
             use_cache=True,
         )
         cache = getattr(first, "cache", None) or first.past_key_values
-        unbounded = max_rows * max(int(batch.input_ids.shape[1]), 1)
-        for idx, chunk in batch.sorted_chunks(max_rows, unbounded):
-            rows, width = (int(n) for n in chunk.input_ids.shape)
-            chunk_cache = copy.deepcopy(cache)
-            chunk_cache.batch_repeat_interleave(rows)  # [M * R] rows, prompt-major
-            text = self.embed(chunk.input_ids).repeat(n_prompts, 1, 1)  # [M * R, L, d]
-            mask = chunk.attention_mask.repeat(n_prompts, 1)
-            mask = torch.cat([mask.new_ones((n_prompts * rows, plen)), mask], dim=1)
+        for idx, chunk in batch.sorted_chunks(max_rows, max_tokens):
+            layout = pack_rows(chunk.input_ids, chunk.lengths, 1, plen, self.pad_id)
+            text = self.embed(layout.token_ids).expand(n_prompts, -1, -1)
+            allowed = layout.allowed[:, plen:, :].expand(n_prompts, -1, -1)
             hidden = self.base(
                 inputs_embeds=text,
-                attention_mask=mask,
-                position_ids=(plen + torch.arange(width, device=self.device)).expand(
-                    n_prompts * rows, -1
-                ),
+                attention_mask=attention_mask(allowed, self.implementation, text.dtype),
+                position_ids=model_position_ids(layout)[:, plen:].expand(n_prompts, -1),
                 use_cache=False,
-                **{self.cache_kw: chunk_cache},
-            ).last_hidden_state  # [M * R, L, H]
-            last = (chunk.lengths - 1).to(self.device).repeat(n_prompts)
-            answer = hidden[torch.arange(n_prompts * rows, device=self.device), last]
-            scores = self.head_logits(answer, token_ids).float()
-            out[:, idx.to(self.device)] = scores.view(n_prompts, rows, -1)
+                **{self.cache_kw: cache},
+            ).last_hidden_state  # [M, T, H]
+            cache.crop(-int(layout.token_ids.shape[1]))
+            answer = hidden[:, layout.text_index((chunk.lengths - 1).unsqueeze(1))[:, 0]]
+            out[:, idx.to(self.device)] = self.head_logits(answer, token_ids).float()
         return out
 
     # ------------------------------------------------------------------ start-up checks
