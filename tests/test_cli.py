@@ -73,6 +73,7 @@ def test_lever_base_keeps_the_reference_runs_settings() -> None:
     assert (m.curvature_scale, m.max_step_ratio, m.warmup_steps, m.final_lr_fraction) == (
         0.0, 0.0, 0, 1.0
     )  # fmt: skip
+    assert m.balanced_episodes and m.group_tasks  # as in the reference run
     assert cfg.ppt.lr == 0.03 and not cfg.backbone.autocast_bf16 and cfg.pretrain_seeds == [0]
     assert [t.max_test for t in cfg.tasks] == [150, 150, 150]
     assert [i.value for i in cfg.grid.inits] == ["random", "sample_vocab", "ppt", "metapt_maml"]
