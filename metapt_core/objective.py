@@ -182,18 +182,14 @@ def verdict(row: ObjectiveRow | Mapping[str, Any]) -> str:
             f"[{r['vs_initial_low']:+.3f}, {r['vs_initial_high']:+.3f}])"
         )
     line = f"{r['init']} trained on pre-training seed {seed} ({bound}, chance {r['chance']:.3f})"
-    if _number(r.get("diff_vs_ppt")):
-        diff = f"({r['diff_vs_ppt']:+.3f} [{r['diff_low']:+.3f}, {r['diff_high']:+.3f}])"
-        if _true(r.get("beats_ppt")):
-            line += f" and beats PPT on its own objective {diff}"
-        else:
-            line += f"; it does not beat PPT on its own objective {diff}"
-    if _number(r.get("vs_prior")):
-        prior = f"({r['vs_prior']:+.3f} [{r['vs_prior_low']:+.3f}, {r['vs_prior_high']:+.3f}])"
-        if _true(r.get("beats_prior")):
-            line += f"; it beats counting the support's labels {prior}"
-        else:
-            line += f"; it does not beat counting the support's labels {prior}"
+    comparisons = (
+        ("diff_vs_ppt", "diff", "beats_ppt", "PPT on its own objective"),
+        ("vs_prior", "vs_prior", "beats_prior", "counting the support's labels"),
+    )
+    for value, bounds, beats, what in comparisons:
+        if _number(r.get(value)):
+            figure = f"({r[value]:+.3f} [{r[bounds + '_low']:+.3f}, {r[bounds + '_high']:+.3f}])"
+            line += f"; it {'beats' if _true(r.get(beats)) else 'does not beat'} {what} {figure}"
     return line
 
 

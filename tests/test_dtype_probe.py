@@ -14,7 +14,6 @@ from metapt_core.scoring.dtype_probe import (
     choose_bf16,
     cpu_model,
     linear_shapes,
-    matmul_speedup,
 )
 
 CPU = torch.device("cpu")
@@ -63,11 +62,6 @@ def test_a_damaged_cache_is_measured_again(tmp_path: Path) -> None:
     cache = tmp_path / "bf16.json"
     cache.write_text("{not json")
     assert choose_bf16(CPU, SHAPES, cache, flags=NATIVE, probe=lambda s: 1.5).source == "probe"
-
-
-def test_matmul_speedup_times_both_dtypes() -> None:
-    figure = matmul_speedup([(32, 48)], rows=16, repeats=2)
-    assert figure > 0 and figure == figure
 
 
 def test_linear_shapes_are_the_most_common_without_the_vocabulary_head() -> None:

@@ -108,8 +108,8 @@ def meta_pretrain(
         MAML's objective), ``query_loss_0`` (before), ``support_loss`` (before), ``inner_lr``,
         ``inner_update_ratio`` (``||theta' - theta|| / ||theta||``), ``grad_norm``, ``examples``;
         ``lambda_max`` where the curvature was estimated and ``support_loss_after`` (the support
-        loss at the adapted prompt) at the same steps (every ``val_every``, from step 1); ``val_*`` / ``unseen_*`` at
-        validation steps.
+        loss at the adapted prompt) at the same steps (every ``val_every``, from step 1);
+        ``val_*`` / ``unseen_*`` at validation steps.
     """
     started = time.perf_counter()
     algorithm = MetaAlgorithm(algorithm)

@@ -99,7 +99,8 @@ def meta_objective_check(
 
     The inner rule is a MetaPT prompt's own (its final ``inner_lr`` and ``max_step_ratio``,
     from ``prompt.json``), else PPT's; every prompt is adapted with that one rule. The rows
-    also hold the model-free ``support_prior`` reference (:func:`~metapt_core.objective.support_prior_losses`).
+    also hold the model-free ``support_prior`` reference
+    (:func:`~metapt_core.objective.support_prior_losses`).
 
     Returns:
         ``(out_dir, rows)``; no rows (and an empty CSV) when the run holds no cluster out.

@@ -25,16 +25,23 @@ _LOCK = threading.Lock()
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of bf16 dot products
 
 
-def cpu_flags(path: str = "/proc/cpuinfo") -> set[str] | None:
-    """The CPU's feature flags from ``/proc/cpuinfo`` (Linux); None where it cannot be read."""
+def cpuinfo_field(name: str, path: str = "/proc/cpuinfo") -> str | None:
+    """The first ``name : value`` line's value in ``/proc/cpuinfo`` (Linux); None where the
+    file cannot be read or has no such line."""
     try:
         with open(path, encoding="utf-8") as fh:
             for line in fh:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                if line.startswith(name):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         return None
     return None
+
+
+def cpu_flags(path: str = "/proc/cpuinfo") -> set[str] | None:
+    """The CPU's feature flags from ``/proc/cpuinfo`` (Linux); None where it cannot be read."""
+    flags = cpuinfo_field("flags", path)
+    return None if flags is None else set(flags.split())
 
 
 def native_bf16(device: torch.device, flags: set[str] | None = None) -> bool:
