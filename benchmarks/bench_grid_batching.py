@@ -9,8 +9,10 @@ ingest stage writes them), run through the pipeline's own ``run_cells`` / ``run_
 
 - cell by cell: ``grid.batch_prompts = false``, every cell trains and evaluates alone;
 - batched: the cells of one split (task, shots, seed) train as M prompts in one pass;
-- parallel: the batched groups submitted to a thread pool of ``max_workers = 2`` (what the
-  thread task runner does, without Prefect's own overhead).
+- parallel: the batched groups submitted to a thread pool of ``max_workers = 2``, each worker
+  at the process's torch thread count (what the thread task runner did before);
+- parallel, split threads: the same pool with the cores shared, ``threads_per_worker(2)`` torch
+  threads per worker (what the pipeline's thread runner does).
 
 Full mode is that task's full grid (3 seeds x 5 initialisations = 15 cells, 30 steps, 400 test
 rows); the whole default grid is three such tasks, so its time scales by 3. Quick and tiny
@@ -43,6 +45,7 @@ from _common import (
 )
 
 from metapt_core.config import InitMethod
+from metapt_core.threads import available_cores, threads_per_worker, torch_threads
 
 # (seeds, inits, steps, test rows, timed rounds)
 SIZES: dict[str, tuple[list[int], list[str], int, int, int]] = {
@@ -109,11 +112,16 @@ def run(mode: str) -> list[Row]:
     def batched() -> None:
         results["batched"] = run_cells(model, cells, tasks_dir, pretrained, cfg)
 
-    def parallel() -> None:
+    def parallel(name: str = "parallel") -> None:
         groups = group_cells(cells, batched=True)
         with ThreadPoolExecutor(max_workers=2) as pool:
             done = pool.map(lambda g: run_cell_group(model, g, tasks_dir, pretrained, cfg), groups)
-            results["parallel"] = [r for group in done for r in group]
+            results[name] = [r for group in done for r in group]
+
+    def parallel_split() -> None:
+        # what the pipeline's thread runner does: the cores shared among the workers
+        with torch_threads(threads_per_worker(2)):
+            parallel("parallel, split threads")
 
     # Warm-up: one short cell, so no arm pays the first call's one-time costs.
     warm = dataclasses.replace(cfg, fewshot=dataclasses.replace(cfg.fewshot, steps=1))
@@ -121,7 +129,14 @@ def run(mode: str) -> list[Row]:
     log(f"grid: {len(cells)} cells in {len(group_cells(cells))} splits, {cfg.fewshot.steps} steps, "
         f"{n_test} test rows, {short_name(model.name)}, {reps} round(s)")  # fmt: skip
     times = interleaved(
-        {"cell by cell": sequential, "batched": batched, "parallel": parallel}, reps, warmup=0
+        {
+            "cell by cell": sequential,
+            "batched": batched,
+            "parallel": parallel,
+            "parallel, split threads": parallel_split,
+        },
+        reps,
+        warmup=0,
     )
     tmp_dir.cleanup()
 
@@ -131,15 +146,22 @@ def run(mode: str) -> list[Row]:
     ref = accuracies("cell by cell")
     agree = min(
         sum(abs(accuracies(name)[c] - ref[c]) < 1e-9 for c in ref) / len(ref)
-        for name in ("batched", "parallel")
+        for name in ("batched", "parallel", "parallel, split threads")
     )
     seq = median(times["cell by cell"])
+    cores, split = available_cores(), threads_per_worker(2)
     shape = f"{len(cells)} cells, {cfg.fewshot.steps} steps, {n_test} test rows"
     return [
         Row("5 grid", "batched vs cell by cell (speed-up)", seq, median(times["batched"]), "s", "",
             f"{shape}; ratio = cell-by-cell time / batched time"),
         Row("5 grid", "parallel runner (2 threads) vs cell by cell (speed-up)", seq, median(times["parallel"]),
             "s", "", "batched groups in a 2-thread pool"),
+        Row("5 grid", f"parallel runner (2 workers x {split} thread) vs cell by cell (speed-up)", seq,
+            median(times["parallel, split threads"]), "s", "",
+            f"{cores} cores shared: threads_per_worker(2) = {split} per worker (the pipeline's)"),
+        Row("5 grid", "parallel runner, split threads vs 2 threads per worker (speed-up)",
+            median(times["parallel"]), median(times["parallel, split threads"]), "s", "",
+            "ratio = time with every worker at the process's thread count / time split"),
         Row("5 grid", "cells with equal test accuracy across arms", agree, 1.0, "fraction", ">=1", ""),
     ]  # fmt: skip
 

@@ -5,6 +5,9 @@ prefect deployment run metapt-evaluate/evaluate -p profile=smoke --watch
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from prefect import flow
@@ -12,6 +15,7 @@ from prefect import flow
 from flows.context import Profile, Refs, flow_run_name, ref_dict, stage_flow_run
 from flows.pretrain import PROMPT_PREFIX, meta_pretrain_flow
 from metapt_core.config import GridConfig, TaskRunner
+from metapt_core.threads import available_cores, threads_per_worker, torch_threads
 from tasks import plan
 from tasks.cache import StageOutcome
 from tasks.common import outcome_of, to_ref
@@ -45,6 +49,31 @@ def make_task_runner(grid: GridConfig) -> Any:
     return ThreadPoolTaskRunner(max_workers=workers)
 
 
+@contextmanager
+def worker_threads(grid: GridConfig) -> Iterator[int]:
+    """Share the cores among the grid's workers: each runs ``grid.threads_per_worker`` torch
+    threads (0: ``max(1, cores // workers)``); yields that count.
+
+    Thread workers take it from the process (:func:`metapt_core.threads.torch_threads`); process
+    and local Dask workers from ``METAPT_TORCH_THREADS`` in the environment they inherit. A
+    ``METAPT_TORCH_THREADS`` already set wins; a remote Dask cluster's workers are its own.
+    """
+    workers = 1 if grid.runner is TaskRunner.SEQUENTIAL else grid.max_workers
+    preset = os.environ.get("METAPT_TORCH_THREADS", "").strip()
+    n = grid.threads_per_worker or threads_per_worker(workers)
+    if preset or grid.dask_address:
+        yield int(preset) if preset.isdigit() else n
+    elif grid.runner in (TaskRunner.THREAD, TaskRunner.SEQUENTIAL):
+        with torch_threads(n):
+            yield n
+    else:
+        os.environ["METAPT_TORCH_THREADS"] = str(n)
+        try:
+            yield n
+        finally:
+            os.environ.pop("METAPT_TORCH_THREADS", None)
+
+
 @flow(name="metapt-evaluate", flow_run_name=flow_run_name)
 def evaluate_flow(
     profile: Profile = "default",
@@ -71,7 +100,13 @@ def evaluate_flow(
         progress = StageProgress("evaluate", f"{len(groups)} groups")
         done: list[StageOutcome] = []
         failed: list[str] = []
-        with make_task_runner(cfg.grid) as runner:
+        with worker_threads(cfg.grid) as threads, make_task_runner(cfg.grid) as runner:
+            run_logger().info(
+                "evaluate: %d worker(s) x %d torch thread(s) on %d core(s)",
+                1 if cfg.grid.runner is TaskRunner.SEQUENTIAL else cfg.grid.max_workers,
+                threads,
+                available_cores(),
+            )
             futures = [
                 (
                     f"{name}/k{shots}/s{seed}/p{pseed}",

@@ -598,6 +598,9 @@ class GridConfig:
     )
     runner: TaskRunner = TaskRunner.THREAD
     max_workers: int = 1
+    # torch threads per worker: 0 = the cores shared, max(1, cores // max_workers) (measured:
+    # benchmarks/bench_grid_batching.py); METAPT_TORCH_THREADS, where set, wins
+    threads_per_worker: int = 0
     dask_address: str = ""
     batch_prompts: bool = True  # train the cells of one (task, shots, seed) in one batched pass
     retries: int = 1
@@ -622,6 +625,7 @@ class GridConfig:
                 "must be distinct, at least one",
             )
         _positive("grid.max_workers", self.max_workers)
+        _non_negative("grid.threads_per_worker", self.threads_per_worker)
         _non_negative("grid.retries", self.retries)
         _positive("grid.bootstrap", self.bootstrap)
         _fraction("grid.ci_level", self.ci_level)
