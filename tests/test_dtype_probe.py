@@ -104,3 +104,11 @@ def test_the_prompt_model_reports_its_choice(tiny_llama_path: Path, tmp_path: Pa
         assert model.bf16.source == "flags" and not cache.exists()
     off = PromptModel(backbone, autocast_bf16=False, bf16_cache=cache)
     assert off.bf16 == Bf16Choice(False, "config") and not off.autocast_bf16
+
+
+def test_a_choice_by_flags_alone_says_which_way_it_went() -> None:
+    """A model loaded without a probe cache decides on the flags: the words match the choice."""
+    assert (
+        Bf16Choice(True, "flags").describe() == "bf16 (AVX512-BF16 or AMX on this CPU, not timed)"
+    )
+    assert Bf16Choice(False, "flags").describe() == "fp32 (no AVX512-BF16 or AMX on this CPU)"

@@ -248,3 +248,61 @@ def test_inner_protocol_and_untuned_scores(model: PromptModel, tasks_dir: Path):
     # untuned: once per (init, pre-training seed), the initial prompt's own test score
     assert [(u["init"], u["pretrain_seed"]) for u in untuned] == [("random", 0), ("ppt", 0)]
     assert untuned[1]["accuracy"] == pytest.approx(evaluate(model, start, test, 8)["accuracy"])
+
+
+def test_inner_rule_is_the_metapt_prompts_own_then_ppts():
+    """The inner protocol adapts every initialisation with one rule, as the meta-objective check
+    does: a MetaPT prompt's final alpha and trust region, else PPT's; a number in
+    ``meta.inner_lr`` replaces alpha, never the trust region."""
+    import dataclasses
+
+    from metapt_core.fewshot.stage import inner_rule
+    from metapt_core.specs import EvalSpec, InnerRule
+
+    cfg = config(inits=[InitMethod.RANDOM, InitMethod.PPT])
+    spec = EvalSpec.of(cfg, "toy", 4, 0)
+    both = dataclasses.replace(spec, protocols=[Protocol.FEWSHOT, Protocol.INNER])
+    auto = dataclasses.replace(both, inner=InnerRule("auto", 1))
+    metas = {
+        "ppt": {"inner_lr": 30.0, "max_step_ratio": 0.5},
+        "metapt_maml": {"inner_lr": 0.009, "max_step_ratio": 0.25},
+        "ppt_balanced": {"inner_lr": 30.0, "max_step_ratio": 0.5},
+    }
+    assert inner_rule(auto, metas) == (0.009, 0.25)
+    assert inner_rule(auto, {"ppt": metas["ppt"]}) == (30.0, 0.5)
+    assert inner_rule(auto, {"ppt": {"inner_lr": 2.0}}) == (2.0, 0.0)  # no trust region recorded
+    assert inner_rule(auto, {}) is None
+    assert inner_rule(dataclasses.replace(both, inner=InnerRule(0.1, 1)), metas) == (0.1, 0.25)
+    assert inner_rule(dataclasses.replace(auto, protocols=[Protocol.FEWSHOT]), metas) is None
+
+
+def test_inner_protocol_honours_the_trust_region(model: PromptModel, tasks_dir: Path):
+    """``inner_ratio`` reaches the inner protocol's SGD step (and only it): a step of alpha 50
+    is cut to r times the prompt's norm."""
+    cfg = config()
+    start = pretrained(model)[InitMethod.PPT]
+    cells = [Cell("toy", InitMethod.PPT, 4, 0, 0, p) for p in (Protocol.FEWSHOT, Protocol.INNER)]
+    free = run_cell_group(model, cells, tasks_dir, pretrained(model), cfg, 50.0)
+    held = run_cell_group(model, cells, tasks_dir, pretrained(model), cfg, 50.0, None, 1e-3)
+    assert free[0].test_correct == held[0].test_correct  # the Adam protocol is untouched
+    fmt = TaskFormat.of("{text} It was {answer}.", ["bad", "good"])
+    from metapt_core.fewshot.sampling import sample_split
+    from metapt_core.meta.maml import step_size
+
+    split = sample_split(
+        pd.read_parquet(tasks_dir / "toy" / "train.parquet"), ["negative", "positive"], 4, 0
+    )
+    theta = start.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(
+        model.loss(theta, encode_rows(model, split.train_rows, fmt)), theta
+    )
+    size = step_size(grad, start, 50.0, 1e-3)
+    assert float(size) < 50.0  # the cap binds
+    test = encode_rows(model, pd.read_parquet(tasks_dir / "toy" / "test.parquet"), fmt)
+    from metapt_core.fewshot.cells import correct_string
+    from metapt_core.fewshot.tuning import predict
+
+    adapted = (start - size * grad).detach()
+    assert held[1].test_correct == correct_string(predict(model, adapted, test, 8), test.labels)
+    uncapped = (start - 50.0 * grad).detach()
+    assert free[1].test_correct == correct_string(predict(model, uncapped, test, 8), test.labels)

@@ -96,6 +96,35 @@ def test_sgd_step_is_the_plain_gradient_step():
     assert not torch.allclose(adam[0], trained[0], atol=1e-4)  # the setting is honoured
 
 
+def test_sgd_trust_region_caps_each_prompt_step_at_r_times_its_norm():
+    """With r > 0, prompt m moves by min(lr, r ||p_m|| / ||g_m||) g_m: the inner rule MetaPT was
+    trained with. A large prompt keeps lr, a small one is capped, each by its own norm."""
+    model, data = ToyModel(), toy_data()
+    g = torch.Generator().manual_seed(8)
+    inits = torch.randn(2, 4, 5, generator=g) * torch.tensor([3.0, 0.01]).view(2, 1, 1)
+    lr, r = 0.3, 0.25
+    cfg = FewShotConfig(steps=1, batch_size=len(data), lr=lr, optimizer="sgd")
+    trained, _ = tune_prompts(model, inits, data, cfg, 4, max_step_ratio=r)
+    capped = []
+    for m in range(2):
+        p0 = inits[m].clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(model.loss(p0, data), p0)
+        size = min(lr, r * float(inits[m].norm()) / float(grad.norm()))
+        capped.append(size < lr)
+        assert torch.allclose(trained[m], inits[m] - size * grad, atol=1e-6), m
+    assert capped == [False, True]  # one of each: both branches of the rule were checked
+    step = (trained[1] - inits[1]).norm() / inits[1].norm()
+    assert float(step) == pytest.approx(r, rel=1e-4)
+    plain, _ = tune_prompts(model, inits, data, cfg, 4)
+    assert torch.allclose(plain[0], trained[0], atol=1e-6)
+    assert not torch.allclose(plain[1], trained[1], atol=1e-4)
+    adam = dataclasses.replace(cfg, optimizer="adam")
+    assert torch.equal(  # Adam ignores the SGD rule's trust region
+        tune_prompts(model, inits, data, adam, 4, max_step_ratio=r)[0],
+        tune_prompts(model, inits, data, adam, 4)[0],
+    )
+
+
 def test_batched_sgd_training_equals_training_alone():
     model, data = ToyModel(), toy_data()
     inits = torch.randn(3, 4, 5, generator=torch.Generator().manual_seed(5)) * 0.1

@@ -129,7 +129,8 @@ def protocol_tuning(
     cfg: PipelineConfig | EvalSpec, protocol: Protocol, n_train: int, inner_lr: float | None
 ) -> FewShotTuning:
     """The tuning settings of a protocol: ``fewshot`` as configured, or the inner rule
-    (``inner.steps`` full-batch SGD steps at alpha, no dev selection)."""
+    (``inner.steps`` full-batch SGD steps at alpha, no dev selection; the trust region, when
+    the rule has one, is :func:`run_cell_group`'s ``inner_ratio``)."""
     tuning = (
         cfg.fewshot if isinstance(cfg.fewshot, FewShotTuning) else FewShotTuning.of(cfg.fewshot)
     )
@@ -159,6 +160,7 @@ def run_cell_group(
     cfg: PipelineConfig | EvalSpec,
     inner_lr: float | None = None,
     untuned: list[dict[str, Any]] | None = None,
+    inner_ratio: float = 0.0,
 ) -> list[CellResult]:
     """Tune and evaluate cells that share one split, training each protocol's prompts together.
 
@@ -171,6 +173,8 @@ def run_cell_group(
         cfg: the group's :class:`~metapt_core.specs.EvalSpec` (``fewshot``, ``prompt``, its
             task), or a whole config.
         inner_lr: alpha of the inner-rule protocol (None: only the configured protocol).
+        inner_ratio: r of the inner rule's trust region (``meta.max_step_ratio`` of the prompt
+            whose rule it is; 0: plain SGD at alpha).
         untuned: when given, one ``{"task", "init", "pretrain_seed", "accuracy", "macro_f1",
             "n", "test_correct"}`` per distinct initialisation is appended: its test score with
             no tuning at all.
@@ -227,9 +231,10 @@ def run_cell_group(
         members = [i for i, c in enumerate(cells) if c.protocol is protocol]
         tuning = protocol_tuning(cfg, protocol, len(split.train_rows), inner_lr)
         dev = dev_batch if protocol is Protocol.FEWSHOT else None
+        ratio = inner_ratio if protocol is Protocol.INNER else 0.0
         trained, history = tune_prompts(
             model, torch.stack([starts[i] for i in members]), train_batch, tuning,
-            first.train_seed, dev,
+            first.train_seed, dev, ratio,
         )  # fmt: skip
         preds = predict_many(model, trained, test_batch, batch_size)
         for m, i in enumerate(members):

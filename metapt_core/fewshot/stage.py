@@ -56,17 +56,16 @@ def evaluate_group(
     spec = cfg if isinstance(cfg, EvalSpec) else EvalSpec.of(cfg, task_name, shots, seed)
     init_prompts = {}
     warnings: dict[str, list[str]] = {}
-    alphas: list[float] = []
+    metas: dict[str, dict[str, Any]] = {}
     for name, ref in prompts.items():
         if ref is None:
             continue
         path = ref.path if isinstance(ref, ArtifactRef) else ref["path"]
-        init_prompts[InitMethod(name)], meta = load_prompt(path)
-        if meta.get("warnings"):
-            warnings[name] = list(meta["warnings"])
-        if "inner_lr" in meta:
-            alphas.append(float(meta["inner_lr"]))
-    inner_lr = inner_alpha(spec, alphas)
+        init_prompts[InitMethod(name)], metas[name] = load_prompt(path)
+        if metas[name].get("warnings"):
+            warnings[name] = list(metas[name]["warnings"])
+    rule = inner_rule(spec, metas)
+    inner_lr, inner_ratio = (None, 0.0) if rule is None else rule
     pseed = spec.pretrain_seed
     cells = [
         Cell(task_name, init, shots, seed, pseed, protocol)
@@ -81,7 +80,7 @@ def evaluate_group(
     results = []
     for group in groups:
         results += run_cell_group(
-            model, group, tasks_ref.path, init_prompts, spec, inner_lr, untuned
+            model, group, tasks_ref.path, init_prompts, spec, inner_lr, untuned, inner_ratio
         )
     rows = [r.to_dict() for r in results]
     stats: dict[str, Any] = {"pretrain_seed": pseed}
@@ -108,22 +107,27 @@ def evaluate_group(
     return GroupResult(ref=ArtifactRef.of(out_dir / CELLS_FILE), cells=rows, stats=stats)
 
 
-def inner_alpha(spec: EvalSpec, alphas: list[float]) -> float | None:
-    """Alpha of the inner-rule protocol: ``meta.inner_lr`` when a number, else (``auto``) the
-    alpha the group's pre-trained prompts chose (one per pre-training seed: the calibration
-    depends on the seed's initial prompt and held-out clusters only). None when not needed."""
+def inner_rule(
+    spec: EvalSpec, metas: Mapping[str, Mapping[str, Any]]
+) -> tuple[float, float] | None:
+    """``(alpha, r)`` of the inner-rule protocol: the rule a MetaPT prompt of this group was
+    trained with, else PPT's, applied to every initialisation (as the meta-objective check does).
+
+    alpha is ``meta.inner_lr`` when a number, else (``auto``) the prompt's recorded final
+    ``inner_lr`` (MetaPT's after the curvature cap; PPT's is its seed's calibrated alpha); r is
+    the prompt's recorded ``max_step_ratio`` (0 where none is recorded: plain SGD at alpha).
+    None when the protocol is not run, or alpha is ``auto`` and no prompt records one.
+
+    Args:
+        metas: init name -> its ``prompt.json`` metadata, for the group's pre-trained prompts.
+    """
     if Protocol.INNER not in spec.protocols:
         return None
+    ordered = sorted(metas.items(), key=lambda item: (not item[0].startswith("metapt_"), item[0]))
+    rules = [meta for _, meta in ordered if "inner_lr" in meta]
+    ratio = float(rules[0].get("max_step_ratio", 0.0)) if rules else 0.0
     if not isinstance(spec.inner.lr, str):
-        return float(spec.inner.lr)
-    if not alphas:
+        return float(spec.inner.lr), ratio
+    if not rules:
         return None
-    if max(alphas) - min(alphas) > 1e-12:
-        from metapt_core.errors import DataError
-
-        raise DataError(
-            "meta.inner_lr",
-            sorted(set(alphas)),
-            "pre-trained prompts of one seed chose different alphas",
-        )
-    return alphas[0]
+    return float(rules[0]["inner_lr"]), ratio

@@ -23,6 +23,7 @@ from torch import Tensor
 from metapt_core.config import FewShotConfig
 from metapt_core.errors import DataError
 from metapt_core.fewshot.metrics import classification_metrics
+from metapt_core.meta.maml import step_size
 from metapt_core.specs import FewShotTuning
 
 
@@ -108,6 +109,7 @@ def tune_prompts(
     cfg: FewShotConfig | FewShotTuning,
     train_seeds: int | Sequence[int],
     dev_batch: Batch | None = None,
+    max_step_ratio: float = 0.0,
 ) -> tuple[Tensor, TuneHistory]:
     """Tune M soft prompts on one task for ``cfg.steps`` optimiser steps, in one batched pass.
 
@@ -118,7 +120,9 @@ def tune_prompts(
 
     so dL/dp_m is prompt m's own mean-loss gradient. The optimiser (``cfg.optimizer``: Adam, or
     plain SGD ``p <- p - lr * dL/dp``, the update of MetaPT's inner loop) is element-wise, so the
-    prompts stay uncoupled. With a dev set, every ``cfg.eval_every``
+    prompts stay uncoupled. With SGD and ``max_step_ratio`` r > 0 each prompt's step is MetaPT's
+    inner step with its trust region, ``p_m <- p_m - min(lr, r ||p_m|| / ||g_m||) g_m``
+    (:func:`metapt_core.meta.maml.step_size`). With a dev set, every ``cfg.eval_every``
     steps and at the last step each prompt is scored on it and the best (accuracy, then
     macro-F1; earliest on ties) is kept.
 
@@ -130,6 +134,7 @@ def tune_prompts(
             eval_batch_size).
         train_seeds: one seed for all prompts, or one per prompt (length M).
         dev_batch: encoded dev rows for model selection, or None.
+        max_step_ratio: r of the SGD step's trust region (0: off; ignored with Adam).
 
     Returns:
         ``(trained [M, P, d], history)``; trained prompts are detached float tensors.
@@ -174,6 +179,11 @@ def tune_prompts(
                                       prompts, owner)  # fmt: skip
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if cfg.optimizer == "sgd" and max_step_ratio > 0:
+            with torch.no_grad():  # SGD then moves prompt m by step_size(g_m) * g_m
+                assert prompts.grad is not None
+                size = step_size(prompts.grad, prompts, cfg.lr, max_step_ratio)
+                prompts.grad.mul_(size.to(prompts.grad.dtype) / cfg.lr)
         optimizer.step()
         history.train_loss.append(sum(own) / n_prompts)
         for m, value in enumerate(own):

@@ -38,7 +38,7 @@ class Bf16Choice:
     """Whether the backbone runs under bf16 autocast, and why.
 
     ``speedup``: fp32 time over bf16 time at the backbone's linear shapes (None when nothing
-    was timed); ``source``: ``"cuda"``, ``"flags"`` (no bf16 instructions, nothing timed),
+    was timed); ``source``: ``"cuda"``, ``"flags"`` (the CPU flags alone decided, nothing timed),
     ``"probe"`` (timed now), ``"cache"`` (timed earlier on this CPU), ``"config"`` (off).
     """
 
@@ -53,9 +53,14 @@ class Bf16Choice:
         if self.speedup is not None:
             when = "measured now" if self.source == "probe" else "measured earlier on this CPU"
             return f"{name} ({self.speedup:.2f}x fp32 at the backbone's linears, {when})"
+        flags = (
+            "AVX512-BF16 or AMX on this CPU, not timed"
+            if self.use
+            else "no AVX512-BF16 or AMX on this CPU"
+        )
         reason = {
             "cuda": "CUDA",
-            "flags": "no AVX512-BF16 or AMX on this CPU",
+            "flags": flags,
             "config": "backbone.autocast_bf16 is false",
         }.get(self.source, self.source)
         return f"{name} ({reason})"
