@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -87,3 +88,10 @@ def test_study_profile_has_the_design_the_evidence_issue_asks_for() -> None:
     assert cfg.meta.inner_lr == "auto" and cfg.meta.val_clusters >= 1 and cfg.fewshot.dev_per_class
     inits = {i.value for i in cfg.grid.inits}
     assert {"label_words", "ppt_balanced", "ppt", "metapt_maml", "random"} <= inits
+    assert {p.value for p in cfg.grid.protocols} == {"fewshot", "inner"}
+    # the quick look and the study pre-train alike: the default's pool, clusters and trainer
+    default = load_config("default")
+    assert (cfg.pool, cfg.embed, cfg.cluster, cfg.backbone, cfg.prompt) == (
+        default.pool, default.embed, default.cluster, default.backbone, default.prompt
+    )  # fmt: skip
+    assert cfg.meta == dataclasses.replace(default.meta, check_episodes=cfg.meta.check_episodes)
