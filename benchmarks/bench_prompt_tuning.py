@@ -193,10 +193,12 @@ def run_config(mode: str, tmp: Path, bf16: bool, plen: int) -> list[Row]:
     for form, label in (("doc", "documented"), ("careful", "careful")):
         train_target = ""
         eval_target = ""
-        if shipped and plen == 20:
+        # the engine's targets against careful peft, in both precisions: train >= 1.8x at P20,
+        # evaluation >= 2.0x at P20 and >= 3.0x at P100; documented peft: train >= 2.2x (shipped)
+        if plen == 20 and (form == "careful" or shipped):
             train_target = ">=2.2" if form == "doc" else ">=1.8"
-        if shipped and form == "careful":
-            eval_target = ">=2.5" if plen == 20 else ">=4"
+        if form == "careful":
+            eval_target = ">=2" if plen == 20 else ">=3"
         rows.append(
             Row(
                 "1 prompt tuning",
