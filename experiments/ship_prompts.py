@@ -3,11 +3,14 @@
     python experiments/ship_prompts.py --profile study --report docs/results/study \
         --out prompts/smollm2-135m
 
-For each initialisation (MetaPT-MAML, PPT) it lists the pre-training stage runs of the newest
-finished pipeline run of the profile, reads each prompt's ``history.json`` and keeps the
-pre-training seed whose kept prompt has the lowest validation loss on the held-out clusters
-(``unseen_loss``: adaptation to tasks it never trained on); then ``metapt prompts export``
-writes it with its model card (and its row of the report, for reference) under ``--out``.
+The profile's current run must be complete in the store (``metapt run --profile study`` has
+finished; the stages a resumed run served from the store count as its own). For each
+initialisation (MetaPT-MAML, PPT) it reads the prompts of the profile's pre-training seeds,
+keeps the seed whose kept prompt has the lowest validation loss on the held-out clusters
+(``unseen_loss``: adaptation to tasks it never trained on) and ``metapt prompts export`` writes
+it, with its model card (its seed's meta-objective check, its row of the report), under
+``--out``. A MetaPT seed whose meta-objective check says it did not train is never a candidate,
+and with no such seed no MetaPT prompt is shipped.
 """
 
 from __future__ import annotations
@@ -20,14 +23,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-STAGES = {"metapt_maml": "meta-pretrain", "ppt": "ppt"}
+INITS = ("metapt_maml", "ppt")
 
 
 def main(argv: list[str] | None = None) -> int:
+    import pandas as pd
+
+    from flows.cached import find_cached_run
     from flows.context import resolve_config
     from flows.prompts import export
     from metapt_core.prompt_card import best_validation
-    from tasks.tracking import KEY_TAG, KIND_TAG, PARENT_TAG, STAGE_TAG, Tracker
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="study")
@@ -35,40 +40,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="folder that receives one folder per init")
     args = parser.parse_args(argv)
     cfg = resolve_config(args.profile, "", [])
-    tracker = Tracker.open(cfg)
-    # the newest run that computed or served each stage (a fully cached rerun has no children)
-    found = tracker.client.search_runs(
-        [tracker.experiment_id],
-        f"tags.`{KIND_TAG}` = 'pipeline' and tags.`metapt.profile` = '{args.profile}' "
-        "and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"],
-    )
-    found = [run for run in found if run.data.tags.get("metapt.cached") != "true"]
-    if not found:
-        raise SystemExit(f"--profile={args.profile!r}: no finished pipeline run in {cfg.work_path}")
-    pipeline = found[0]
-    stage_runs = tracker.client.search_runs(
-        [tracker.experiment_id], f"tags.`{PARENT_TAG}` = '{pipeline.info.run_id}'", max_results=5000
-    )
-    for init, stage in STAGES.items():
+    run = find_cached_run(cfg)
+    if run is None:
+        raise SystemExit(f"--profile={args.profile!r}: its run is not complete in {cfg.work_path}")
+    check = pd.read_csv(Path(args.report) / "meta_objective.csv")
+    trained = {
+        int(row.pretrain_seed)
+        for row in check.itertuples()
+        if row.init == "metapt_maml" and str(row.trained).lower() == "true"
+    }
+    for init in INITS:
         candidates = []
-        for run in stage_runs:
-            name = run.info.run_name or ""
-            if run.data.tags.get(STAGE_TAG) != stage or not name.startswith(
-                "meta-pretrain-maml-p" if init == "metapt_maml" else "ppt-p"
-            ):
+        for seed in cfg.pretrain_seeds:
+            outcome = run.stages.get(f"{init}@{seed}")
+            if outcome is None:
                 continue
-            key = run.data.tags[KEY_TAG][:16]
-            history = json.loads((cfg.work_path / "artifacts" / stage / key / "out" /
-                                  "history.json").read_text("utf-8"))  # fmt: skip
-            best = best_validation(history)
+            if init == "metapt_maml" and seed not in trained:
+                print(f"{init}: pre-training seed {seed} did not train (meta_objective.csv): "
+                      "not a candidate")  # fmt: skip
+                continue
+            folder = Path(outcome.ref.path)
+            folder = folder / "out" if (folder / "out").is_dir() else folder
+            best = best_validation(json.loads((folder / "history.json").read_text("utf-8")))
             if best is not None:
-                candidates.append((best[1], name, run.info.run_id))
+                candidates.append((best[1], seed, outcome.source_run_id or str(folder)))
         if not candidates:
-            raise SystemExit(f"{init}: no pre-training run of {pipeline.info.run_id} found")
-        loss, name, source = min(candidates)
-        print(f"{init}: {name} (best held-out-cluster validation loss {loss:.4f}; "
-              f"candidates {sorted((round(c[0], 4), c[1]) for c in candidates)})")  # fmt: skip
+            print(f"{init}: no candidate; nothing shipped")
+            continue
+        loss, seed, source = min(candidates)
+        print(
+            f"{init}: pre-training seed {seed} (best held-out-cluster validation loss "
+            f"{loss:.4f}; candidates {sorted((round(c[0], 4), c[1]) for c in candidates)})"
+        )
         folder = export(cfg, source, str(Path(args.out) / init), args.report)
         print(f"  -> {folder}")
     return 0

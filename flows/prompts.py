@@ -11,6 +11,7 @@ evaluation table from ``--report`` (a report folder holding ``results.csv``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import tempfile
@@ -45,6 +46,19 @@ def _evaluation(results_csv: Path, meta: dict[str, Any]) -> list[dict[str, Any]]
     return evaluation_rows(pd.read_csv(results_csv), init_name(meta), int(meta.get("seed", 0)))
 
 
+def _objective(results_csv: Path, meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """The meta-objective check of the prompt's pre-training seed, from the ``meta_objective.csv``
+    beside the report's ``results.csv`` (none for a report without the check)."""
+    import pandas as pd
+
+    from metapt_core.prompt_card import objective_rows
+
+    check = results_csv.parent / "meta_objective.csv"
+    if not check.is_file():
+        return []
+    return objective_rows(pd.read_csv(check), int(meta.get("seed", 0)))
+
+
 def _from_run(cfg: PipelineConfig, run_id: str, into: Path) -> tuple[Path, Path | None, str]:
     """(prompt folder, results.csv of its pipeline run downloaded into ``into`` or None, a
     source line) of a stage run."""
@@ -67,6 +81,8 @@ def _from_run(cfg: PipelineConfig, run_id: str, into: Path) -> tuple[Path, Path 
         try:
             local = tracker.client.download_artifacts(parent, "results/results.csv", str(into))
             results = Path(local)
+            with contextlib.suppress(Exception):  # a report from before the check
+                tracker.client.download_artifacts(parent, "results/meta_objective.csv", str(into))
         except Exception:  # the pipeline run stopped before its report
             results = None
     return folder, results, f"MLflow run `{run_id}` (stage {stage}, key `{key[:16]}`)"
@@ -110,6 +126,7 @@ def export(cfg: PipelineConfig, source: str, out: str, report: str = "") -> Path
                 raise MetaptError(f"report={report!r}: holds no results.csv")
         _, meta = load_prompt(folder)
         evaluation = _evaluation(results, meta) if results is not None else []
+        objective = _objective(results, meta) if results is not None else []
     name = str(meta.get("backbone", ""))
     return export_prompt(
         folder,
@@ -119,4 +136,5 @@ def export(cfg: PipelineConfig, source: str, out: str, report: str = "") -> Path
         record=_record(folder),
         evaluation=evaluation,
         source=where,
+        objective=objective,
     )

@@ -11,7 +11,7 @@
 with a ``README.md`` model card: the backbone (its portable name and the digest of the weights
 it was trained against), how the prompt was made (algorithm, settings, pre-training seed, held-out
 clusters, calibrated alpha, the clustering and the pool it read), its validation history and, when
-given, the evaluation table of this prompt.
+given, the meta-objective check of its pre-training seed and the evaluation table of this prompt.
 """
 
 from __future__ import annotations
@@ -93,6 +93,26 @@ def evaluation_rows(results: Any, init: str, pretrain_seed: int) -> list[dict[st
     return rows
 
 
+OBJECTIVE_COLUMNS = ("init", "loss_before", "loss_after", "after_low", "after_high", "trained",
+                     "beats_ppt")  # fmt: skip
+
+
+def objective_rows(check: Any, pretrain_seed: int) -> list[dict[str, Any]]:
+    """The rows of a report's ``meta_objective.csv`` frame for one pre-training seed, formatted:
+    the query loss after MetaPT's inner rule (what MAML minimises) of every prompt checked."""
+    part = check[check["pretrain_seed"] == pretrain_seed]
+    rows = []
+    for _, row in part.iterrows():
+        out: dict[str, Any] = {"init": row["init"], "chance": f"{float(row['chance']):.4f}"}
+        for column in OBJECTIVE_COLUMNS[1:5]:
+            out[column] = f"{float(row[column]):.3f}"
+        for column in OBJECTIVE_COLUMNS[5:]:
+            value = row.get(column)
+            out[column] = "" if value is None or value != value else str(value).lower()
+        rows.append(out)
+    return rows
+
+
 def render_card(
     meta: Mapping[str, Any],
     history: Sequence[Mapping[str, Any]],
@@ -101,8 +121,14 @@ def render_card(
     record: Mapping[str, Any] | None = None,
     evaluation: Sequence[Mapping[str, Any]] = (),
     source: str = "",
+    objective: Sequence[Mapping[str, Any]] = (),
 ) -> str:
-    """The model card (Markdown, with the YAML front matter the hub reads)."""
+    """The model card (Markdown, with the YAML front matter the hub reads).
+
+    ``objective``: :func:`objective_rows` of the prompt's pre-training seed; the card then says
+    whether MetaPT trained on that seed (its post-adaptation query loss against chance and its
+    starting prompt) before any score is shown.
+    """
     init = init_name(meta)
     settings = dict((record or {}).get("settings") or {})
     seq2seq = str(meta.get("task_type", "")) == "SEQ_2_SEQ_LM"
@@ -158,6 +184,15 @@ def render_card(
                   f"(of {len(history)} logged steps)."]  # fmt: skip
     if meta.get("warnings"):
         lines += ["", "**Warnings from pre-training:** " + "; ".join(meta["warnings"])]
+    if objective:
+        lines += ["", "## Meta-objective check of its pre-training seed", "",
+                  "Query loss (nats) on held-out-cluster episodes before and after MetaPT's "
+                  "inner rule; after_low/after_high bound the loss after it (percentile "
+                  f"bootstrap over episodes); chance is {objective[0].get('chance')}. MetaPT "
+                  "`trained` when both its after-loss and its gain over the initial prompt are "
+                  "bounded below chance and 0; it `beats_ppt` when its paired difference with "
+                  "PPT is bounded below 0.",
+                  "", *_table(objective, list(OBJECTIVE_COLUMNS))]  # fmt: skip
     if evaluation:
         lines += ["", "## Evaluation of this prompt", "",
                   "Mean over the few-shot seeds of its report (test accuracy and macro-F1, %):",
@@ -175,6 +210,7 @@ def export_prompt(
     record: Mapping[str, Any] | None = None,
     evaluation: Sequence[Mapping[str, Any]] = (),
     source: str = "",
+    objective: Sequence[Mapping[str, Any]] = (),
 ) -> Path:
     """Write the adapter folder of ``prompt_dir`` to ``out_dir`` (atomically; see the module).
 
@@ -205,6 +241,7 @@ def export_prompt(
         if history_file.is_file():
             shutil.copy2(history_file, tmp / HISTORY_FILE)
         card = render_card({**meta, "task_type": str(shape.get("task_type", "CAUSAL_LM"))},
-                           history, base_model, backbone_digest, record, evaluation, source)  # fmt: skip
+                           history, base_model, backbone_digest, record, evaluation, source,
+                           objective)  # fmt: skip
         (tmp / CARD_FILE).write_text(card, encoding="utf-8")
     return target

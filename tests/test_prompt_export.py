@@ -16,7 +16,14 @@ from flows.cli import main
 from metapt_core.assets import portable_name
 from metapt_core.ppt import ppt_pretrain
 from metapt_core.prompt import load_prompt
-from metapt_core.prompt_card import best_validation, evaluation_rows, export_prompt, init_name
+from metapt_core.prompt_card import (
+    best_validation,
+    evaluation_rows,
+    export_prompt,
+    init_name,
+    objective_rows,
+    render_card,
+)
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +75,31 @@ def test_exported_adapter_loads_in_peft_and_as_an_initial_prompt(
     assert "| fewshot | 16 | mr | 65.0 | 55.0 | 2 |" in card
     best = best_validation(json.loads((learned / "history.json").read_text()))
     assert best is not None and f"Best validation loss {best[1]:.4f}" in card
+
+
+def test_the_card_carries_its_seeds_meta_objective_check() -> None:
+    check = pd.DataFrame([
+        {"pretrain_seed": 0, "init": "metapt_maml", "chance": 1.0986, "loss_before": 0.9,
+         "loss_after": 0.75, "after_low": 0.67, "after_high": 0.84, "trained": True,
+         "beats_ppt": False},
+        {"pretrain_seed": 0, "init": "ppt", "chance": 1.0986, "loss_before": 1.4,
+         "loss_after": 1.33, "after_low": 1.22, "after_high": 1.43, "trained": float("nan"),
+         "beats_ppt": float("nan")},
+        {"pretrain_seed": 1, "init": "metapt_maml", "chance": 1.0986, "loss_before": 1.2,
+         "loss_after": 1.19, "after_low": 1.1, "after_high": 1.3, "trained": False,
+         "beats_ppt": False},
+    ])  # fmt: skip
+    rows = objective_rows(check, 0)
+    assert [r["init"] for r in rows] == ["metapt_maml", "ppt"]
+    assert rows[0]["loss_after"] == "0.750" and rows[0]["trained"] == "true"
+    assert rows[1]["trained"] == "" and rows[0]["beats_ppt"] == "false"
+    meta = {"made_by": "maml", "init": "sample_vocab", "length": 2, "dim": 4, "seed": 0}
+    card = render_card(meta, [], "base", objective=rows)
+    assert "## Meta-objective check of its pre-training seed" in card
+    assert "chance is 1.0986" in card
+    assert "| metapt_maml | 0.900 | 0.750 | 0.670 | 0.840 | true | false |" in card
+    assert "1.190" not in card  # seed 1's row belongs to another prompt's card
+    assert "Meta-objective" not in render_card(meta, [], "base")
 
 
 def test_builtin_backbones_are_exported_under_their_hub_name() -> None:
