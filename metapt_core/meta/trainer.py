@@ -90,7 +90,7 @@ def meta_pretrain(
     ``meta.curvature_scale`` c > 0, ``alpha_t = min(alpha_0, c / lambda_max)`` re-estimated at
     step 1 and every ``meta.val_every`` steps on that step's support batches
     (:mod:`metapt_core.meta.curvature`); each inner step is capped at ``meta.max_step_ratio``
-    times the prompt's norm (:func:`metapt_core.meta.maml.step_size`).
+    times the prompt's norm (:func:`metapt_core.inner_sgd.step_size`).
 
     Args:
         shards: the cluster stage's shards folder (or its reference).
