@@ -1,4 +1,4 @@
-# metapt: the README names every target here.
+# metapt: the README names every target here (docs/usage.md says more).
 #   make run    set up .venv, prepare the embedded assets, run the default profile end to end
 #   make test   set up .venv with dev tools (and chromium where it can), run the test suite
 #   make lint   ruff + mypy
@@ -14,7 +14,7 @@ PROFILE ?= default
 STAMP := $(VENV)/.metapt-installed
 DEVSTAMP := $(VENV)/.metapt-dev-installed
 
-# Telemetry off, servers on loopback (see README, "Offline and private by default").
+# Telemetry off, servers on loopback (see docs/operations.md, "Offline and private by default").
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= true
 export MLFLOW_DISABLE_TELEMETRY ?= true

@@ -5,7 +5,7 @@
 #   device run: bash benchmarks/gpu_check.sh   with carry [".gpu-wheels"]
 # Runs the gpu-marked tests (CUDA against CPU) and benchmarks/bench_gpu.py on randomly
 # initialised models of the real configs (nothing downloaded); writes gpu_tests.txt, gpu.md and
-# gpu.json into $OUT (or ./gpu-out), to be pasted into the README's GPU block.
+# gpu.json into $OUT (or ./gpu-out), to be pasted into docs/benchmarks.md's GPU block.
 set -uo pipefail
 out="$(realpath -m "${OUT:-gpu-out}")"
 mkdir -p "$out"

@@ -7,10 +7,10 @@
 
 Each benchmark runs in its own process (a crash or a memory peak stays there); its rows come
 back as JSON. The table goes to ``--out`` (Markdown, default ``benchmarks/results/latest.md``)
-and next to it as JSON, with the machine it ran on, and into ``benchmarks/README.md`` between
-its ``latest-results`` markers (and the GPU table from ``results/gpu.md`` between its
-``gpu-results`` markers). The exit status is 1 if a benchmark script failed, else 0: a missed
-target is reported in the table, not as a failure.
+and next to it as JSON, with the machine it ran on, and into ``benchmarks/README.md`` and
+``docs/benchmarks.md`` between their ``latest-results`` markers (and the GPU table from
+``results/gpu.md`` between their ``gpu-results`` markers). The exit status is 1 if a benchmark
+script failed, else 0: a missed target is reported in the table, not as a failure.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ BENCHMARKS = {
     "gpu": "bench_gpu.py",
 }
 README = HERE / "README.md"
+DOCS_PAGE = REPO / "docs" / "benchmarks.md"
 MARKERS = {"latest": "latest-results", "gpu": "gpu-results"}
 
 
@@ -103,7 +104,7 @@ def update_readmes(latest_md: str) -> list[Path]:
         else "No GPU run recorded yet (`benchmarks/bench_gpu.py` on a CUDA machine)."
     )
     updated = []
-    for readme in (README, REPO / "README.md"):
+    for readme in (README, DOCS_PAGE):
         if not readme.is_file():
             continue
         text = readme.read_text()
@@ -173,7 +174,11 @@ def main() -> int:
     parser.add_argument(
         "--timeout", type=float, default=0, help="seconds per benchmark (0: 15 min quick, 3 h full)"
     )
-    parser.add_argument("--no-readme", action="store_true", help="do not update the README tables")
+    parser.add_argument(
+        "--no-readme",
+        action="store_true",
+        help="do not update the tables in benchmarks/README.md and docs/benchmarks.md",
+    )
     args = parser.parse_args()
     mode = "tiny" if args.dry_run else "quick" if args.quick else "full"
     names = [n.strip() for n in args.only.split(",") if n.strip()] or list(BENCHMARKS)

@@ -60,7 +60,7 @@ def test_every_bundled_profile_resolves(capsys: pytest.CaptureFixture[str]) -> N
 
 
 def test_lever_base_keeps_the_reference_runs_settings() -> None:
-    """The lever table in the README pairs runs with the reference run of the lever base
+    """The lever table in docs/levers.md pairs runs with the reference run of the lever base
     (experiments/levers_base.yaml over the default profile): its settings must stay that run's."""
     from metapt_core.config import load_config
 

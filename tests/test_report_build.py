@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import pytest
 from metapt_core.config import GridConfig, InitMethod, PipelineConfig, SourceConfig, TaskSpec
 from metapt_core.errors import DataError
 from metapt_core.report import build_report, comparisons_table, results_frame, summary_table
+from metapt_core.report.stats import bootstrap_ci
+from metapt_core.report.tables import stable_seed
 
 ACC = {  # (task, init) -> accuracy per seed 0, 1, 2
     ("mr", "random"): [0.60, 0.70, 0.50],
@@ -50,7 +53,24 @@ def test_summary_known_values():
     assert row["accuracy_mean"] == pytest.approx(0.6)
     assert row["accuracy_std"] == pytest.approx(0.1)  # deviations +-0.1, 0: sqrt(0.02 / 2)
     assert row["macro_f1_mean"] == pytest.approx(0.55)
-    assert row["accuracy_ci_low"] >= 0.5 and row["accuracy_ci_high"] <= 0.7
+    # the bounds are grid.bootstrap resamples at grid.ci_level, seeded by the row's key
+    # (task, shots, init, metric) of the seeds' values in unit order
+    seed = stable_seed("mr", 4, "random", "accuracy")
+    expected = bootstrap_ci([0.60, 0.70, 0.50], 500, 0.95, seed)
+    assert (row["accuracy_ci_low"], row["accuracy_ci_high"]) == pytest.approx(expected)
+    # At 50% the bounds are known by hand, whatever the seed: a resample sums three draws of
+    # {0, 1, 2} tenths above the minimum, sums 0..6 with counts 1, 3, 6, 7, 6, 3, 1 of 27, so
+    # P(S <= 1) = 4/27 < 0.25 <= P(S <= 2) = 10/27 and P(S <= 3) = 17/27 < 0.75 <= 23/27:
+    # the quartiles of the resample means are min + 0.2/3 and min + 0.4/3 (500 resamples put
+    # the empirical quartiles over 5 standard errors from either neighbouring sum).
+    half = summary_table(results_frame(cell_rows()), dataclasses.replace(cfg.grid, ci_level=0.5))
+    half_row = half.set_index(["task", "init"]).loc[("mr", "random")]
+    assert (half_row["accuracy_ci_low"], half_row["accuracy_ci_high"]) == pytest.approx(
+        (0.5 + 0.2 / 3, 0.5 + 0.4 / 3)
+    )
+    assert (half_row["macro_f1_ci_low"], half_row["macro_f1_ci_high"]) == pytest.approx(
+        (0.45 + 0.2 / 3, 0.45 + 0.4 / 3)
+    )
     avg = summary.loc[("AVERAGE", "metapt_maml")]
     # per-seed means over tasks: 0.72, 0.71, 0.70
     assert avg["accuracy_mean"] == pytest.approx(0.71)

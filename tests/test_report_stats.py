@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -53,10 +54,22 @@ def test_bootstrap_matches_normal_theory_and_scipy_on_a_large_sample():
     assert high == pytest.approx(ref.confidence_interval.high, abs=half * 0.1)
 
 
+def exact_percentile_interval(values: list[float], level: float) -> tuple[float, float]:
+    """The percentile interval of the mean over all n^n equally likely resamples, enumerated."""
+    means = sorted(
+        sum(draw) / len(values) for draw in itertools.product(values, repeat=len(values))
+    )
+    alpha = (1.0 - level) / 2.0
+    # the smallest mean whose cumulative probability reaches each tail's quantile
+    low = means[math.ceil(alpha * len(means)) - 1]
+    high = means[math.ceil((1.0 - alpha) * len(means)) - 1]
+    return low, high
+
+
 def test_paired_t_and_wilcoxon_known_values():
     baseline = [0.50, 0.50, 0.50, 0.50]
     method = [0.51, 0.52, 0.53, 0.54]  # differences 0.01 .. 0.04
-    out = paired_comparison(method, baseline, n_resamples=1000, seed=0)
+    out = paired_comparison(method, baseline, n_resamples=20_000, seed=0)
     # d = 0.01 * [1, 2, 3, 4]: mean 0.025, sd 0.01 * sqrt(5/3), t = 0.025 / (sd / 2) = 3.873
     t = 0.025 / (0.01 * math.sqrt(5 / 3) / 2)
     assert t == pytest.approx(3.8730, abs=1e-4)
@@ -65,8 +78,22 @@ def test_paired_t_and_wilcoxon_known_values():
     assert out.wilcoxon_pvalue == pytest.approx(0.125)
     assert out.mean_diff == pytest.approx(0.025)
     assert (out.wins, out.ties, out.losses) == (4, 0, 0)
-    assert out.ci_low <= out.mean_diff <= out.ci_high
-    assert out.ci_low >= 0.01 and out.ci_high <= 0.04
+    # The interval is the percentile interval of the resampled mean differences. Of the 4^4
+    # equally likely resamples of d, the sums of the four draws (in 0.01) run 4..16 with counts
+    # 1, 4, 10, 20, 31, 40, 44, 40, 31, 20, 10, 4, 1 of 256: P(S <= 5) = 5/256 < 0.025 <=
+    # P(S <= 6) = 15/256 and P(S <= 13) = 241/256 < 0.975 <= 251/256, so the 95% bounds are the
+    # means 6/4 and 14/4 hundredths (20,000 resamples put the empirical 2.5% quantile over 5
+    # standard errors from either neighbouring sum).
+    exact = exact_percentile_interval([0.01, 0.02, 0.03, 0.04], 0.95)
+    assert exact == pytest.approx((0.015, 0.035))
+    assert (out.ci_low, out.ci_high) == pytest.approx(exact)
+    # at 80%: P(S <= 6) = 15/256 < 0.10 <= 35/256 and P(S <= 12) = 221/256 < 0.90 <= 241/256
+    # (a level not split between both tails, 0.20 / 0.80, would give 8/4 and 12/4)
+    eighty = paired_comparison(method, baseline, n_resamples=20_000, level=0.80, seed=1)
+    assert exact_percentile_interval([0.01, 0.02, 0.03, 0.04], 0.80) == pytest.approx(
+        (0.0175, 0.0325)
+    )
+    assert (eighty.ci_low, eighty.ci_high) == pytest.approx((0.0175, 0.0325))
 
 
 def test_paired_counts_ties_and_undefined_tests():

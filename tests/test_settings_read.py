@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import inspect
 import typing
 from collections import Counter
 from pathlib import Path
+
+import pytest
 
 from metapt_core import config as config_module
 from metapt_core.config import PipelineConfig
@@ -22,10 +25,10 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("metapt_core", "tasks", "flows", "deployments")
 
 
-def sections() -> dict[type, set[str]]:
+def sections(top: type = PipelineConfig) -> dict[type, set[str]]:
     """Each config dataclass -> the field names it is reached by (``pipeline`` for the top)."""
-    found: dict[type, set[str]] = {PipelineConfig: {"pipeline"}}
-    todo: list[type] = [PipelineConfig]
+    found: dict[type, set[str]] = {top: {"pipeline"}}
+    todo: list[type] = [top]
     while todo:
         cls = todo.pop()
         hints = typing.get_type_hints(cls)
@@ -40,35 +43,46 @@ def sections() -> dict[type, set[str]]:
     return found
 
 
+def reads_in(tree: ast.AST, skip_post_init: bool = False) -> tuple[set[str], set[tuple[str, str]]]:
+    """(attribute names read, (owner name, attribute) pairs) in one parsed file; with
+    ``skip_post_init``, reads inside a ``__post_init__`` (a config's own checks) do not count."""
+    names: set[str] = set()
+    pairs: set[tuple[str, str]] = set()
+    skip: set[int] = set()
+    if skip_post_init:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef) and node.name == "__post_init__":
+                skip.update(id(n) for n in ast.walk(node))
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load):
+            names.add(node.attr)
+            owner = node.value
+            if isinstance(owner, ast.Attribute):
+                pairs.add((owner.attr, node.attr))
+            elif isinstance(owner, ast.Name):
+                pairs.add((owner.id, node.attr))
+        elif (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "id", "") == "getattr"
+            and len(node.args) >= 2
+            and isinstance(node.args[1], ast.Constant)
+        ):
+            names.add(str(node.args[1].value))
+    return names, pairs
+
+
 def attribute_reads() -> tuple[set[str], set[tuple[str, str]]]:
     """(attribute names read, (owner name, attribute) pairs) over the project's source files."""
     names: set[str] = set()
     pairs: set[tuple[str, str]] = set()
     for package in PACKAGES:
         for file in sorted((ROOT / package).rglob("*.py")):
-            tree = ast.parse(file.read_text("utf-8"))
-            skip: set[int] = set()
-            if file.name == "config.py" and file.parent.name == "metapt_core":
-                for node in ast.walk(tree):
-                    if isinstance(node, ast.FunctionDef) and node.name == "__post_init__":
-                        skip.update(id(n) for n in ast.walk(node))
-            for node in ast.walk(tree):
-                if id(node) in skip:
-                    continue
-                if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load):
-                    names.add(node.attr)
-                    owner = node.value
-                    if isinstance(owner, ast.Attribute):
-                        pairs.add((owner.attr, node.attr))
-                    elif isinstance(owner, ast.Name):
-                        pairs.add((owner.id, node.attr))
-                elif (
-                    isinstance(node, ast.Call)
-                    and getattr(node.func, "id", "") == "getattr"
-                    and len(node.args) >= 2
-                    and isinstance(node.args[1], ast.Constant)
-                ):
-                    names.add(str(node.args[1].value))
+            own_checks = file.name == "config.py" and file.parent.name == "metapt_core"
+            file_names, file_pairs = reads_in(ast.parse(file.read_text("utf-8")), own_checks)
+            names |= file_names
+            pairs |= file_pairs
     return names, pairs
 
 
@@ -82,9 +96,11 @@ ALIASES = {
 }
 
 
-def test_every_setting_is_read() -> None:
-    names, pairs = attribute_reads()
-    all_sections = sections()
+def unread_settings(
+    all_sections: dict[type, set[str]], names: set[str], pairs: set[tuple[str, str]]
+) -> list[str]:
+    """``Class.field`` of every field that no read reaches: a field with a name of its own is
+    read by any ``.name``; a name shared by sections must be read through its section's name."""
     counts = Counter(f.name for cls in all_sections for f in dataclasses.fields(cls))
     unread = []
     for cls, reached_as in all_sections.items():
@@ -98,12 +114,72 @@ def test_every_setting_is_read() -> None:
                 ok = any((owner, f.name) in pairs for owner in owners)
             if not ok:
                 unread.append(f"{cls.__name__}.{f.name}")
+    return unread
+
+
+def test_every_setting_is_read() -> None:
+    unread = unread_settings(sections(), *attribute_reads())
     assert not unread, f"settings that no code reads: {unread}"
 
 
-def test_the_walk_finds_an_unread_field() -> None:
+# A made-up config for the check of the check: two sections share ``lr`` and ``seed``.
+@dataclasses.dataclass
+class _Inner:
+    lr: float = 0.1
+    seed: int = 0
+    depth: int = 1
+
+
+@dataclasses.dataclass
+class _Outer:
+    lr: float = 0.1
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class _Top:
+    inner: _Inner
+    outer: _Outer
+    width: int = 2
+    height: int = 3
+
+    def __post_init__(self) -> None:
+        if self.height < 0:
+            raise ValueError("height")
+
+
+USES = """
+def run(cfg):
+    inner = cfg.inner
+    return inner.seed + cfg.outer.lr + getattr(cfg, "width")
+"""
+
+
+def test_the_walk_finds_an_unread_field(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The check itself: a field that nothing reads is reported."""
-    names, _ = attribute_reads()
-    assert "batch_prompts" in names and "no_such_setting_anywhere" not in names
+    assert sections(_Top) == {_Top: {"pipeline"}, _Inner: {"inner"}, _Outer: {"outer"}}
+    # a source tree of the made-up config (its module is metapt_core/config.py) and one user
+    (tmp_path / "metapt_core").mkdir()
+    (tmp_path / "metapt_core" / "config.py").write_text(inspect.getsource(_Top), "utf-8")
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "use.py").write_text(USES, "utf-8")
+    with monkeypatch.context() as patched:
+        patched.setitem(globals(), "ROOT", tmp_path)
+        names, pairs = attribute_reads()
+    assert {("inner", "seed"), ("outer", "lr"), ("cfg", "inner")} <= pairs and "width" in names
+    # inner.lr and outer.seed: their names are read, but through the other section's name;
+    # depth: read nowhere; height: read only in the config's own checks (__post_init__)
+    expected = ["_Inner.depth", "_Inner.lr", "_Outer.seed", "_Top.height"]
+    assert sorted(unread_settings(sections(_Top), names, pairs)) == expected
+    assert "height" in reads_in(ast.parse(inspect.getsource(_Top)))[0]  # outside config.py
+    # the real walk: a read dropped from what the code reads leaves its field reported
+    names, pairs = attribute_reads()
+    assert "batch_prompts" in names
+    assert unread_settings(sections(), names - {"batch_prompts"}, pairs) == [
+        "GridConfig.batch_prompts"
+    ]
+    assert ("meta", "seed") in pairs
+    meta_seed = {("meta", "seed"), ("cfg", "seed"), ("config", "seed")}
+    assert unread_settings(sections(), names, pairs - meta_seed) == ["MetaConfig.seed"]
     assert config_module.MetaConfig in sections()
     assert sections()[config_module.SourceConfig] == {"sources", "train", "test"}

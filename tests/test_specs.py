@@ -13,7 +13,27 @@ from metapt_core.specs import ClusterSpec, EpisodeSettings, EvalSpec, PPTSpec, R
 def test_ppt_is_matched_to_metapt_unless_its_own_settings_are_given() -> None:
     cfg = load_config("default")
     spec = PPTSpec.of(cfg)
-    assert spec.ppt_budget() == cfg.ppt_budget()
+    # PPT's budget by hand: unset (0), ppt.steps is meta.meta_steps and ppt.batch_size the rows
+    # of a meta-batch, meta_batch_size * (support_size + query_size): 7 and 3 * (5 + 2) = 21;
+    # each one set is PPT's own
+    meta = [
+        "meta.meta_steps=7",
+        "meta.meta_batch_size=3",
+        "meta.support_size=5",
+        "meta.query_size=2",
+        "ppt.steps=0",
+        "ppt.batch_size=0",
+    ]
+    budgets = {
+        (): (7, 21),
+        ("ppt.steps=11",): (11, 21),
+        ("ppt.batch_size=13",): (7, 13),
+        ("ppt.steps=11", "ppt.batch_size=13"): (11, 13),
+    }
+    for own, budget in budgets.items():
+        chosen = load_config("default", overrides=meta + list(own))
+        assert PPTSpec.of(chosen).ppt_budget() == budget, own
+        assert chosen.ppt_budget() == budget, own
     for name in ("outer_lr", "outer_optimizer", "reptile_step", "group_tasks"):
         with pytest.raises(AttributeError):
             getattr(spec.meta, name)
