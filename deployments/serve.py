@@ -14,28 +14,19 @@ from __future__ import annotations
 from typing import Any
 
 import deployments  # noqa: F401  (environment defaults)
+from tasks.plan import PIPELINE
 
 FULL_PIPELINE = "full-pipeline"
-STAGE_DEPLOYMENTS = ("ingest", "embed", "cluster", "meta-pretrain", "evaluate")
+STAGE_DEPLOYMENTS = tuple(step.name for step in PIPELINE)  # metapt-<step>/<step>
 
 
 def build_deployments() -> list[Any]:
     """The runner deployments, entry points given as module paths (independent of the cwd)."""
     from prefect.deployments.runner import EntrypointType
 
-    from flows.cluster import cluster_flow
-    from flows.embed import embed_flow
-    from flows.evaluate import evaluate_flow
-    from flows.ingest import ingest_flow
     from flows.metapt import metapt_flow
-    from flows.pretrain import meta_pretrain_flow
+    from flows.stages import stage_flows
 
-    stage_flows = dict(
-        zip(
-            STAGE_DEPLOYMENTS,
-            (ingest_flow, embed_flow, cluster_flow, meta_pretrain_flow, evaluate_flow),
-        )
-    )
     # One run at a time per deployment (the serve process belongs to one work folder); runs of
     # different deployments may overlap safely: each stage key is computed once, under its lock.
     options: dict[str, Any] = {
@@ -50,7 +41,7 @@ def build_deployments() -> list[Any]:
             **options,
         )
     ]
-    for name, stage_flow in stage_flows.items():
+    for name, stage_flow in stage_flows().items():
         built.append(
             stage_flow.to_deployment(
                 name=name, description=f"The {name} stage (upstream stages cached).", **options

@@ -8,7 +8,6 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.context import Profile, Refs, flow_run_name, ref_dict, stage_flow_run
-from flows.embed import embed_flow
 from tasks.cluster import cluster_task
 from tasks.common import outcome_of, to_ref
 
@@ -24,6 +23,6 @@ def cluster_flow(
 ) -> Refs:
     """Steps: (ingest, embed) -> shards/ + diagnostics/."""
     params = locals()  # this flow's parameters, before any other local
-    with stage_flow_run("cluster", params, ("embed",), embed_flow) as (ctx, refs):
+    with stage_flow_run("cluster", params) as (ctx, refs):
         out = outcome_of(cluster_task(ctx, to_ref(refs["pool"]), to_ref(refs["embed"])))
         return {**refs, "shards": ref_dict(out.ref)}

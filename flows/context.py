@@ -12,6 +12,7 @@ from flows.env import WORK_DIR_ENV
 from metapt_core.config import PipelineConfig, dump_yaml, load_config
 from metapt_core.errors import ConfigError
 from metapt_core.store import ArtifactRef, atomic_write_text
+from tasks import plan
 from tasks.stage import RunContext, expand_refresh
 from tasks.tracking import (
     ALIVE_TAG,
@@ -199,19 +200,18 @@ def stage_kwargs(
 
 
 @contextlib.contextmanager
-def stage_flow_run(
-    name: str,
-    params: dict[str, Any],
-    needs: tuple[str, ...] = (),
-    upstream_flow: Any = None,
-) -> Iterator[tuple[RunContext, Refs]]:
+def stage_flow_run(name: str, params: dict[str, Any]) -> Iterator[tuple[RunContext, Refs]]:
     """The preamble of every stage flow: open (or join) the pipeline run, then take the refs
-    handed down, running ``upstream_flow`` as a subflow first when one of ``needs`` is missing.
+    handed down, running the step before ``name`` (:data:`tasks.plan.PIPELINE`) as a subflow
+    first when one of the step's ``needs`` is missing (a run of one stage's deployment).
 
     ``params`` are the flow's own parameters (``profile``, ``config_file``, ``overrides``,
-    ``refresh``, ``upstream``, ``mlflow_parent_run_id``); ``needs`` may name a prefix
-    (``prompt:``) that any key satisfies. Yields the run context and the refs so far.
+    ``refresh``, ``upstream``, ``mlflow_parent_run_id``); a need ending in ``:`` (``prompt:``)
+    is a prefix any key satisfies. Yields the run context and the refs so far.
     """
+    from flows.stages import upstream_flow
+
+    needs = plan.step(name).needs
     with pipeline_run(
         name,
         params["profile"],
@@ -222,8 +222,9 @@ def stage_flow_run(
     ) as ctx:
         refs: Refs = dict(params.get("upstream") or {})
         missing = [n for n in needs if not any(k == n or k.startswith(n) for k in refs)]
-        if missing and upstream_flow is not None:
-            refs = upstream_flow(
+        before = upstream_flow(name) if missing else None
+        if before is not None:
+            refs = before(
                 **stage_kwargs(
                     params["profile"],
                     params["config_file"],

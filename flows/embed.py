@@ -8,7 +8,6 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.context import Profile, Refs, flow_run_name, ref_dict, stage_flow_run
-from flows.ingest import ingest_flow
 from tasks.common import outcome_of, to_ref
 from tasks.embed import embed_task
 
@@ -24,6 +23,6 @@ def embed_flow(
 ) -> Refs:
     """Steps: (ingest) -> embeddings.npy + row_ids.parquet."""
     params = locals()  # this flow's parameters, before any other local
-    with stage_flow_run("embed", params, ("pool",), ingest_flow) as (ctx, refs):
+    with stage_flow_run("embed", params) as (ctx, refs):
         out = outcome_of(embed_task(ctx, to_ref(refs["assets"]), to_ref(refs["pool"])))
         return {**refs, "embed": ref_dict(out.ref)}

@@ -13,7 +13,6 @@ from typing import Any
 from prefect import flow
 
 from flows.context import Profile, Refs, flow_run_name, ref_dict, stage_flow_run
-from flows.pretrain import PROMPT_PREFIX, meta_pretrain_flow
 from metapt_core.config import GridConfig, TaskRunner
 from metapt_core.threads import available_cores, threads_per_worker, torch_threads
 from tasks import plan
@@ -89,12 +88,11 @@ def evaluate_flow(
     are kept.
     """
     params = locals()  # this flow's parameters, before any other local
-    with stage_flow_run("evaluate", params, ("tasks", PROMPT_PREFIX), meta_pretrain_flow) as (
-        ctx,
-        refs,
-    ):
+    with stage_flow_run("evaluate", params) as (ctx, refs):
         cfg = ctx.cfg
-        made = {key: to_ref(value) for key, value in refs.items() if key.startswith(PROMPT_PREFIX)}
+        made = {
+            key: to_ref(value) for key, value in refs.items() if key.startswith(plan.PROMPT_PREFIX)
+        }
         groups = plan.groups(cfg)
         cell_task = eval_group_task.with_options(retries=cfg.grid.retries)
         progress = StageProgress("evaluate", f"{len(groups)} groups")

@@ -9,12 +9,8 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.cluster import cluster_flow
 from flows.context import Profile, Refs, flow_run_name, pipeline_run, stage_kwargs
-from flows.embed import embed_flow
-from flows.evaluate import evaluate_flow
-from flows.ingest import ingest_flow
-from flows.pretrain import meta_pretrain_flow
+from flows.stages import stage_flows
 
 
 @flow(name="metapt", flow_run_name=flow_run_name)
@@ -39,12 +35,6 @@ def metapt_flow(
     """
     with pipeline_run("metapt", profile, config_file, overrides, refresh, "") as ctx:
         refs: Refs = {}
-        for stage_flow in (
-            ingest_flow,
-            embed_flow,
-            cluster_flow,
-            meta_pretrain_flow,
-            evaluate_flow,
-        ):
+        for stage_flow in stage_flows().values():  # the plan's steps, in order
             refs = stage_flow(**stage_kwargs(profile, config_file, overrides, refresh, refs, ctx))
         return {**refs, "mlflow_run_id": {"id": ctx.tracker.parent_run_id}}

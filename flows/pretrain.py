@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from prefect import flow
 
-from flows.cluster import cluster_flow
 from flows.context import Profile, Refs, flow_run_name, ref_dict, stage_flow_run
 from metapt_core.config import InitMethod
 from tasks import plan
@@ -36,7 +35,7 @@ def meta_pretrain_flow(
     ``objective:<seed>``, each seed's meta-objective check (``meta_objective.csv``).
     """
     params = locals()  # this flow's parameters, before any other local
-    with stage_flow_run("meta-pretrain", params, ("shards",), cluster_flow) as (ctx, refs):
+    with stage_flow_run("meta-pretrain", params) as (ctx, refs):
         assets, shards = to_ref(refs["assets"]), to_ref(refs["shards"])
         for init, seed in plan.pretrain_runs(ctx.cfg):
             algorithm = init.meta_algorithm

@@ -972,12 +972,6 @@ def apply_override(data: dict[str, Any], text: str) -> dict[str, Any]:
     return merged
 
 
-def parse_override(text: str) -> dict[str, Any]:
-    """``"meta.inner_lr=0.1"`` -> ``{"meta": {"inner_lr": 0.1}}`` (no list items; see
-    :func:`apply_override`)."""
-    return apply_override({}, text)
-
-
 PROFILES = ("smoke", "default", "study", "paper", "control")
 
 
@@ -1020,11 +1014,6 @@ def load_config(
     for text in overrides or []:
         data = apply_override(data, text)
     data["profile"] = profile
-    return from_dict(PipelineConfig, data)
-
-
-def resolve(data: dict[str, Any]) -> PipelineConfig:
-    """Build a :class:`PipelineConfig` from a complete mapping (as saved with a run)."""
     return from_dict(PipelineConfig, data)
 
 

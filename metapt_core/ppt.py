@@ -31,31 +31,22 @@ from metapt_core.meta import distributed as dist_utils
 from metapt_core.meta.checkpoint import checkpoint_dir
 from metapt_core.meta.episodes import POOL_STREAM, TRAIN_STREAM, rng_for, sample_meta_batch
 from metapt_core.pretraining.adaptation import (
-    calibration_key,
-    collapse_warnings,
-    resolve_inner_lr,
     validation_fn,
 )
 from metapt_core.pretraining.data import (
     PromptObjective,
-    load_pretrain_data,
     pool_format,
-    shards_digest,
-    shards_path,
 )
 from metapt_core.pretraining.loop import (
-    LoopSettings,
     PretrainResult,
     Progress,
     finish,
     train_prompt,
 )
+from metapt_core.pretraining.setup import loop_settings, prepare, prompt_info
 from metapt_core.pretraining.start import (
     frozen_backbone,
     make_optimizer,
-    run_fingerprint,
-    starting_prompt,
-    tensor_hash,
 )
 from metapt_core.specs import PPTSpec
 from metapt_core.store import ArtifactRef
@@ -98,8 +89,8 @@ def ppt_pretrain(
     meta = cfg.meta
     steps, batch_size = cfg.ppt_budget()
     out = Path(out_dir)
-    root = shards_path(shards)
-    data = load_pretrain_data(root, meta, cfg.pool, model)
+    setup = prepare(shards, cfg, model, initial_prompt)
+    data = setup.data
     tasks = data.tasks
     # The pool: (task, row) of every training row, validation rows and clusters kept out.
     pool = np.asarray(
@@ -143,31 +134,13 @@ def ppt_pretrain(
         return grad / count, {"loss": loss_total / count, "examples": float(len(picks))}
 
     name = "ppt-balanced" if balanced else "ppt"
-    initial = starting_prompt(model, cfg, initial_prompt)
-    calibration = resolve_inner_lr(
-        meta.inner_lr,
-        meta.inner_lr_grid,
-        meta.inner_steps,
-        initial,
-        data.unseen,
-        model,
-        calibration_key(repr(cfg.pool), tensor_hash(initial), shards_digest(root), meta, model),
-    )
+    alpha = setup.calibration.alpha
     val_fn = validation_fn(
-        data.val, data.unseen, model, calibration.alpha, meta.inner_steps, meta.max_step_ratio
+        data.val, data.unseen, model, alpha, meta.inner_steps, meta.max_step_ratio
     )
-    settings = LoopSettings(
-        total_steps=steps if not balanced else meta.meta_steps,
-        val_every=meta.val_every if val_fn is not None else 0,
-        checkpoint_every=meta.checkpoint_every,
-        fingerprint=run_fingerprint(name, cfg, root, {"initial": tensor_hash(initial)}),
-        name=name,
-        keep_best=meta.keep_best,
-        select_on="unseen_loss" if data.unseen else "val_loss",
-        clip_grad_norm=meta.clip_grad_norm,
-        warmup_steps=min(meta.warmup_steps, max(steps if not balanced else meta.meta_steps, 1) - 1),
-        final_lr_fraction=meta.final_lr_fraction,
-    )
+    total_steps = steps if not balanced else meta.meta_steps
+    warmup = min(meta.warmup_steps, max(total_steps, 1) - 1)
+    settings = loop_settings(name, cfg, setup, total_steps, warmup, val_fn is not None)
     ckpt = checkpoint_dir(out)
     matched = cfg.ppt  # PPTSpec.of filled every unset setting with MetaPT's
     if matched.lr is None:
@@ -175,7 +148,7 @@ def ppt_pretrain(
     lr = float(matched.lr)
     with frozen_backbone(model):
         prompt, history = train_prompt(
-            initial,
+            setup.initial,
             lambda params: make_optimizer(matched.optimizer or "adam", params, lr),
             step_fn,
             val_fn,
@@ -184,18 +157,10 @@ def ppt_pretrain(
             progress,
             resume,
         )
-    info = {
-        "made_by": name,
-        "backbone": getattr(model, "name", type(model).__name__),
-        "init": cfg.prompt.init.value,
-        "seed": meta.seed,
-        "steps": settings.total_steps,
-        "batch_size": batch_size,
-        "held_out_clusters": data.held_out_ids,
-        "inner_lr": calibration.alpha,
-        "max_step_ratio": meta.max_step_ratio,
-        "calibration": calibration.to_dict(),
-        "warnings": collapse_warnings(history, len(cfg.pool.classes)),
-        "config": {"ppt": to_dict(cfg.ppt), "prompt": to_dict(cfg.prompt)},
-    }
+    info = prompt_info(
+        name, cfg, setup, model, history, alpha,
+        steps=settings.total_steps,
+        batch_size=batch_size,
+        config={"ppt": to_dict(cfg.ppt), "prompt": to_dict(cfg.prompt)},
+    )  # fmt: skip
     return finish(out, ckpt, prompt, info, history, started, model)

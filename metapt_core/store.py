@@ -171,16 +171,6 @@ def open_sealed(path: str | os.PathLike[str]) -> ArtifactRef | None:
     return ref if ref.is_valid() else None
 
 
-def remove(path: str | os.PathLike[str]) -> None:
-    """Remove an artifact and its seal if present."""
-    p = Path(path)
-    if p.is_dir():
-        shutil.rmtree(p, ignore_errors=True)
-    elif p.exists():
-        p.unlink()
-    Path(f"{p}.sha256").unlink(missing_ok=True)
-
-
 def scratch_dir(parent: str | os.PathLike[str]) -> Path:
     """A new private temporary folder under ``parent`` (for work that is renamed in later)."""
     Path(parent).mkdir(parents=True, exist_ok=True)

@@ -129,7 +129,3 @@ def scoring_tags(cfg: PipelineConfig) -> dict[str, str]:
         "metapt.scoring_path": str(getattr(model, "path", "")),
         "metapt.scoring_fallbacks": "; ".join(fallbacks) if fallbacks else "none",
     }
-
-
-def read_text(path: Path) -> str:
-    return path.read_text("utf-8") if path.is_file() else ""

@@ -14,8 +14,6 @@ from tasks.common import TASK_OPTIONS, as_state, no_cache
 from tasks.progress import StageProgress
 from tasks.stage import RunContext, StageSpec, core_output, execute_stage
 
-CORE = plan.EMBED_CORE
-
 
 @task(name="embed", cache_policy=no_cache(), **TASK_OPTIONS)
 def embed_task(ctx: RunContext, assets: ArtifactRef, pool: ArtifactRef) -> StageOutcome:

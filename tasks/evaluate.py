@@ -8,7 +8,6 @@ Prefect task, one store entry and one MLflow stage run, plus an MLflow child run
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,6 @@ from tasks.tracking import CACHED_TAG, FLOW_RUN_TAG, KIND_TAG, SOURCE_RUN_TAG, S
 
 CELLS_CORE = plan.CELLS_CORE
 REPORT_CORE = plan.REPORT_CORE
-CELL_ENTRIES = [CELLS_CORE, plan.BACKBONE_LOADER]  # their import closure is the code key
 CELL_PARAMS = ("task", "method", "shots", "seed", "pretrain_seed", "protocol", "split_seed")
 CELLS_FILE = "cells.json"
 
@@ -210,13 +208,3 @@ def publish_report(ctx: RunContext, outcome: StageOutcome) -> None:
         prefect_artifacts(root, url, owner or ctx.flow_run_id)
     except Exception as error:  # the UI is a view; never fail the pipeline for it
         run_logger().warning("report: Prefect artifacts not written: %s", error)
-
-
-def load_cells(outcome: StageOutcome) -> list[dict[str, Any]]:
-    """The cells of a group outcome (from its stats, else from its ``cells.json``)."""
-    cells = outcome.stats.get("cells")
-    if isinstance(cells, list):
-        return cells
-    path = Path(outcome.ref.path)
-    file = path / CELLS_FILE if path.is_dir() else path.parent / CELLS_FILE
-    return json.loads(file.read_text("utf-8")) if file.is_file() else []

@@ -14,9 +14,6 @@ from tasks.common import TASK_OPTIONS, as_state, asset_paths, no_cache
 from tasks.progress import StageProgress
 from tasks.stage import RunContext, StageSpec, core_output, execute_stage
 
-POOL_CORE = plan.POOL_CORE  # "metapt_core.data:ingest_pool", its code identity's entry
-TASKS_CORE = plan.TASKS_CORE
-
 
 @task(name="ingest-pool", cache_policy=no_cache(), **TASK_OPTIONS)
 def ingest_pool_task(ctx: RunContext, assets: ArtifactRef) -> StageOutcome:

@@ -16,9 +16,6 @@ from tasks.progress import StageProgress
 from tasks.publish import publish_prompt
 from tasks.stage import RunContext, StageSpec, core_output, execute_stage
 
-CORE = plan.META_CORE
-ENTRIES = [CORE, plan.BACKBONE_LOADER]  # their import closure is the code key
-
 
 @task(name="meta-pretrain", cache_policy=no_cache(), **TASK_OPTIONS)
 def meta_pretrain_task(

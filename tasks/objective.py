@@ -17,9 +17,6 @@ from tasks.common import TASK_OPTIONS, as_state, get_backbone, no_cache
 from tasks.progress import StageProgress
 from tasks.stage import RunContext, StageSpec, execute_stage
 
-CORE = plan.OBJECTIVE_CORE
-ENTRIES = [CORE, plan.BACKBONE_LOADER]  # their import closure is the code key
-
 
 @task(name="meta-objective", cache_policy=no_cache(), **TASK_OPTIONS)
 def meta_objective_task(

@@ -51,6 +51,72 @@ CELLS_CORE = "metapt_core.fewshot.stage:evaluate_group"
 REPORT_CORE = "metapt_core.report:build_report"
 PROMPT_PREFIX = "prompt:"
 
+
+@dataclass(frozen=True)
+class Step:
+    """One step of the pipeline: a stage flow, its deployment and its ``--refresh`` name.
+
+    ``stages`` are the stored computations it makes, in order (what ``--refresh <name>``
+    forces); ``needs`` the references it reads from the steps before it (a name ending in
+    ``:`` is a prefix any key satisfies); ``parts`` finer ``--refresh`` names inside the step.
+    """
+
+    name: str
+    stages: tuple[str, ...]
+    needs: tuple[str, ...] = ()
+    parts: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+
+# The pipeline, in order: the one place a step's name, order and stages are written. The
+# flows, the deployments and the --refresh names are derived from it.
+PIPELINE: tuple[Step, ...] = (
+    Step("ingest", ("ingest-pool", "ingest-tasks")),
+    Step("embed", ("embed",), needs=("pool",)),
+    Step("cluster", ("cluster",), needs=("embed",)),
+    Step(
+        "meta-pretrain",
+        ("meta-pretrain", "ppt", "meta-objective"),
+        needs=("shards",),
+        parts=(
+            ("meta", ("meta-pretrain", "meta-objective")),
+            ("ppt", ("ppt", "meta-objective")),
+            ("meta-objective", ("meta-objective",)),
+        ),
+    ),
+    Step(
+        "evaluate",
+        ("evaluate-cells", "report"),
+        needs=("tasks", PROMPT_PREFIX),
+        parts=(("report", ("report",)),),
+    ),
+)
+
+
+def step(name: str) -> Step:
+    """The step called ``name`` (KeyError when none is)."""
+    for candidate in PIPELINE:
+        if candidate.name == name:
+            return candidate
+    raise KeyError(name)
+
+
+def upstream_step(name: str) -> Step | None:
+    """The step before ``name`` (None for the first)."""
+    names = [s.name for s in PIPELINE]
+    index = names.index(name)
+    return PIPELINE[index - 1] if index else None
+
+
+def refresh_groups() -> dict[str, tuple[str, ...]]:
+    """``--refresh`` names -> the stored stages they force: each step, its parts, and ``all``."""
+    groups: dict[str, tuple[str, ...]] = {}
+    for each in PIPELINE:
+        groups[each.name] = each.stages
+        groups.update(each.parts)
+    groups["all"] = tuple(stage for each in PIPELINE for stage in each.stages)
+    return groups
+
+
 # Sources read from the user's files: their content is part of the ingestion's key.
 FILE_FORMATS = (SourceFormat.CSV, SourceFormat.JSON, SourceFormat.PARQUET, SourceFormat.DISK)
 

@@ -16,9 +16,6 @@ from tasks.progress import StageProgress
 from tasks.publish import publish_prompt
 from tasks.stage import RunContext, StageSpec, core_output, execute_stage
 
-CORE = plan.PPT_CORE
-ENTRIES = [CORE, plan.BACKBONE_LOADER]  # their import closure is the code key
-
 
 @task(name="ppt", cache_policy=no_cache(), **TASK_OPTIONS)
 def ppt_task(

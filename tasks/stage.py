@@ -27,7 +27,7 @@ from tasks.cache import (
 )
 from tasks.common import scoring_tags
 from tasks.core import code_identity
-from tasks.plan import STORE_EPOCH, StagePlan
+from tasks.plan import STORE_EPOCH, StagePlan, refresh_groups
 from tasks.progress import StageProgress, run_logger
 from tasks.tracking import (
     CACHED_TAG,
@@ -38,29 +38,8 @@ from tasks.tracking import (
     Tracker,
 )
 
-# Names accepted by --refresh, mapped to the store stages they force.
-REFRESH_GROUPS: dict[str, tuple[str, ...]] = {
-    "ingest": ("ingest-pool", "ingest-tasks"),
-    "embed": ("embed",),
-    "cluster": ("cluster",),
-    "meta-pretrain": ("meta-pretrain", "ppt", "meta-objective"),
-    "meta": ("meta-pretrain", "meta-objective"),
-    "ppt": ("ppt", "meta-objective"),
-    "meta-objective": ("meta-objective",),
-    "evaluate": ("evaluate-cells", "report"),
-    "report": ("report",),
-    "all": (
-        "ingest-pool",
-        "ingest-tasks",
-        "embed",
-        "cluster",
-        "meta-pretrain",
-        "ppt",
-        "meta-objective",
-        "evaluate-cells",
-        "report",
-    ),
-}
+# Names accepted by --refresh, mapped to the store stages they force (from the pipeline's steps).
+REFRESH_GROUPS: dict[str, tuple[str, ...]] = refresh_groups()
 
 
 Compute = Callable[[Path, StageProgress], tuple[ArtifactRef, dict[str, Any]]]

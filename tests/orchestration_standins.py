@@ -30,7 +30,7 @@ from metapt_core.store import ArtifactRef, atomic_write_json, atomic_write_text,
 
 Progress = Any
 
-# The task modules that resolve core functions through ``tasks.core.core``.
+# The Prefect task modules whose module-level imports of core functions the stand-ins replace.
 TASK_MODULES = (
     "tasks.assets",
     "tasks.common",

@@ -310,11 +310,11 @@ CODE = [
     ("metapt_core.embedding", ["embed", "cluster"]),
     ("metapt_core.clustering.kmeans", ["cluster"]),
     ("metapt_core.ppt", ["ppt"]),
-    # PPT runs the shared training loop, the meta package's episode sampler and checkpoints;
-    # the few-shot SGD step takes MAML's step rule (meta.maml.step_size), so evaluation reaches
-    # the meta package too.
-    ("metapt_core.meta.episodes", ["ppt", "meta-pretrain-maml", CHECK, *EVALS]),
-    ("metapt_core.pretraining.loop", ["ppt", "meta-pretrain-maml", CHECK, *EVALS]),
+    # PPT runs the shared training loop, the meta package's episode sampler and checkpoints.
+    ("metapt_core.meta.episodes", ["ppt", "meta-pretrain-maml", CHECK]),
+    ("metapt_core.pretraining.loop", ["ppt", "meta-pretrain-maml", CHECK]),
+    # the inner SGD step: MAML's inner loop, the check's adaptation and the inner protocol
+    ("metapt_core.inner_sgd", ["ppt", "meta-pretrain-maml", CHECK, *EVALS]),
     ("metapt_core.scoring.packing", ["ppt", "meta-pretrain-maml", CHECK, *EVALS]),
     ("metapt_core.backbone", ["ppt", "meta-pretrain-maml", CHECK, *EVALS]),
     ("metapt_core.fewshot.tuning", EVALS),

@@ -11,7 +11,6 @@ from metapt_core.config import (
     apply_override,
     load_config,
     load_yaml,
-    parse_override,
 )
 from metapt_core.errors import ConfigError
 
@@ -74,7 +73,7 @@ def test_bad_overrides_name_the_override(override: str, reason: str) -> None:
 
 
 def test_a_whole_mapping_merges_and_a_list_replaces() -> None:
-    assert parse_override("meta.inner_lr=1e-2") == {"meta": {"inner_lr": 0.01}}
+    assert apply_override({}, "meta.inner_lr=1e-2") == {"meta": {"inner_lr": 0.01}}
     data = {"meta": {"inner_lr": 0.3, "outer_lr": 0.03}, "fewshot": {"shots": [16]}}
     merged = apply_override(data, "meta={inner_lr: 0.1}")
     assert merged["meta"] == {"inner_lr": 0.1, "outer_lr": 0.03}

@@ -14,12 +14,13 @@ import torch
 from torch import Tensor
 
 from metapt_core.config import MetaAlgorithm
+from metapt_core.inner_sgd import step_size
 from metapt_core.meta.curvature import (
     curvature_inner_lr,
     curvature_lambda,
     top_hessian_eigenvalue,
 )
-from metapt_core.meta.maml import Episode, inner_adapt, meta_gradient, step_size
+from metapt_core.meta.maml import Episode, inner_adapt, meta_gradient
 from metapt_core.pretraining.loop import lr_factor
 
 P, D = 2, 3

@@ -287,7 +287,7 @@ def test_inner_protocol_honours_the_trust_region(model: PromptModel, tasks_dir: 
     assert free[0].test_correct == held[0].test_correct  # the Adam protocol is untouched
     fmt = TaskFormat.of("{text} It was {answer}.", ["bad", "good"])
     from metapt_core.fewshot.sampling import sample_split
-    from metapt_core.meta.maml import step_size
+    from metapt_core.inner_sgd import step_size
 
     split = sample_split(
         pd.read_parquet(tasks_dir / "toy" / "train.parquet"), ["negative", "positive"], 4, 0

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from metapt_core.config import PipelineConfig, resolve
+from metapt_core.config import PipelineConfig, from_dict
 from metapt_core.errors import ConfigError, DataError
 from metapt_core.prompt import save_prompt
 from metapt_core.validate import preflight, redact
@@ -56,7 +56,7 @@ def _config(tmp_path: Path, model: Path, **sections: Any) -> PipelineConfig:
     }
     for name, values in sections.items():
         data[name] = {**data.get(name, {}), **values}
-    return resolve(data)
+    return from_dict(PipelineConfig, data)
 
 
 def test_good_config_passes_and_reports_counts(tmp_path: Path, tiny_llama_path: Path) -> None:

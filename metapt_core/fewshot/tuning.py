@@ -23,7 +23,7 @@ from torch import Tensor
 from metapt_core.config import FewShotConfig
 from metapt_core.errors import DataError
 from metapt_core.fewshot.metrics import classification_metrics
-from metapt_core.meta.maml import step_size
+from metapt_core.inner_sgd import step_size
 from metapt_core.specs import FewShotTuning
 
 
@@ -122,7 +122,7 @@ def tune_prompts(
     plain SGD ``p <- p - lr * dL/dp``, the update of MetaPT's inner loop) is element-wise, so the
     prompts stay uncoupled. With SGD and ``max_step_ratio`` r > 0 each prompt's step is MetaPT's
     inner step with its trust region, ``p_m <- p_m - min(lr, r ||p_m|| / ||g_m||) g_m``
-    (:func:`metapt_core.meta.maml.step_size`). With a dev set, every ``cfg.eval_every``
+    (:func:`metapt_core.inner_sgd.step_size`). With a dev set, every ``cfg.eval_every``
     steps and at the last step each prompt is scored on it and the best (accuracy, then
     macro-F1; earliest on ties) is kept.
 

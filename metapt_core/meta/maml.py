@@ -23,9 +23,11 @@ With ``meta.max_step_ratio`` r > 0 each inner step is a trust region: task i's s
 
     alpha_i^(j) = min(alpha, r * ||theta_i^(j)|| / ||grad L_{S_i}(theta_i^(j))||)
 
-so that no step moves the prompt by more than r times its own norm. ``alpha_i^(j)`` is a step
-size, held constant in the meta-gradient (a stop-gradient, as gradient clipping is); where the
-cap is inactive the rule is plain SGD at alpha and the meta-gradient is MAML's, exactly.
+so that no step moves the prompt by more than r times its own norm (the step itself is
+:mod:`metapt_core.inner_sgd`, shared with the meta-objective check and the few-shot ``inner``
+protocol). ``alpha_i^(j)`` is a step size, held constant in the meta-gradient (a stop-gradient,
+as gradient clipping is); where the cap is inactive the rule is plain SGD at alpha and the
+meta-gradient is MAML's, exactly.
 
 where ``phi_i`` is ``theta`` after ``k`` SGD steps on ``S_i`` followed by ``k`` SGD steps on
 ``Q_i`` (both batches, so Reptile sees the same examples as MAML), and ``beta`` is
@@ -44,9 +46,9 @@ import torch
 from torch import Tensor
 
 from metapt_core.config import MetaAlgorithm
+from metapt_core.inner_sgd import LossFn, sgd_steps, step_size
 
 BatchT = TypeVar("BatchT")
-LossFn = Callable[[Tensor, Any], Tensor]
 
 
 @dataclass(frozen=True)
@@ -94,27 +96,6 @@ def _shift(adapted: Tensor, prompt: Tensor) -> float:
     return float(diff.norm())
 
 
-def step_size(grad: Tensor, theta: Tensor, inner_lr: float, max_step_ratio: float) -> Tensor:
-    """The inner step size ``min(alpha, r ||theta|| / ||g||)`` of each task, detached.
-
-    Args:
-        grad: ``Tensor[P, d]`` (one task) or ``Tensor[n, P, d]`` (grouped tasks).
-        theta: the prompt the step starts from, same shape.
-        inner_lr: ``alpha``.
-        max_step_ratio: ``r``; 0 leaves every task at ``alpha``.
-
-    Returns:
-        ``Tensor[1, 1]`` or ``Tensor[n, 1, 1]``, broadcastable against ``grad``.
-    """
-    dtype = torch.promote_types(grad.dtype, torch.float32)
-    alpha = torch.full(grad.shape[:-2], float(inner_lr), dtype=dtype, device=grad.device)
-    if max_step_ratio > 0:
-        grad_norm = grad.detach().to(dtype).flatten(-2).norm(dim=-1)
-        theta_norm = theta.detach().to(dtype).flatten(-2).norm(dim=-1)
-        alpha = torch.minimum(alpha, max_step_ratio * theta_norm / grad_norm.clamp_min(1e-12))
-    return alpha[..., None, None]
-
-
 @contextlib.contextmanager
 def second_order_attention(enabled: bool = True) -> Iterator[None]:
     """Run SDPA attention on its math kernel, the one with a double backward.
@@ -157,13 +138,7 @@ def inner_adapt(
     Returns:
         The adapted prompt ``theta'``, ``Tensor[P, d]``, requiring grad.
     """
-    adapted = prompt if prompt.requires_grad else prompt.detach().requires_grad_(True)
-    for _ in range(steps):
-        loss = loss_fn(adapted, support)
-        (grad,) = torch.autograd.grad(loss, adapted, create_graph=create_graph)
-        adapted = adapted - step_size(grad, adapted, inner_lr, max_step_ratio) * grad
-        if not create_graph:
-            adapted = adapted.detach().requires_grad_(True)
+    adapted, _ = sgd_steps(prompt, support, loss_fn, inner_lr, steps, create_graph, max_step_ratio)
     return adapted
 
 
@@ -192,16 +167,9 @@ def maml_task_loss(
         ``(query_loss, support_loss, adapted)``: the query loss at ``theta'``, the detached
         support loss at ``theta`` (before adaptation) and ``theta'`` itself (``Tensor[P, d]``).
     """
-    adapted = prompt if prompt.requires_grad else prompt.detach().requires_grad_(True)
-    support_loss = torch.zeros((), device=prompt.device)
-    for step in range(inner_steps):
-        loss = loss_fn(adapted, episode.support)
-        if step == 0:
-            support_loss = loss.detach()
-        (grad,) = torch.autograd.grad(loss, adapted, create_graph=create_graph)
-        adapted = adapted - step_size(grad, adapted, inner_lr, max_step_ratio) * grad
-        if not create_graph:
-            adapted = adapted.detach().requires_grad_(True)
+    adapted, support_loss = sgd_steps(
+        prompt, episode.support, loss_fn, inner_lr, inner_steps, create_graph, max_step_ratio
+    )
     return loss_fn(adapted, episode.query), support_loss, adapted
 
 
@@ -324,16 +292,11 @@ def reptile_adapt(
         detached), the query loss at its first visit (after the ``k`` support steps, so the
         same quantity MAML reports) and the support loss at ``theta``.
     """
-    phi = prompt.detach().requires_grad_(True)
-    first_loss: dict[str, Tensor] = {}
-    for which, batch in (("support", episode.support), ("query", episode.query)):
-        for step in range(inner_steps):
-            loss = loss_fn(phi, batch)
-            if step == 0:
-                first_loss[which] = loss.detach()
-            (grad,) = torch.autograd.grad(loss, phi)
-            phi = (phi - inner_lr * grad).detach().requires_grad_(True)
-    return phi.detach(), first_loss["query"], first_loss["support"]
+    phi, support_loss = sgd_steps(prompt.detach(), episode.support, loss_fn, inner_lr,
+                                  inner_steps, create_graph=False)  # fmt: skip
+    phi, query_loss = sgd_steps(phi.detach(), episode.query, loss_fn, inner_lr, inner_steps,
+                                create_graph=False)  # fmt: skip
+    return phi.detach(), query_loss, support_loss
 
 
 def task_meta_gradient(

@@ -30,33 +30,24 @@ from metapt_core.meta.curvature import curvature_inner_lr, curvature_lambda
 from metapt_core.meta.episodes import TRAIN_STREAM, rng_for, sample_meta_batch
 from metapt_core.meta.maml import inner_adapt, meta_gradient_sum
 from metapt_core.pretraining.adaptation import (
-    calibration_key,
-    collapse_warnings,
     embedding_norm,
     prompt_norm_ratio,
-    resolve_inner_lr,
     validation_fn,
 )
 from metapt_core.pretraining.data import (
     PromptObjective,
     grouped_concat,
-    load_pretrain_data,
-    shards_digest,
-    shards_path,
 )
 from metapt_core.pretraining.loop import (
-    LoopSettings,
     PretrainResult,
     Progress,
     finish,
     train_prompt,
 )
+from metapt_core.pretraining.setup import loop_settings, prepare, prompt_info
 from metapt_core.pretraining.start import (
     frozen_backbone,
     make_optimizer,
-    run_fingerprint,
-    starting_prompt,
-    tensor_hash,
 )
 from metapt_core.specs import MetaSpec
 from metapt_core.store import ArtifactRef
@@ -90,7 +81,7 @@ def meta_pretrain(
     ``meta.curvature_scale`` c > 0, ``alpha_t = min(alpha_0, c / lambda_max)`` re-estimated at
     step 1 and every ``meta.val_every`` steps on that step's support batches
     (:mod:`metapt_core.meta.curvature`); each inner step is capped at ``meta.max_step_ratio``
-    times the prompt's norm (:func:`metapt_core.meta.maml.step_size`).
+    times the prompt's norm (:func:`metapt_core.inner_sgd.step_size`).
 
     Args:
         shards: the cluster stage's shards folder (or its reference).
@@ -116,20 +107,10 @@ def meta_pretrain(
     cfg = MetaSpec.of(cfg)
     meta = cfg.meta
     out = Path(out_dir)
-    root = shards_path(shards)
     episode_rows = meta.support_size + meta.query_size
-    data = load_pretrain_data(root, meta, cfg.pool, model)
+    setup = prepare(shards, cfg, model, initial_prompt)
+    data, initial, calibration = setup.data, setup.initial, setup.calibration
     tasks, encoded = data.tasks, data.encoded
-    initial = starting_prompt(model, cfg, initial_prompt)
-    calibration = resolve_inner_lr(
-        meta.inner_lr,
-        meta.inner_lr_grid,
-        meta.inner_steps,
-        initial,
-        data.unseen,
-        model,
-        calibration_key(repr(cfg.pool), tensor_hash(initial), shards_digest(root), meta, model),
-    )
     reference_norm = embedding_norm(model)
     recheck_every = meta.val_every or meta.meta_steps
     rate = {"alpha": calibration.alpha}  # the current inner rate, re-sized to the curvature
@@ -218,20 +199,10 @@ def meta_pretrain(
     val_fn = validation_fn(
         data.val, data.unseen, model, lambda: rate["alpha"], meta.inner_steps, meta.max_step_ratio
     )
-    settings = LoopSettings(
-        total_steps=meta.meta_steps,
-        val_every=meta.val_every if val_fn is not None else 0,
-        checkpoint_every=meta.checkpoint_every,
-        fingerprint=run_fingerprint(
-            f"metapt-{algorithm.value}", cfg, root, {"initial": tensor_hash(initial)}
-        ),
-        name=f"metapt-{algorithm.value}",
-        keep_best=meta.keep_best,
-        select_on="unseen_loss" if data.unseen else "val_loss",
-        clip_grad_norm=meta.clip_grad_norm,
-        warmup_steps=meta.warmup_steps,
-        final_lr_fraction=meta.final_lr_fraction,
-    )
+    settings = loop_settings(
+        f"metapt-{algorithm.value}", cfg, setup, meta.meta_steps, meta.warmup_steps,
+        val_fn is not None,
+    )  # fmt: skip
     ckpt = checkpoint_dir(out)
     log.info(
         "%s: %d training clusters, %d held out, %d + %d validation episodes, alpha %g, "
@@ -261,20 +232,12 @@ def meta_pretrain(
     # earlier step): what the meta-objective check and the inner protocol adapt it with.
     kept = next((h for h in history if h.get("kept")), None)
     final_alpha = float(kept.get("inner_lr", rate["alpha"])) if kept else rate["alpha"]
-    info = {
-        "made_by": settings.name,
-        "algorithm": algorithm.value,
-        "backbone": getattr(model, "name", type(model).__name__),
-        "init": cfg.prompt.init.value,
-        "seed": meta.seed,
-        "tasks": [t.cluster_id for t in tasks],
-        "held_out_clusters": data.held_out_ids,
-        "inner_lr": final_alpha,
-        "max_step_ratio": meta.max_step_ratio,
-        "calibration": calibration.to_dict(),
-        "warnings": collapse_warnings(history, len(cfg.pool.classes)),
-        "config": {"meta": to_dict(meta), "prompt": to_dict(cfg.prompt)},
-    }
+    info = prompt_info(
+        settings.name, cfg, setup, model, history, final_alpha,
+        algorithm=algorithm.value,
+        tasks=[t.cluster_id for t in tasks],
+        config={"meta": to_dict(meta), "prompt": to_dict(cfg.prompt)},
+    )  # fmt: skip
     return finish(out, ckpt, prompt, info, history, started, model)
 
 

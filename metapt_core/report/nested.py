@@ -174,8 +174,9 @@ def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> McNemar:
     """Two-sided exact McNemar test of two initialisations on the same test rows.
 
     Under no difference each discordant row is A-only with probability 1/2, so with ``b``
-    A-only and ``c`` B-only rows, ``p = min(1, 2 * P[Binomial(b + c, 1/2) <= min(b, c)])``;
-    ``p = 1`` when no row is discordant.
+    A-only and ``c`` B-only rows, ``p = min(1, 2 * P[Binomial(b + c, 1/2) <= min(b, c)])``
+    (``scipy.stats.binomtest``'s two-sided exact test at 1/2); ``p = 1`` when no row is
+    discordant.
     """
     a = np.asarray(correct_a, dtype=bool)
     b = np.asarray(correct_b, dtype=bool)
@@ -186,7 +187,7 @@ def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> McNemar:
     n = a_only + b_only
     if n == 0:
         return McNemar(0, 0, 1.0)
-    p_value = min(1.0, 2.0 * float(sps.binom.cdf(min(a_only, b_only), n, 0.5)))
+    p_value = float(sps.binomtest(a_only, n, 0.5).pvalue)
     return McNemar(a_only, b_only, p_value)
 
 
