@@ -67,4 +67,3 @@ def test_the_flows_and_deployments_follow_the_plan() -> None:
     names = list(flows)
     for before, after in zip(names, names[1:], strict=False):
         assert upstream_flow(after) is flows[before]
-
