@@ -14,9 +14,9 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from metapt_core.config import PipelineConfig
+from metapt_core.config import InitMethod, PipelineConfig
+from metapt_core.store import ArtifactRef
 from tasks import plan
 from tasks.cache import StageOutcome, lookup, stage_key
 
@@ -25,9 +25,10 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class CachedRun:
-    """Every stage outcome of a fully stored run, by label, and the report's."""
+    """Every stage outcome of a fully stored run, by label, and the references they hold."""
 
     stages: dict[str, StageOutcome] = field(default_factory=dict)
+    outputs: plan.Outputs = field(default_factory=plan.Outputs)
 
     @property
     def report(self) -> StageOutcome:
@@ -77,15 +78,15 @@ def find_cached_run(cfg: PipelineConfig) -> CachedRun | None:
     shards = stored("cluster", plan.cluster(cfg, pool.ref, embedded.ref))
     if shards is None:
         return None
-    made_by: dict[str, Any] = {}
+    prompts: dict[tuple[InitMethod, int], ArtifactRef] = {}
     for init, seed in plan.pretrain_runs(cfg):
         made = stored(f"{init.value}@{seed}", plan.pretrain(cfg, init, seed, assets, shards.ref))
         if made is None:
             return None
-        made_by[plan.prompt_key(init, seed)] = made.ref
-    objectives: dict[int, Any] = {}
+        prompts[init, seed] = made.ref
+    objectives: dict[int, ArtifactRef] = {}
     for seed in cfg.pretrain_seeds if cfg.meta.check_episodes > 0 else []:
-        seed_refs = plan.seed_prompts(cfg, made_by, seed)
+        seed_refs = plan.seed_prompts(cfg, prompts, seed)
         if seed_refs:
             check_plan = plan.meta_objective(cfg, seed, assets, shards.ref, seed_refs)
             check = stored(f"meta-objective@{seed}", check_plan)
@@ -94,14 +95,25 @@ def find_cached_run(cfg: PipelineConfig) -> CachedRun | None:
             objectives[seed] = check.ref
     group_refs = []
     for task, shots, seed, pseed in plan.groups(cfg):
-        prompts = plan.group_prompts(cfg, made_by, pseed)
-        group = plan.eval_group(cfg, task, shots, seed, pseed, assets, tasks.ref, prompts)
+        group_prompts = plan.group_prompts(cfg, prompts, pseed)
+        group = plan.eval_group(cfg, task, shots, seed, pseed, assets, tasks.ref, group_prompts)
         done = stored(plan.group_label(task, shots, seed, pseed), group)
         if done is None:
             return None
         group_refs.append(done.ref)
-    if stored("report", plan.report(cfg, group_refs, [], objectives)) is None:
+    report = stored("report", plan.report(cfg, group_refs, [], objectives))
+    if report is None:
         return None
+    run.outputs = plan.Outputs(
+        assets=assets,
+        pool=pool.ref,
+        tasks=tasks.ref,
+        embed=embedded.ref,
+        shards=shards.ref,
+        prompts=prompts,
+        objectives=objectives,
+        report=report.ref,
+    )
     return run
 
 
@@ -162,8 +174,8 @@ def record_cached_run(
         else:
             tracker.log_artifacts(run_id, report_dir, "results")
         try:  # views of the run: a failure is a warning, never a failed rerun
-            stages = {"pool": "ingest-pool", "tasks": "ingest-tasks", "shards": "cluster"}
-            inputs = {k: run.stages[v].ref.to_dict() for k, v in stages.items()}
+            outputs = run.outputs
+            inputs = {"pool": outputs.pool, "tasks": outputs.tasks, "shards": outputs.shards}
             log_dataset_inputs(tracker, run_id, inputs)
             log_cluster_diagnostics(tracker, run_id, inputs)
             if report_dir is not None:

@@ -102,7 +102,7 @@ def _hints() -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from flows.context import check_grid_reach, ensure_work_dir
+    from flows.context import check_run, ensure_work_dir
     from tasks.stage import expand_refresh
 
     cfg = _resolve(args)
@@ -112,23 +112,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         os.environ[VERIFY_ENV] = "1"  # read by every store lookup, in this process and workers
     if not args.refresh and cached_rerun(cfg, args):
         return 0
-    from metapt_core.validate import preflight_once
-
-    preflight_once(
-        cfg, cfg.assets_path
-    )  # files, columns, labels, model, k and shots: before any work
-    check_grid_reach(cfg)  # a remote Dask grid: shared store, MLflow and Prefect servers
+    check_run(cfg)  # files, columns, labels, model, k and shots, a remote grid: before any work
     print("# resolved configuration\n" + dump_yaml(cfg), flush=True)
     env.use_ephemeral_prefect(cfg.work_path)
-    from flows.metapt import metapt_flow
+    from flows.context import RunRequest
+    from flows.metapt import resolved_pipeline_flow
     from tasks.cache import StageOutcome  # noqa: F401  (import before the flow starts)
 
-    refs = metapt_flow(
-        profile=args.profile,
-        config_file=args.config,
-        overrides=args.overrides,
-        refresh=args.refresh,
-    )
+    request = RunRequest.of(args.profile, args.config, args.overrides, args.refresh)
+    refs = resolved_pipeline_flow(request, cfg)
     report = Path(refs["report"]["path"])
     md = next(iter(sorted(report.rglob("report.md"))), None) if report.is_dir() else None
     print("\n# results\n" + (md.read_text("utf-8") if md else f"(report at {report})"))

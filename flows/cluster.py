@@ -1,28 +1,35 @@
-"""Flow ``metapt-cluster``: cluster the pool into auxiliary tasks (upstream stages first).
+"""Flows of the cluster step: the pool's embeddings clustered into auxiliary-task shards.
 
-prefect deployment run metapt-cluster/cluster -p profile=smoke -p overrides='["cluster.n_clusters=4"]' --watch
+prefect deployment run metapt-cluster/cluster -p profile=smoke --watch
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from prefect import flow
 
-from flows.context import Profile, Refs, flow_run_name, ref_dict, stage_flow_run
+from flows.context import Profile, Refs, RunRequest, entry_run_name, run_entry
 from tasks.cluster import cluster_task
-from tasks.common import outcome_of, to_ref
+from tasks.common import outcome_of
+from tasks.plan import Outputs
+from tasks.stage import RunContext
 
 
-@flow(name="metapt-cluster", flow_run_name=flow_run_name)
+@flow(name="cluster", flow_run_name="cluster", validate_parameters=False)
+def cluster_step(run: RunContext, outputs: Outputs) -> Outputs:
+    """Steps: embeddings -> shards/ + diagnostics/."""
+    out = outcome_of(cluster_task(run, outputs.need("pool"), outputs.need("embed")))
+    return replace(outputs, shards=out.ref)
+
+
+@flow(name="metapt-cluster", flow_run_name=entry_run_name)
 def cluster_flow(
     profile: Profile = "default",
     config_file: str = "",
     overrides: list[str] | str | None = None,
     refresh: list[str] | str | None = None,
-    upstream: Refs | None = None,
-    mlflow_parent_run_id: str = "",
 ) -> Refs:
-    """Steps: (ingest, embed) -> shards/ + diagnostics/."""
-    params = locals()  # this flow's parameters, before any other local
-    with stage_flow_run("cluster", params) as (ctx, refs):
-        out = outcome_of(cluster_task(ctx, to_ref(refs["pool"]), to_ref(refs["embed"])))
-        return {**refs, "shards": ref_dict(out.ref)}
+    """The steps up to cluster (its deployment; earlier stages served from the store)."""
+    request = RunRequest.of(profile, config_file, overrides, refresh)
+    return run_entry("metapt-cluster", "cluster", request)

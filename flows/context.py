@@ -1,17 +1,23 @@
-"""Open a pipeline run: resolve the config, connect MLflow, create (or join) the parent run."""
+"""A pipeline run from its entry point: the configuration resolved once, the MLflow parent run,
+and the plan's steps run as subflows handed typed references.
+
+Entry points (``metapt run``, the ``metapt/full-pipeline`` deployment, one deployment per step)
+alone take strings (:class:`RunRequest`); they resolve the configuration once and hand the step
+flows the run's context and the references made so far (:class:`tasks.plan.Outputs`).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
 from collections.abc import Iterator
-from dataclasses import replace
-from typing import Any, Literal
+from dataclasses import dataclass, replace
+from typing import Literal
 
 from flows.env import WORK_DIR_ENV
 from metapt_core.config import PipelineConfig, dump_yaml, load_config
 from metapt_core.errors import ConfigError
-from metapt_core.store import ArtifactRef, atomic_write_text
+from metapt_core.store import atomic_write_text
 from tasks import plan
 from tasks.stage import RunContext, expand_refresh
 from tasks.tracking import (
@@ -62,21 +68,38 @@ def ensure_work_dir(cfg: PipelineConfig) -> None:
         raise ConfigError("work_dir", cfg.work_dir, "is not writable")
 
 
-def flow_run_name() -> str:
-    """A flow run's name: its profile and a short hash of its resolved configuration
+def run_name(profile: str, cfg: PipelineConfig) -> str:
+    """A pipeline run's name: its profile and a short hash of its resolved configuration
     (``default-3f2a9c1e``), so runs of one configuration are recognisable in the Prefect UI."""
-    from prefect.runtime import flow_run
-
     from metapt_core.config import to_dict
     from metapt_core.store import stable_hash
 
-    params = dict(flow_run.parameters or {})
-    profile = str(params.get("profile") or "default")
-    try:
-        cfg = resolve_config(profile, params.get("config_file") or "", params.get("overrides"))
-    except Exception:  # the flow itself reports the bad setting
-        return f"{profile}-invalid"
     return f"{profile}-{stable_hash(to_dict(cfg))[:8]}"
+
+
+def entry_run_name() -> str:
+    """An entry flow run's name until its configuration is resolved: its profile (renamed to
+    :func:`run_name` once resolved, by :func:`name_flow_run`)."""
+    from prefect.runtime import flow_run
+
+    return str(dict(flow_run.parameters or {}).get("profile") or "default")
+
+
+def name_flow_run(name: str) -> str:
+    """Rename the Prefect flow run we are in to ``name``; returns the name it has."""
+    flow_run_id, current = current_flow_run()
+    if not flow_run_id or current == name:
+        return current
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            client.update_flow_run(UUID(flow_run_id), name=name)
+    except Exception:  # a name is a convenience: keep the run going with the one it has
+        return current
+    return name
 
 
 def current_flow_run() -> tuple[str, str]:
@@ -103,135 +126,150 @@ def check_grid_reach(cfg: PipelineConfig) -> None:
     check_remote_grid(cfg, uri, str(PREFECT_API_URL.value() or ""))
 
 
+@dataclass(frozen=True)
+class RunRequest:
+    """What a run was asked for, as its entry point (a deployment or ``metapt run``) takes it.
+
+    Attributes:
+        profile: a bundled profile (smoke, default, study, paper, control).
+        config_file: a YAML file merged over the profile ("" for none).
+        overrides: ``section.key=value`` settings.
+        refresh: stages to recompute even if stored.
+    """
+
+    profile: str = "default"
+    config_file: str = ""
+    overrides: tuple[str, ...] = ()
+    refresh: tuple[str, ...] = ()
+
+    @classmethod
+    def of(
+        cls,
+        profile: str,
+        config_file: str = "",
+        overrides: list[str] | str | None = None,
+        refresh: list[str] | str | None = None,
+    ) -> RunRequest:
+        """From an entry point's parameters (a list, one string or nothing for each list)."""
+        return cls(profile, config_file or "", tuple(as_list(overrides)), tuple(as_list(refresh)))
+
+    def resolve(self) -> PipelineConfig:
+        """The checked configuration: the one resolution of a run (:func:`resolve_config`)."""
+        return resolve_config(self.profile, self.config_file, list(self.overrides))
+
+
 @contextlib.contextmanager
-def pipeline_run(
-    flow_name: str,
-    profile: str,
-    config_file: str,
-    overrides: list[str] | str | None,
-    refresh: list[str] | str | None,
-    parent_run_id: str,
-) -> Iterator[RunContext]:
-    """The context of one flow: joins ``parent_run_id`` or creates the MLflow parent run.
+def pipeline_run(flow_name: str, request: RunRequest, cfg: PipelineConfig) -> Iterator[RunContext]:
+    """The context of one pipeline run, ``cfg`` resolved from ``request`` and checked
+    (:func:`check_run`) by its entry point: creates the MLflow parent run the stages join.
 
     The parent run is tagged with the Prefect flow run id and holds the resolved configuration
     (params and ``config/config.yaml``); it is also saved as ``<work_dir>/runs/<id>/config.yaml``.
     """
-    cfg = resolve_config(profile, config_file, overrides)
-    forced = expand_refresh(as_list(refresh))
-    owner = not parent_run_id
-    if owner:
-        from metapt_core.validate import preflight_once
+    import socket
 
-        ensure_work_dir(cfg)
-        # Before any work or tracking: a bad setting fails the flow run with its one-line message.
-        preflight_once(cfg, cfg.assets_path)
-        check_grid_reach(cfg)
+    forced = expand_refresh(request.refresh)
     flow_run_id, flow_run_name = current_flow_run()
     tracker = Tracker.open(cfg)
-    alive: tuple[Any, int] | None = None
-    if owner:
-        import socket
-
-        for run_id in tracker.reap_killed():
-            print(f"marked MLflow run {run_id} KILLED (its process died)", flush=True)
-        parent_run_id = tracker.start_run(
-            f"{flow_name}-{flow_run_name}" if flow_run_name else flow_name,
-            tags={
-                FLOW_RUN_TAG: flow_run_id,
-                KIND_TAG: "pipeline",
-                "metapt.flow": flow_name,
-                "metapt.profile": profile,
-                "metapt.overrides": " ".join(as_list(overrides)),
-                "metapt.refresh": " ".join(as_list(refresh)),
-                HOST_TAG: socket.gethostname(),
-                **source_tags(),
-            },
-            parent_run_id="",
-        )
-        lock_path = cfg.work_path / "runs" / "alive" / f"{parent_run_id}.lock"
-        alive = (lock_path, hold_alive(lock_path))
+    for run_id in tracker.reap_killed():
+        print(f"marked MLflow run {run_id} KILLED (its process died)", flush=True)
+    parent_run_id = tracker.start_run(
+        f"{flow_name}-{flow_run_name}" if flow_run_name else flow_name,
+        tags={
+            FLOW_RUN_TAG: flow_run_id,
+            KIND_TAG: "pipeline",
+            "metapt.flow": flow_name,
+            "metapt.profile": request.profile,
+            "metapt.overrides": " ".join(request.overrides),
+            "metapt.refresh": " ".join(request.refresh),
+            HOST_TAG: socket.gethostname(),
+            **source_tags(),
+        },
+        parent_run_id="",
+    )
+    lock_path = cfg.work_path / "runs" / "alive" / f"{parent_run_id}.lock"
+    alive = (lock_path, hold_alive(lock_path))
+    try:
         tracker.set_tags(parent_run_id, {ALIVE_TAG: str(lock_path)})
         tracker.log_config(parent_run_id, cfg)
         atomic_write_text(
             cfg.work_path / "runs" / (flow_run_id or parent_run_id) / "config.yaml", dump_yaml(cfg)
         )
-    ctx = RunContext(
-        cfg=cfg,
-        tracker=replace(tracker, parent_run_id=parent_run_id),
-        refresh=forced,
-        flow_run_id=flow_run_id,
-    )
-    try:
-        yield ctx
+        yield RunContext(
+            cfg=cfg,
+            tracker=replace(tracker, parent_run_id=parent_run_id),
+            refresh=forced,
+            flow_run_id=flow_run_id,
+        )
     except BaseException:
-        if owner:
-            tracker.end(parent_run_id, ok=False)
+        tracker.end(parent_run_id, ok=False)
         raise
     else:
-        if owner:
-            tracker.end(parent_run_id)
+        tracker.end(parent_run_id)
     finally:
-        if alive is not None:
-            release_alive(*alive)
+        release_alive(*alive)
 
 
-def ref_dict(ref: ArtifactRef) -> dict[str, str]:
-    return ref.to_dict()
+def run_steps(
+    flow_name: str, request: RunRequest, cfg: PipelineConfig, last: str
+) -> dict[str, dict[str, str]]:
+    """Run the plan's steps (:data:`tasks.plan.PIPELINE`) up to and including ``last``, each
+    as a subflow handed the run's context and the references made so far.
 
-
-def stage_kwargs(
-    profile: str,
-    config_file: str,
-    overrides: list[str] | str | None,
-    refresh: list[str] | str | None,
-    upstream: Refs,
-    ctx: RunContext,
-) -> dict[str, Any]:
-    """Parameters for an upstream stage flow called as a subflow of this one."""
-    return {
-        "profile": profile,
-        "config_file": config_file,
-        "overrides": as_list(overrides),
-        "refresh": as_list(refresh),
-        "upstream": upstream,
-        "mlflow_parent_run_id": ctx.tracker.parent_run_id,
-    }
-
-
-@contextlib.contextmanager
-def stage_flow_run(name: str, params: dict[str, Any]) -> Iterator[tuple[RunContext, Refs]]:
-    """The preamble of every stage flow: open (or join) the pipeline run, then take the refs
-    handed down, running the step before ``name`` (:data:`tasks.plan.PIPELINE`) as a subflow
-    first when one of the step's ``needs`` is missing (a run of one stage's deployment).
-
-    ``params`` are the flow's own parameters (``profile``, ``config_file``, ``overrides``,
-    ``refresh``, ``upstream``, ``mlflow_parent_run_id``); a need ending in ``:`` (``prompt:``)
-    is a prefix any key satisfies. Yields the run context and the refs so far.
+    Returns every reference made (:meth:`tasks.plan.Outputs.to_dict`) and ``mlflow_run_id``.
     """
-    from flows.stages import upstream_flow
+    from flows.stages import step_flows
 
-    needs = plan.step(name).needs
-    with pipeline_run(
-        name,
-        params["profile"],
-        params["config_file"],
-        params["overrides"],
-        params["refresh"],
-        params.get("mlflow_parent_run_id", ""),
-    ) as ctx:
-        refs: Refs = dict(params.get("upstream") or {})
-        missing = [n for n in needs if not any(k == n or k.startswith(n) for k in refs)]
-        before = upstream_flow(name) if missing else None
-        if before is not None:
-            refs = before(
-                **stage_kwargs(
-                    params["profile"],
-                    params["config_file"],
-                    params["overrides"],
-                    params["refresh"],
-                    refs,
-                    ctx,
-                )
-            )
-        yield ctx, refs
+    flows = step_flows()
+    names = list(flows)
+    with pipeline_run(flow_name, request, cfg) as run:
+        outputs = plan.Outputs()
+        for name in names[: names.index(last) + 1]:
+            outputs = flows[name](run, outputs)
+        return {**outputs.to_dict(), "mlflow_run_id": {"id": run.tracker.parent_run_id}}
+
+
+def run_entry(flow_name: str, last: str, request: RunRequest) -> dict[str, dict[str, str]]:
+    """The body of an entry flow (a deployment's): resolve the configuration, the one time in
+    the run, name the flow run after it, and run the steps up to ``last``.
+
+    A full-pipeline run without ``refresh`` whose every stage is stored, intact, computes
+    nothing: like ``metapt run``, it is recorded as one cached MLflow run
+    (:mod:`flows.cached`) and returns the stored references.
+    """
+    cfg = request.resolve()
+    name_flow_run(run_name(request.profile, cfg))
+    expand_refresh(request.refresh)  # unknown stage names fail here, before any work
+    ensure_work_dir(cfg)
+    if last == plan.PIPELINE[-1].name and not request.refresh:
+        served = serve_cached(request, cfg)
+        if served is not None:
+            return served
+    check_run(cfg)
+    return run_steps(flow_name, request, cfg, last)
+
+
+def check_run(cfg: PipelineConfig) -> None:
+    """Before any work or tracking, fail with a bad setting's one-line message: the sources,
+    columns, labels, model, k and shots (:func:`metapt_core.validate.preflight`), and a remote
+    grid's reach (:func:`check_grid_reach`)."""
+    from metapt_core.validate import preflight
+
+    ensure_work_dir(cfg)
+    preflight(cfg, cfg.assets_path)
+    check_grid_reach(cfg)
+
+
+def serve_cached(request: RunRequest, cfg: PipelineConfig) -> dict[str, dict[str, str]] | None:
+    """A run stored whole, recorded as one cached MLflow run: its references and
+    ``mlflow_run_id``; None when any stage needs computing."""
+    from flows.cached import find_cached_run, record_cached_run
+    from metapt_core.validate import check_no_secrets
+
+    check_no_secrets(cfg)  # the configuration is logged
+    cached = find_cached_run(cfg)
+    if cached is None:
+        return None
+    run_id = record_cached_run(cfg, cached, list(request.overrides), request.profile)
+    print(f"every stage ({len(cached.stages)}) was served from the store", flush=True)
+    return {**cached.outputs.to_dict(), "mlflow_run_id": {"id": run_id}}

@@ -1,4 +1,4 @@
-"""Flow ``metapt-evaluate``: the few-shot grid (cells in a task runner) and the report.
+"""Flows of the evaluate step: the few-shot grid (groups in a task runner) and the report.
 
 prefect deployment run metapt-evaluate/evaluate -p profile=smoke --watch
 """
@@ -8,19 +8,22 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 from prefect import flow
 
-from flows.context import Profile, Refs, flow_run_name, ref_dict, stage_flow_run
+from flows.context import Profile, Refs, RunRequest, entry_run_name, run_entry
 from metapt_core.config import GridConfig, TaskRunner
 from metapt_core.threads import available_cores, threads_per_worker, torch_threads
 from tasks import plan
 from tasks.cache import StageOutcome
-from tasks.common import outcome_of, to_ref
+from tasks.common import outcome_of
 from tasks.evaluate import eval_group_task, report_task
+from tasks.plan import Outputs
 from tasks.progress import StageProgress, run_logger
 from tasks.publish import log_cluster_diagnostics, log_dataset_inputs, log_pretraining_curves
+from tasks.stage import RunContext
 
 
 def make_task_runner(grid: GridConfig) -> Any:
@@ -73,82 +76,75 @@ def worker_threads(grid: GridConfig) -> Iterator[int]:
             os.environ.pop("METAPT_TORCH_THREADS", None)
 
 
-@flow(name="metapt-evaluate", flow_run_name=flow_run_name)
+@flow(name="evaluate", flow_run_name="evaluate", validate_parameters=False)
+def evaluate_step(run: RunContext, outputs: Outputs) -> Outputs:
+    """Steps: one Prefect task per (target task, shots, seed, pre-training seed) group -> report.
+
+    A failed group is retried ``grid.retries`` times, then reported as missing while the others
+    are kept.
+    """
+    cfg = run.cfg
+    groups = plan.groups(cfg)
+    cell_task = eval_group_task.with_options(retries=cfg.grid.retries)
+    progress = StageProgress("evaluate", f"{len(groups)} groups")
+    done: list[StageOutcome] = []
+    failed: list[str] = []
+    with worker_threads(cfg.grid) as threads, make_task_runner(cfg.grid) as runner:
+        run_logger().info(
+            "evaluate: %d worker(s) x %d torch thread(s) on %d core(s)",
+            1 if cfg.grid.runner is TaskRunner.SEQUENTIAL else cfg.grid.max_workers,
+            threads,
+            available_cores(),
+        )
+        futures = [
+            (
+                f"{name}/k{shots}/s{seed}/p{pseed}",
+                runner.submit(
+                    cell_task,
+                    parameters={
+                        "ctx": run,
+                        "task_name": name,
+                        "shots": shots,
+                        "seed": seed,
+                        "pretrain_seed": pseed,
+                        "assets": outputs.need("assets"),
+                        "tasks_ref": outputs.need("tasks"),
+                        "prompts": plan.group_prompts(cfg, outputs.prompts, pseed),
+                    },
+                ),
+            )
+            for name, shots, seed, pseed in groups
+        ]
+        for index, (label, future) in enumerate(futures, start=1):
+            future.wait()
+            state = future.state
+            if state.is_completed():
+                done.append(future.result())
+            else:
+                failed.append(label)
+                run_logger().error("evaluate: group %s failed: %s", label, state.message)
+            progress(index, len(futures), label)
+    if not done:
+        raise RuntimeError(f"every evaluation group failed: {', '.join(failed)}")
+    report = outcome_of(report_task(run, done, failed, dict(outputs.objectives)))
+    try:  # what the run was trained and scored on, on its MLflow page
+        views = {"pool": outputs.pool, "shards": outputs.shards, "tasks": outputs.tasks}
+        log_dataset_inputs(run.tracker, run.tracker.parent_run_id, views)
+        log_cluster_diagnostics(run.tracker, run.tracker.parent_run_id, views)
+        log_pretraining_curves(run.tracker, run.tracker.parent_run_id, outputs.prompt_refs())
+    except Exception as error:  # a view of the inputs; never fail the pipeline for it
+        run_logger().warning("evaluate: dataset inputs not logged: %s", error)
+    return replace(outputs, report=report.ref)
+
+
+@flow(name="metapt-evaluate", flow_run_name=entry_run_name)
 def evaluate_flow(
     profile: Profile = "default",
     config_file: str = "",
     overrides: list[str] | str | None = None,
     refresh: list[str] | str | None = None,
-    upstream: Refs | None = None,
-    mlflow_parent_run_id: str = "",
 ) -> Refs:
-    """Steps: (ingest ... meta-pretrain) -> one task per (task, shots, seed, pretrain seed) group -> report.
-
-    A failed group is retried ``grid.retries`` times, then reported as missing while the others
-    are kept.
-    """
-    params = locals()  # this flow's parameters, before any other local
-    with stage_flow_run("evaluate", params) as (ctx, refs):
-        cfg = ctx.cfg
-        made = {
-            key: to_ref(value) for key, value in refs.items() if key.startswith(plan.PROMPT_PREFIX)
-        }
-        groups = plan.groups(cfg)
-        cell_task = eval_group_task.with_options(retries=cfg.grid.retries)
-        progress = StageProgress("evaluate", f"{len(groups)} groups")
-        done: list[StageOutcome] = []
-        failed: list[str] = []
-        with worker_threads(cfg.grid) as threads, make_task_runner(cfg.grid) as runner:
-            run_logger().info(
-                "evaluate: %d worker(s) x %d torch thread(s) on %d core(s)",
-                1 if cfg.grid.runner is TaskRunner.SEQUENTIAL else cfg.grid.max_workers,
-                threads,
-                available_cores(),
-            )
-            futures = [
-                (
-                    f"{name}/k{shots}/s{seed}/p{pseed}",
-                    runner.submit(
-                        cell_task,
-                        parameters={
-                            "ctx": ctx,
-                            "task_name": name,
-                            "shots": shots,
-                            "seed": seed,
-                            "pretrain_seed": pseed,
-                            "assets": to_ref(refs["assets"]),
-                            "tasks_ref": to_ref(refs["tasks"]),
-                            "prompts": plan.group_prompts(cfg, made, pseed),
-                        },
-                    ),
-                )
-                for name, shots, seed, pseed in groups
-            ]
-            for index, (label, future) in enumerate(futures, start=1):
-                future.wait()
-                state = future.state
-                if state.is_completed():
-                    done.append(future.result())
-                else:
-                    failed.append(label)
-                    run_logger().error("evaluate: group %s failed: %s", label, state.message)
-                progress(index, len(futures), label)
-        if not done:
-            raise RuntimeError(f"every evaluation group failed: {', '.join(failed)}")
-        objectives = {
-            int(key[len(plan.OBJECTIVE_PREFIX) :]): to_ref(value)
-            for key, value in refs.items()
-            if key.startswith(plan.OBJECTIVE_PREFIX)
-        }
-        report = outcome_of(report_task(ctx, done, failed, objectives))
-        try:  # what the run was trained and scored on, on its MLflow page
-            log_dataset_inputs(ctx.tracker, ctx.tracker.parent_run_id, refs)
-            log_cluster_diagnostics(ctx.tracker, ctx.tracker.parent_run_id, refs)
-            log_pretraining_curves(ctx.tracker, ctx.tracker.parent_run_id, made)
-        except Exception as error:  # a view of the inputs; never fail the pipeline for it
-            run_logger().warning("evaluate: dataset inputs not logged: %s", error)
-        return {
-            **refs,
-            "report": ref_dict(report.ref),
-            "mlflow_run_id": {"id": ctx.tracker.parent_run_id},
-        }
+    """The steps up to evaluate (its deployment; earlier stages served from the store): the
+    few-shot grid and the report."""
+    request = RunRequest.of(profile, config_file, overrides, refresh)
+    return run_entry("metapt-evaluate", "evaluate", request)

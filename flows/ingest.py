@@ -1,36 +1,38 @@
-"""Flow ``metapt-ingest``: prepare the assets, ingest the pool and the downstream tasks.
+"""Flows of the ingest step: prepare the assets, ingest the pool and the target tasks.
 
 prefect deployment run metapt-ingest/ingest -p profile=smoke --watch
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from prefect import flow
 
-from flows.context import Profile, Refs, flow_run_name, ref_dict, stage_flow_run
+from flows.context import Profile, Refs, RunRequest, entry_run_name, run_entry
 from tasks.assets import prepare_assets_task
 from tasks.common import outcome_of
 from tasks.ingest import ingest_pool_task, ingest_tasks_task
+from tasks.plan import Outputs
+from tasks.stage import RunContext
 
 
-@flow(name="metapt-ingest", flow_run_name=flow_run_name)
+@flow(name="ingest", flow_run_name="ingest", validate_parameters=False)
+def ingest_step(run: RunContext, outputs: Outputs) -> Outputs:
+    """Steps: assets -> pool.parquet -> tasks/<task>/{train,test}.parquet."""
+    assets = prepare_assets_task(run.cfg)
+    pool = outcome_of(ingest_pool_task(run, assets))
+    tasks = outcome_of(ingest_tasks_task(run, assets, pool.ref))
+    return replace(outputs, assets=assets, pool=pool.ref, tasks=tasks.ref)
+
+
+@flow(name="metapt-ingest", flow_run_name=entry_run_name)
 def ingest_flow(
     profile: Profile = "default",
     config_file: str = "",
     overrides: list[str] | str | None = None,
     refresh: list[str] | str | None = None,
-    upstream: Refs | None = None,
-    mlflow_parent_run_id: str = "",
 ) -> Refs:
-    """Steps: assets -> pool.parquet -> tasks/<task>/{train,test}.parquet."""
-    params = locals()  # this flow's parameters, before any other local
-    with stage_flow_run("ingest", params) as (ctx, refs):
-        assets = prepare_assets_task(ctx.cfg)
-        pool = outcome_of(ingest_pool_task(ctx, assets))
-        tasks = outcome_of(ingest_tasks_task(ctx, assets, pool.ref))
-        return {
-            **refs,
-            "assets": ref_dict(assets),
-            "pool": ref_dict(pool.ref),
-            "tasks": ref_dict(tasks.ref),
-        }
+    """The ingest step on its own (its deployment): the assets, the pool and the target tasks."""
+    request = RunRequest.of(profile, config_file, overrides, refresh)
+    return run_entry("metapt-ingest", "ingest", request)

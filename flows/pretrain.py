@@ -1,55 +1,63 @@
-"""Flow ``metapt-meta-pretrain``: MetaPT prompts (one per meta-learner in the grid) and PPT.
+"""Flows of the meta-pretrain step: MetaPT prompts (one per meta-learner in the grid), PPT, and
+each pre-training seed's meta-objective check.
 
 prefect deployment run metapt-meta-pretrain/meta-pretrain -p profile=smoke --watch
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from prefect import flow
 
-from flows.context import Profile, Refs, flow_run_name, ref_dict, stage_flow_run
+from flows.context import Profile, Refs, RunRequest, entry_run_name, run_entry
 from metapt_core.config import InitMethod
+from metapt_core.store import ArtifactRef
 from tasks import plan
-from tasks.common import outcome_of, to_ref
+from tasks.common import outcome_of
 from tasks.meta import meta_pretrain_task
 from tasks.objective import meta_objective_task
+from tasks.plan import Outputs
 from tasks.ppt import ppt_task
+from tasks.stage import RunContext
 
-PROMPT_PREFIX = plan.PROMPT_PREFIX
+
+@flow(name="meta-pretrain", flow_run_name="meta-pretrain", validate_parameters=False)
+def meta_pretrain_step(run: RunContext, outputs: Outputs) -> Outputs:
+    """Steps: shards -> a prompt folder per pre-trained initialisation of ``grid.inits`` (PPT,
+    class-balanced PPT, MetaPT variants) and pre-training seed -> the meta-objective check
+    (``meta_objective.csv``) per pre-training seed."""
+    assets, shards = outputs.need("assets"), outputs.need("shards")
+    prompts: dict[tuple[InitMethod, int], ArtifactRef] = {}
+    for init, seed in plan.pretrain_runs(run.cfg):
+        algorithm = init.meta_algorithm
+        if algorithm is None:
+            balanced = init is InitMethod.PPT_BALANCED
+            out = outcome_of(ppt_task(run, assets, shards, seed, balanced))
+        else:
+            out = outcome_of(meta_pretrain_task(run, algorithm, assets, shards, seed))
+        prompts[init, seed] = out.ref
+    # The meta-objective check of each seed: did MetaPT lower the loss MAML minimises?
+    objectives: dict[int, ArtifactRef] = {}
+    for seed in run.cfg.pretrain_seeds if run.cfg.meta.check_episodes > 0 else []:
+        seed_prompts = plan.seed_prompts(run.cfg, prompts, seed)
+        if seed_prompts:
+            check = outcome_of(meta_objective_task(run, assets, shards, seed, seed_prompts))
+            objectives[seed] = check.ref
+    return replace(outputs, prompts=prompts, objectives=objectives)
 
 
-@flow(name="metapt-meta-pretrain", flow_run_name=flow_run_name)
+@flow(name="metapt-meta-pretrain", flow_run_name=entry_run_name)
 def meta_pretrain_flow(
     profile: Profile = "default",
     config_file: str = "",
     overrides: list[str] | str | None = None,
     refresh: list[str] | str | None = None,
-    upstream: Refs | None = None,
-    mlflow_parent_run_id: str = "",
 ) -> Refs:
-    """Steps: (ingest, embed, cluster) -> a prompt folder per pre-trained initialisation -> the
-    meta-objective check per pre-training seed.
+    """The steps up to meta-pretrain (its deployment; earlier stages served from the store).
 
-    Returns the upstream refs plus ``prompt:<init>@<seed>`` for each pre-trained init of
-    ``grid.inits`` (PPT, class-balanced PPT, MetaPT variants) and each pre-training seed, and
-    ``objective:<seed>``, each seed's meta-objective check (``meta_objective.csv``).
+    Returns the references made, ``prompt:<init>@<seed>`` for each pre-trained prompt and
+    ``objective:<seed>`` for each seed's check among them.
     """
-    params = locals()  # this flow's parameters, before any other local
-    with stage_flow_run("meta-pretrain", params) as (ctx, refs):
-        assets, shards = to_ref(refs["assets"]), to_ref(refs["shards"])
-        for init, seed in plan.pretrain_runs(ctx.cfg):
-            algorithm = init.meta_algorithm
-            if algorithm is None:
-                balanced = init is InitMethod.PPT_BALANCED
-                out = outcome_of(ppt_task(ctx, assets, shards, seed, balanced))
-            else:
-                out = outcome_of(meta_pretrain_task(ctx, algorithm, assets, shards, seed))
-            refs[plan.prompt_key(init, seed)] = ref_dict(out.ref)
-        # The meta-objective check of each seed: did MetaPT lower the loss MAML minimises?
-        made = {k: to_ref(v) for k, v in refs.items() if k.startswith(PROMPT_PREFIX)}
-        for seed in ctx.cfg.pretrain_seeds if ctx.cfg.meta.check_episodes > 0 else []:
-            prompts = plan.seed_prompts(ctx.cfg, made, seed)
-            if prompts:
-                check = outcome_of(meta_objective_task(ctx, assets, shards, seed, prompts))
-                refs[plan.objective_key(seed)] = ref_dict(check.ref)
-        return refs
+    request = RunRequest.of(profile, config_file, overrides, refresh)
+    return run_entry("metapt-meta-pretrain", "meta-pretrain", request)

@@ -44,11 +44,6 @@ def outcome_of(value: Any) -> Any:
     return value.result() if isinstance(value, State) else value
 
 
-def to_ref(value: ArtifactRef | dict[str, str]) -> ArtifactRef:
-    """An ArtifactRef from itself or its plain dict (as flows pass it between each other)."""
-    return value if isinstance(value, ArtifactRef) else ArtifactRef(**value)
-
-
 def asset_paths(cfg: PipelineConfig) -> Any:
     """The asset folders handed to the core ingest functions."""
     from metapt_core.assets import AssetPaths

@@ -53,30 +53,79 @@ PROMPT_PREFIX = "prompt:"
 
 
 @dataclass(frozen=True)
+class Outputs:
+    """The references a run's steps have made so far: what the flows hand each other.
+
+    Each field is filled by the step of :data:`PIPELINE` whose ``makes`` names it and read by
+    those whose ``needs`` do; ``prompts`` maps (pre-trained init, pre-training seed) to its
+    prompt folder, ``objectives`` a pre-training seed to its meta-objective check.
+    """
+
+    assets: ArtifactRef | None = None
+    pool: ArtifactRef | None = None
+    tasks: ArtifactRef | None = None
+    embed: ArtifactRef | None = None
+    shards: ArtifactRef | None = None
+    prompts: Mapping[tuple[InitMethod, int], ArtifactRef] = field(default_factory=dict)
+    objectives: Mapping[int, ArtifactRef] = field(default_factory=dict)
+    report: ArtifactRef | None = None
+
+    def need(self, name: str) -> ArtifactRef:
+        """The reference ``name``, which an earlier step must have made.
+
+        Raises:
+            LookupError: no step has made it.
+        """
+        value = getattr(self, name)
+        if not isinstance(value, ArtifactRef):
+            raise LookupError(f"no step before this one made {name!r}")
+        return value
+
+    def prompt_refs(self) -> dict[str, ArtifactRef]:
+        """Every pre-trained prompt by its key ``prompt:<init>@<seed>`` (:func:`prompt_key`)."""
+        return {prompt_key(init, seed): ref for (init, seed), ref in self.prompts.items()}
+
+    def to_dict(self) -> dict[str, dict[str, str]]:
+        """Plain data: ``{"pool": {"path", "sha256"}, ..., "prompt:<init>@<seed>": ...,
+        "objective:<seed>": ...}``, what an entry flow returns (and a deployment run stores)."""
+        out = {
+            name: ref.to_dict()
+            for name in ("assets", "pool", "tasks", "embed", "shards", "report")
+            if (ref := getattr(self, name)) is not None
+        }
+        out.update({key: ref.to_dict() for key, ref in self.prompt_refs().items()})
+        out.update({objective_key(s): ref.to_dict() for s, ref in sorted(self.objectives.items())})
+        return out
+
+
+@dataclass(frozen=True)
 class Step:
-    """One step of the pipeline: a stage flow, its deployment and its ``--refresh`` name.
+    """One step of the pipeline: a subflow, an entry flow with its deployment, and a
+    ``--refresh`` name.
 
     ``stages`` are the stored computations it makes, in order (what ``--refresh <name>``
-    forces); ``needs`` the references it reads from the steps before it (a name ending in
-    ``:`` is a prefix any key satisfies); ``parts`` finer ``--refresh`` names inside the step.
+    forces); ``needs`` the fields of :class:`Outputs` it reads, ``makes`` those it fills;
+    ``parts`` finer ``--refresh`` names inside the step.
     """
 
     name: str
     stages: tuple[str, ...]
     needs: tuple[str, ...] = ()
+    makes: tuple[str, ...] = ()
     parts: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 # The pipeline, in order: the one place a step's name, order and stages are written. The
 # flows, the deployments and the --refresh names are derived from it.
 PIPELINE: tuple[Step, ...] = (
-    Step("ingest", ("ingest-pool", "ingest-tasks")),
-    Step("embed", ("embed",), needs=("pool",)),
-    Step("cluster", ("cluster",), needs=("embed",)),
+    Step("ingest", ("ingest-pool", "ingest-tasks"), makes=("assets", "pool", "tasks")),
+    Step("embed", ("embed",), needs=("assets", "pool"), makes=("embed",)),
+    Step("cluster", ("cluster",), needs=("pool", "embed"), makes=("shards",)),
     Step(
         "meta-pretrain",
         ("meta-pretrain", "ppt", "meta-objective"),
-        needs=("shards",),
+        needs=("assets", "shards"),
+        makes=("prompts", "objectives"),
         parts=(
             ("meta", ("meta-pretrain", "meta-objective")),
             ("ppt", ("ppt", "meta-objective")),
@@ -86,7 +135,8 @@ PIPELINE: tuple[Step, ...] = (
     Step(
         "evaluate",
         ("evaluate-cells", "report"),
-        needs=("tasks", PROMPT_PREFIX),
+        needs=("assets", "tasks", "prompts", "objectives", "pool", "shards"),
+        makes=("report",),
         parts=(("report", ("report",)),),
     ),
 )
@@ -98,13 +148,6 @@ def step(name: str) -> Step:
         if candidate.name == name:
             return candidate
     raise KeyError(name)
-
-
-def upstream_step(name: str) -> Step | None:
-    """The step before ``name`` (None for the first)."""
-    names = [s.name for s in PIPELINE]
-    index = names.index(name)
-    return PIPELINE[index - 1] if index else None
 
 
 def refresh_groups() -> dict[str, tuple[str, ...]]:
@@ -249,12 +292,11 @@ def meta_objective(
 
 
 def seed_prompts(
-    cfg: PipelineConfig, refs: Mapping[str, ArtifactRef], seed: int
+    cfg: PipelineConfig, prompts: Mapping[tuple[InitMethod, int], ArtifactRef], seed: int
 ) -> dict[str, ArtifactRef]:
-    """Each pre-trained init of the grid -> its prompt of pre-training seed ``seed``."""
-    return {
-        init.value: refs[prompt_key(init, seed)] for init in cfg.grid.inits if init.is_pretrained
-    }
+    """Each pre-trained init of the grid -> its prompt of pre-training seed ``seed``
+    (``prompts``: :attr:`Outputs.prompts`)."""
+    return {init.value: prompts[init, seed] for init in cfg.grid.inits if init.is_pretrained}
 
 
 def objective_key(seed: int) -> str:
@@ -311,11 +353,11 @@ def group_label(task: str, shots: int, seed: int, pretrain_seed: int) -> str:
 
 
 def group_prompts(
-    cfg: PipelineConfig, refs: Mapping[str, ArtifactRef | None], pretrain_seed: int
+    cfg: PipelineConfig, prompts: Mapping[tuple[InitMethod, int], ArtifactRef], pretrain_seed: int
 ) -> dict[str, ArtifactRef | None]:
     """Each init of the grid -> its prompt of ``pretrain_seed`` (None for untrained inits)."""
     return {
-        init.value: (refs[prompt_key(init, pretrain_seed)] if init.is_pretrained else None)
+        init.value: (prompts[init, pretrain_seed] if init.is_pretrained else None)
         for init in cfg.grid.inits
     }
 

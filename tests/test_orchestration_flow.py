@@ -119,8 +119,9 @@ def test_stored_stages_are_cached_states_and_runs_are_named(
     work = f"work_dir={tmp_path / 'work'}"
     metapt_flow(profile="smoke", overrides=[work])
     assert len(calls(fakes)) == 10
-    state = metapt_flow(profile="smoke", overrides=[work], return_state=True)
-    assert calls(fakes) == []
+    # every stage but the forced report served from the store, as a task run
+    state = metapt_flow(profile="smoke", overrides=[work], refresh=["report"], return_state=True)
+    assert calls(fakes) == ["report"]
 
     async def read() -> tuple[str, list[tuple[str, str, str]]]:
         async with get_client() as client:
@@ -136,10 +137,11 @@ def test_stored_stages_are_cached_states_and_runs_are_named(
     digest = stable_hash(to_dict(load_config("smoke", overrides=[work])))[:8]
     assert name == f"smoke-{digest}"
     for stage in ("ingest-pool", "ingest-tasks", "embed", "cluster", "ppt", "meta-pretrain",
-                  "meta-objective", "evaluate-cells", "report"):  # fmt: skip
+                  "meta-objective", "evaluate-cells"):  # fmt: skip
         seen = {(n, t) for s, n, t in task_runs if s == stage}
         assert ("Completed", "COMPLETED") in seen, (stage, seen)  # the first run computed it
         assert ("Cached", "COMPLETED") in seen, (stage, seen)  # the second served it
+    assert ("Completed", "COMPLETED") in {(n, t) for s, n, t in task_runs if s == "report"}
     assert typing.get_args(Profile) == PROFILES
     assert metapt_flow.parameters.properties["profile"]["enum"] == list(PROFILES)
 
@@ -155,3 +157,59 @@ def test_a_stage_flow_alone_runs_what_it_needs_first(harness, fakes: Path, tmp_p
     assert len(calls(fakes)) == 10 and "report" in refs and "prompt:ppt@0" in refs
     shards = cluster_flow(profile="smoke", overrides=[work])
     assert calls(fakes) == [] and shards["shards"] == refs["shards"]  # served from the store
+
+
+def test_a_run_stored_whole_is_served_without_computing(
+    harness, fakes: Path, tmp_path: Path
+) -> None:
+    """A deployment's full-pipeline run whose every stage is stored computes nothing and runs
+    no stage: it is recorded as one cached MLflow run, as ``metapt run`` records it."""
+    import mlflow
+
+    from flows.metapt import metapt_flow
+
+    work = f"work_dir={tmp_path / 'work'}"
+    refs = metapt_flow(profile="smoke", overrides=[work])
+    assert len(calls(fakes)) == 10
+    again = metapt_flow(profile="smoke", overrides=[work])
+    assert calls(fakes) == []
+    assert {k: v for k, v in again.items() if k != "mlflow_run_id"} == {
+        k: v for k, v in refs.items() if k != "mlflow_run_id"
+    }
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'work' / 'mlflow' / 'mlflow.db'}")
+    tags = client.get_run(again["mlflow_run_id"]["id"]).data.tags
+    assert tags["metapt.cached"] == "true"
+    assert tags["metapt.source_pipeline_run"] == refs["mlflow_run_id"]["id"]
+
+
+def test_the_configuration_is_resolved_once_per_run(
+    harness, fakes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An entry flow resolves its strings once, however many steps it runs as subflows; a
+    flow handed a resolved configuration (``metapt run``'s) never resolves it again."""
+    import flows.context as context
+    import metapt_core.config as config
+    from flows.context import RunRequest
+    from flows.evaluate import evaluate_flow
+    from flows.metapt import resolved_pipeline_flow
+
+    resolved: list[str] = []
+    real = config.load_config
+
+    def counting(profile: str, *args: object, **kwargs: object) -> config.PipelineConfig:
+        resolved.append(profile)
+        return real(profile, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(config, "load_config", counting)
+    monkeypatch.setattr(context, "load_config", counting)
+    work = f"work_dir={tmp_path / 'work'}"
+    refs = evaluate_flow(profile="smoke", overrides=[work])  # five steps, each a subflow
+    assert len(calls(fakes)) == 10 and "report" in refs
+    assert resolved == ["smoke"]
+
+    request = RunRequest.of("smoke", overrides=[work], refresh=["report"])
+    cfg = request.resolve()
+    resolved.clear()
+    again = resolved_pipeline_flow(request, cfg)
+    assert calls(fakes) == ["report"] and again["shards"] == refs["shards"]
+    assert resolved == []

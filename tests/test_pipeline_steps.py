@@ -14,7 +14,7 @@ def _every_stage_plan(profile: str) -> list[plan.StagePlan]:
     """The stage plans of one run of ``profile``, with stand-in input references."""
     cfg = load_config(profile)
     ref = ArtifactRef(path="x", sha256="0" * 64)
-    made = {plan.prompt_key(init, seed): ref for init, seed in plan.pretrain_runs(cfg)}
+    made = {(init, seed): ref for init, seed in plan.pretrain_runs(cfg)}
     plans = [
         plan.ingest_pool(cfg, ref),
         plan.ingest_tasks(cfg, ref, ref),
@@ -58,12 +58,25 @@ def test_refresh_names_cover_every_step_and_stage() -> None:
 
 def test_the_flows_and_deployments_follow_the_plan() -> None:
     from deployments.serve import STAGE_DEPLOYMENTS
-    from flows.stages import stage_flows, upstream_flow
+    from flows.stages import stage_flows, step_flows
 
-    flows = stage_flows()
-    assert list(flows) == [s.name for s in plan.PIPELINE] == list(STAGE_DEPLOYMENTS)
-    assert all(f.name == f"metapt-{name}" for name, f in flows.items())
-    assert upstream_flow("ingest") is None
-    names = list(flows)
-    for before, after in zip(names, names[1:], strict=False):
-        assert upstream_flow(after) is flows[before]
+    entries, steps = stage_flows(), step_flows()
+    names = [s.name for s in plan.PIPELINE]
+    assert list(entries) == names == list(steps) == list(STAGE_DEPLOYMENTS)
+    assert all(f.name == f"metapt-{name}" for name, f in entries.items())
+    assert all(f.name == name for name, f in steps.items())
+
+
+def test_every_step_needs_only_what_an_earlier_step_makes() -> None:
+    fields = set(plan.Outputs.__dataclass_fields__)
+    made: set[str] = set()
+    for each in plan.PIPELINE:
+        assert set(each.needs) <= made, each.name
+        assert set(each.makes) <= fields and not set(each.makes) & made, each.name
+        made |= set(each.makes)
+    assert made == fields  # every reference a run hands on is made by one step
+
+
+def test_a_missing_reference_names_itself() -> None:
+    with pytest.raises(LookupError, match="'shards'"):
+        plan.Outputs().need("shards")
