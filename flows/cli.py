@@ -135,7 +135,7 @@ def cached_rerun(cfg: PipelineConfig, args: argparse.Namespace) -> bool:
     """Serve a run that is stored whole (checked before torch, Prefect or MLflow load); False
     if any stage needs computing."""
     from flows.cached import find_cached_run, record_cached_run
-    from metapt_core.validate import check_no_secrets
+    from metapt_core.redact import check_no_secrets
 
     check_no_secrets(cfg)  # the configuration is printed and logged
     run = find_cached_run(cfg)

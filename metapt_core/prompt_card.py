@@ -113,6 +113,46 @@ def objective_rows(check: Any, pretrain_seed: int) -> list[dict[str, Any]]:
     return rows
 
 
+def _made_lines(
+    meta: Mapping[str, Any],
+    base_model: str,
+    backbone_digest: str,
+    record: Mapping[str, Any] | None,
+) -> list[str]:
+    """The card's "How it was made" bullets: backbone, algorithm and budget, seeds, the alpha
+    calibration and the digests of the inputs."""
+    settings = dict((record or {}).get("settings") or {})
+    lines = [
+        "## How it was made",
+        "",
+        f"- backbone: `{meta.get('backbone')}` (portable name `{base_model}`)"
+        + (f", weights sha256 `{backbone_digest}`" if backbone_digest else ""),
+        f"- algorithm: `{meta.get('made_by')}`, {_budget(meta, settings)}, initial prompt "
+        f"`{meta.get('init')}`",
+        f"- pre-training seed: {meta.get('seed')}; held-out clusters (never trained on): "
+        f"{meta.get('held_out_clusters')}; inner learning rate alpha: {meta.get('inner_lr')}",
+    ]
+    calibration = meta.get("calibration") or {}
+    if calibration.get("sweep"):
+        gains = ", ".join(f"{s['alpha']:g}: {s['gain']:+.3f}" for s in calibration["sweep"])
+        lines.append(
+            f"- alpha chosen by the adaptation gain on the held-out clusters "
+            f"({calibration.get('episodes')} episodes): {gains} -> {calibration.get('alpha')}"
+        )
+    upstream = dict((record or {}).get("upstream") or {})
+    if upstream:
+        lines.append(
+            "- inputs (sha256): "
+            + ", ".join(f"{k} `{v[:16]}`" for k, v in sorted(upstream.items()))
+        )
+    if str(meta.get("backbone", "")).startswith("builtin:"):
+        lines.append(
+            "- trained against the embedded copy of the backbone (the digest above); another copy "
+            "of the same model (the hub's full-precision weights) may score slightly differently"
+        )
+    return lines
+
+
 def render_card(
     meta: Mapping[str, Any],
     history: Sequence[Mapping[str, Any]],
@@ -147,33 +187,8 @@ def render_card(
         f'"{base_model}"), "<this folder>")`, or start prompt tuning from it with '
         "`--set prompt.init=file --set prompt.init_file=<this folder>`.",
         "",
-        "## How it was made",
-        "",
-        f"- backbone: `{meta.get('backbone')}` (portable name `{base_model}`)"
-        + (f", weights sha256 `{backbone_digest}`" if backbone_digest else ""),
-        f"- algorithm: `{meta.get('made_by')}`, {_budget(meta, settings)}, initial prompt "
-        f"`{meta.get('init')}`",
-        f"- pre-training seed: {meta.get('seed')}; held-out clusters (never trained on): "
-        f"{meta.get('held_out_clusters')}; inner learning rate alpha: {meta.get('inner_lr')}",
+        *_made_lines(meta, base_model, backbone_digest, record),
     ]
-    calibration = meta.get("calibration") or {}
-    if calibration.get("sweep"):
-        gains = ", ".join(f"{s['alpha']:g}: {s['gain']:+.3f}" for s in calibration["sweep"])
-        lines.append(
-            f"- alpha chosen by the adaptation gain on the held-out clusters "
-            f"({calibration.get('episodes')} episodes): {gains} -> {calibration.get('alpha')}"
-        )
-    upstream = dict((record or {}).get("upstream") or {})
-    if upstream:
-        lines.append(
-            "- inputs (sha256): "
-            + ", ".join(f"{k} `{v[:16]}`" for k, v in sorted(upstream.items()))
-        )
-    if str(meta.get("backbone", "")).startswith("builtin:"):
-        lines.append(
-            "- trained against the embedded copy of the backbone (the digest above); another copy "
-            "of the same model (the hub's full-precision weights) may score slightly differently"
-        )
     if settings:
         lines += ["", "Settings it was trained with:", ""]
         lines += [f"- `{k}`: `{json.dumps(settings[k], sort_keys=True)}`"

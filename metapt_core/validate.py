@@ -8,7 +8,8 @@ ingest stage, and an error reads the same whether preflight or the stage raises 
 
 Checks, in order (cheap first):
 
-0. secrets: no setting holds a URL password or an API token (the config is printed and logged).
+0. secrets: no setting holds a URL password or an API token (the config is printed and logged;
+   :func:`metapt_core.redact.check_no_secrets`).
 1. sources: every local file or folder exists, is readable and non-empty; builtin set ids are
    known; csv/json/parquet/disk sources load, have the text and label columns, and the text
    column holds text (a float column of NaN is not text).
@@ -42,7 +43,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -59,13 +59,13 @@ from metapt_core.config import (
     SourceFormat,
 )
 from metapt_core.errors import ConfigError, DataError
+from metapt_core.redact import check_no_secrets
 
 if TYPE_CHECKING:
     from metapt_core.assets import AssetPaths
 
 log = logging.getLogger(__name__)
 
-BUILTIN_PREFIX = "builtin:"
 _LOCAL_FORMATS = (SourceFormat.CSV, SourceFormat.JSON, SourceFormat.PARQUET, SourceFormat.DISK)
 _TEXT_TYPES = ("string", "large_string", "null")
 _WEIGHT_GLOBS = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "*.gguf")
@@ -156,37 +156,6 @@ def _run_checks(
         if all(ready.get(where, True) for where in wheres):
             check_task(cfg, task.name, assets, pool_texts, report)
             report.checks.append(f"tasks[{task.name}]")
-
-
-# --------------------------------------------------------------------------------------------
-# Secrets
-
-# Hugging Face and common API tokens: such a value in a setting would be logged with the config.
-_TOKEN = re.compile(r"\b(hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_-]{20,}|gh[pousr]_[A-Za-z0-9]{20,})\b")
-
-
-def redact(text: str) -> str:
-    """``text`` with URL passwords and token-like strings replaced by ``***``."""
-    text = re.sub(r"(//[^/@:\s]*:)[^/@\s]*@", r"\1***@", text)
-    return _TOKEN.sub("***", text)
-
-
-def check_no_secrets(cfg: PipelineConfig) -> None:
-    """No setting holds a password or token: the resolved config is printed and logged whole.
-
-    Credentials belong in the environment (``MLFLOW_TRACKING_PASSWORD``, ``HF_TOKEN``), never in
-    the config; the error shows the value with the secret masked.
-    """
-    from metapt_core.config import flatten, to_dict
-
-    for name, value in flatten(to_dict(cfg)).items():
-        for item in value if isinstance(value, list) else [value]:
-            if isinstance(item, str) and redact(item) != item:
-                raise ConfigError(
-                    name,
-                    redact(item),
-                    "holds a password or token; pass credentials through environment variables",
-                )
 
 
 # --------------------------------------------------------------------------------------------
@@ -296,7 +265,7 @@ def _offline() -> bool:
 
 def check_backbone(cfg: PipelineConfig, assets_dir: Path | None, report: PreflightReport) -> str:
     """Where ``backbone.name_or_path`` resolves to; "" when it is a builtin not prepared yet."""
-    from metapt_core.assets import SMOLLM2
+    from metapt_core.assets import BUILTIN_PREFIX, SMOLLM2, AssetPaths
 
     name = cfg.backbone.name_or_path
     where = "backbone.name_or_path"
@@ -306,7 +275,7 @@ def check_backbone(cfg: PipelineConfig, assets_dir: Path | None, report: Preflig
             raise ConfigError(where, name, f"unknown builtin model (known: builtin:{SMOLLM2})")
         if assets_dir is None:
             raise ConfigError(where, name, "a builtin model needs the assets folder")
-        folder = Path(assets_dir).expanduser().resolve() / asset
+        folder = AssetPaths.under(assets_dir).smollm2
         if not _prepared(folder):
             report.skipped.append(f"{where}: {name} is not prepared yet (assets stage)")
             return ""

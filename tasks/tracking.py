@@ -253,7 +253,7 @@ class Tracker:
 
     def log_config(self, run_id: str, cfg: PipelineConfig) -> None:
         """The resolved configuration as params (flattened) and as ``config/config.yaml``."""
-        from metapt_core.validate import redact
+        from metapt_core.redact import redact
 
         # Preflight refuses secrets in settings; redaction is the second line of defence.
         self.log_params(run_id, {k: redact(str(v)) for k, v in flatten(to_dict(cfg)).items()})

@@ -13,7 +13,8 @@ import torch
 from metapt_core.config import PipelineConfig, from_dict
 from metapt_core.errors import ConfigError, DataError
 from metapt_core.prompt import save_prompt
-from metapt_core.validate import preflight, redact
+from metapt_core.redact import redact
+from metapt_core.validate import preflight
 
 REPO = Path(__file__).resolve().parents[1]
 
