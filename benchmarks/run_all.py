@@ -38,6 +38,7 @@ BENCHMARKS = {
     "cache": "bench_cache.py",
     "precision": "bench_precision.py",
     "eval_attention": "bench_eval_attention.py",
+    "deployment": "bench_deployment.py",
     "gpu": "bench_gpu.py",
 }
 README = HERE / "README.md"

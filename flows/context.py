@@ -264,7 +264,7 @@ def serve_cached(request: RunRequest, cfg: PipelineConfig) -> dict[str, dict[str
     """A run stored whole, recorded as one cached MLflow run: its references and
     ``mlflow_run_id``; None when any stage needs computing."""
     from flows.cached import find_cached_run, record_cached_run
-    from metapt_core.validate import check_no_secrets
+    from metapt_core.redact import check_no_secrets
 
     check_no_secrets(cfg)  # the configuration is logged
     cached = find_cached_run(cfg)

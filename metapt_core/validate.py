@@ -462,22 +462,3 @@ def check_shots(cfg: PipelineConfig, task: str, counts: dict[str, int]) -> None:
                 f"task {task!r} class {class_name!r} has {n} training rows, "
                 f"fewer than shots {shots} + dev {dev}",
             )
-
-
-_PASSED: set[str] = set()
-
-
-def preflight_once(cfg: PipelineConfig, assets_dir: Path | None) -> None:
-    """:func:`preflight`, skipped for a configuration already checked in this process.
-
-    The CLI checks before it starts the flow, and the flow checks again for runs started from a
-    deployment; in one process the second check is free.
-    """
-    from metapt_core.config import to_dict
-    from metapt_core.store import stable_hash
-
-    key = stable_hash({"cfg": to_dict(cfg), "assets": str(assets_dir)})
-    if key in _PASSED:
-        return
-    preflight(cfg, assets_dir)
-    _PASSED.add(key)
