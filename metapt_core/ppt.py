@@ -20,16 +20,24 @@ Each step minimises the mean cross-entropy of its rows with the (matched) outer 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from metapt_core.config import PipelineConfig, to_dict
+from metapt_core.config import PipelineConfig, PPTConfig, to_dict
 from metapt_core.meta import distributed as dist_utils
 from metapt_core.meta.checkpoint import checkpoint_dir
-from metapt_core.meta.episodes import POOL_STREAM, TRAIN_STREAM, rng_for, sample_meta_batch
+from metapt_core.meta.episodes import (
+    POOL_STREAM,
+    TRAIN_STREAM,
+    ShardTask,
+    rng_for,
+    sample_meta_batch,
+)
 from metapt_core.pretraining.adaptation import (
     validation_fn,
 )
@@ -48,7 +56,7 @@ from metapt_core.pretraining.start import (
     frozen_backbone,
     make_optimizer,
 )
-from metapt_core.specs import PPTSpec
+from metapt_core.specs import EpisodeSettings, PPTSpec
 from metapt_core.store import ArtifactRef
 
 
@@ -91,48 +99,7 @@ def ppt_pretrain(
     out = Path(out_dir)
     setup = prepare(shards, cfg, model, initial_prompt)
     data = setup.data
-    tasks = data.tasks
-    # The pool: (task, row) of every training row, validation rows and clusters kept out.
-    pool = np.asarray(
-        [(ti, int(r)) for ti, task in enumerate(tasks) for r in task.train_rows], dtype=np.int64
-    )
-    pool_batch = model.encode(
-        [tasks[ti].texts[r] for ti, r in pool],
-        [int(tasks[ti].labels[r]) for ti, r in pool],
-        pool_format(model, cfg.pool),
-    )
-    where = {(int(ti), int(r)): i for i, (ti, r) in enumerate(pool)}  # (task, row) -> pool index
-
-    def picks_of(step: int) -> list[int]:
-        if not balanced:
-            rng = rng_for(meta.seed, POOL_STREAM, step)
-            drawn = rng.choice(len(pool), size=batch_size, replace=batch_size > len(pool))
-            return [int(i) for i in drawn]
-        episodes = sample_meta_batch(
-            tasks,
-            meta.meta_batch_size,
-            meta.support_size,
-            meta.query_size,
-            rng_for(meta.seed, TRAIN_STREAM, step),
-            balanced=meta.balanced_episodes,
-        )
-        return [where[(e.task_index, int(r))] for e in episodes for r in (*e.support, *e.query)]
-
-    def step_fn(step: int, prompt: Tensor) -> tuple[Tensor, dict[str, float]]:
-        picks = picks_of(step)
-        local = dist_utils.local_slice(picks)
-        grad_sum = torch.zeros_like(prompt)
-        loss_sum = 0.0
-        if local:
-            batch = pool_batch.select(local)
-            theta = prompt.detach().requires_grad_(True)
-            # Sum over rows (mean times count), so ranks can all-reduce then divide by B.
-            loss = model.loss(theta, batch) * len(local)
-            (grad,) = torch.autograd.grad(loss, theta)
-            grad_sum, loss_sum = grad.detach(), float(loss.detach())
-        grad, (loss_total, count) = dist_utils.reduce_sums(grad_sum, [loss_sum, len(local)])
-        return grad / count, {"loss": loss_total / count, "examples": float(len(picks))}
-
+    step_fn = _PPTStep.of(model, data.tasks, cfg, batch_size, balanced)
     name = "ppt-balanced" if balanced else "ppt"
     alpha = setup.calibration.alpha
     val_fn = validation_fn(
@@ -143,20 +110,13 @@ def ppt_pretrain(
     settings = loop_settings(name, cfg, setup, total_steps, warmup, val_fn is not None)
     ckpt = checkpoint_dir(out)
     matched = cfg.ppt  # PPTSpec.of filled every unset setting with MetaPT's
-    if matched.lr is None:
-        raise ValueError("PPTSpec.ppt.lr is unset: build the spec with PPTSpec.of(config)")
-    lr = float(matched.lr)
+    lr = _matched_lr(matched)
     with frozen_backbone(model):
         prompt, history = train_prompt(
             setup.initial,
             lambda params: make_optimizer(matched.optimizer or "adam", params, lr),
-            step_fn,
-            val_fn,
-            settings,
-            ckpt,
-            progress,
-            resume,
-        )
+            step_fn, val_fn, settings, ckpt, progress, resume,
+        )  # fmt: skip
     info = prompt_info(
         name, cfg, setup, model, history, alpha,
         steps=settings.total_steps,
@@ -164,3 +124,87 @@ def ppt_pretrain(
         config={"ppt": to_dict(cfg.ppt), "prompt": to_dict(cfg.prompt)},
     )  # fmt: skip
     return finish(out, ckpt, prompt, info, history, started, model)
+
+
+@dataclass
+class _PPTStep:
+    """PPT's step for :func:`~metapt_core.pretraining.loop.train_prompt`: the gradient of the
+    mean cross-entropy of step ``t``'s rows of the pooled training rows."""
+
+    model: PromptObjective
+    tasks: list[ShardTask]
+    meta: EpisodeSettings
+    batch_size: int  # B, rows per step
+    balanced: bool  # MetaPT's episode rows instead of B rows drawn from the pool
+    pool: np.ndarray  # int64 [N, 2]: (task, row) of every training row
+    pool_batch: Any  # the N pool rows, encoded once
+    where: dict[tuple[int, int], int]  # (task, row) -> pool index
+
+    @classmethod
+    def of(
+        cls,
+        model: PromptObjective,
+        tasks: list[ShardTask],
+        cfg: PPTSpec,
+        batch_size: int,
+        balanced: bool,
+    ) -> _PPTStep:
+        """Pool and encode the training rows of ``tasks`` (validation rows and held-out
+        clusters are not in ``tasks``)."""
+        pool = np.asarray(
+            [(ti, int(r)) for ti, task in enumerate(tasks) for r in task.train_rows],
+            dtype=np.int64,
+        )
+        pool_batch = model.encode(
+            [tasks[ti].texts[r] for ti, r in pool],
+            [int(tasks[ti].labels[r]) for ti, r in pool],
+            pool_format(model, cfg.pool),
+        )
+        where = {(int(ti), int(r)): i for i, (ti, r) in enumerate(pool)}
+        return cls(model, tasks, cfg.meta, batch_size, balanced, pool, pool_batch, where)
+
+    def picks(self, step: int) -> list[int]:
+        """Pool indices of step ``step``'s rows: ``B`` drawn from ``rng(seed, POOL, t)`` (with
+        replacement only if the pool is smaller), or MetaPT's episodes from ``rng(seed, TRAIN,
+        t)`` when balanced."""
+        meta = self.meta
+        if not self.balanced:
+            rng = rng_for(meta.seed, POOL_STREAM, step)
+            size = self.batch_size
+            drawn = rng.choice(len(self.pool), size=size, replace=size > len(self.pool))
+            return [int(i) for i in drawn]
+        episodes = sample_meta_batch(
+            self.tasks,
+            meta.meta_batch_size,
+            meta.support_size,
+            meta.query_size,
+            rng_for(meta.seed, TRAIN_STREAM, step),
+            balanced=meta.balanced_episodes,
+        )
+        return [
+            self.where[(e.task_index, int(r))] for e in episodes for r in (*e.support, *e.query)
+        ]
+
+    def __call__(self, step: int, prompt: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """``grad (1/B) sum_b L(theta; x_b, y_b)`` ``Tensor[P, d]`` over every rank's rows, and
+        the step's ``loss`` and ``examples``."""
+        picks = self.picks(step)
+        local = dist_utils.local_slice(picks)
+        grad_sum = torch.zeros_like(prompt)
+        loss_sum = 0.0
+        if local:
+            batch = self.pool_batch.select(local)
+            theta = prompt.detach().requires_grad_(True)
+            # Sum over rows (mean times count), so ranks can all-reduce then divide by B.
+            loss = self.model.loss(theta, batch) * len(local)
+            (grad,) = torch.autograd.grad(loss, theta)
+            grad_sum, loss_sum = grad.detach(), float(loss.detach())
+        grad, (loss_total, count) = dist_utils.reduce_sums(grad_sum, [loss_sum, len(local)])
+        return grad / count, {"loss": loss_total / count, "examples": float(len(picks))}
+
+
+def _matched_lr(matched: PPTConfig) -> float:
+    """PPT's outer rate, which :meth:`PPTSpec.of` fills from MetaPT's when unset."""
+    if matched.lr is None:
+        raise ValueError("PPTSpec.ppt.lr is unset: build the spec with PPTSpec.of(config)")
+    return float(matched.lr)

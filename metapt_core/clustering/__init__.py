@@ -180,17 +180,7 @@ def cluster_pool(
     spec = ClusterSpec.of(cfg)
     cc = spec.cluster
     classes = list(spec.classes)
-    pool = read_pool(pool_ref)
-    vectors, row_ids = read_embeddings(embed_ref)
-    if row_ids != pool["row_id"].astype(str).tolist():
-        raise DataError(
-            "embed_ref", embed_ref.path, "row ids differ from pool.parquet's (re-run embed)"
-        )
-    label_ids = _label_ids(pool, classes)
-    if not (label_ids >= 0).any():
-        raise DataError(
-            "pool.classes", classes, "no pool row has one of these labels; tasks need labels"
-        )
+    pool, vectors, label_ids = _read_inputs(pool_ref, embed_ref, classes)
     texts = pool["text"].astype(str).tolist()
     n = len(pool)
 
@@ -199,79 +189,25 @@ def cluster_pool(
             progress(done, _STEPS, message)
 
     step(0, f"clustering {n} rows with {cc.method.value}")
-    if cc.method is ClusterMethod.LABEL_PRIOR:
-        labels = label_prior_tasks(
-            label_ids, len(classes), cc.n_clusters, cc.dominant_share, cc.seed
-        )
-        info: dict[str, Any] = {"k": cc.n_clusters, "noise": 0, "empty_docs": 0, "k_scores": {}}
-    else:
-        labels, info = cluster_labels(vectors, texts, cc)
+    labels, info = _raw_labels(vectors, texts, label_ids, len(classes), cc)
     found = int(len(np.unique(labels[labels != NOISE])))
     noise_dropped = int((labels == NOISE).sum())
     log.info("cluster: %s gave %d clusters over %d rows", cc.method.value, found, n)
 
     step(1, "applying the small-cluster rule")
-    min_rows = spec.min_rows_per_class
-    labels, report = enforce_min_rows(
-        labels, label_ids, len(classes), min_rows, vectors, cc.small_cluster_policy
-    )
-    labels = renumber(labels)
-    log.info(
-        "cluster: small-cluster rule (%s, >= %d rows per class): %d merged (%d rows), %d dropped (%d rows)",
-        cc.small_cluster_policy.value,
-        min_rows,
-        len(report.merged),
-        report.merged_rows,
-        len(report.dropped),
-        report.dropped_rows,
+    labels, report = _small_cluster_rule(
+        labels, label_ids, len(classes), spec.min_rows_per_class, vectors, cc
     )
 
     step(2, "finding top terms")
     terms = top_terms(texts, labels, cc.top_terms)
-    sizes = [int((labels == c).sum()) for c in range(int(labels.max()) + 1)]
-    counts: dict[str, Any] = {
-        "n_rows": n,
-        "n_clusters": len(sizes),
-        "n_clusters_found": found,
-        "k": info["k"],
-        "noise": int(info["noise"]),
-        "noise_policy": cc.noise_policy.value if cc.method is ClusterMethod.UMAP_HDBSCAN else None,
-        "dropped_noise_rows": noise_dropped,
-        "merged_clusters": len(report.merged),
-        "merged_rows": report.merged_rows,
-        "dropped_clusters": len(report.dropped),
-        "dropped_small_rows": report.dropped_rows,
-        "empty_docs": int(info["empty_docs"]),
-        "k_scores": {str(k): round(v, 5) for k, v in info["k_scores"].items()},
-        "sizes": sizes,
-    }
+    counts = _counts(labels, n, found, noise_dropped, info, report, cc)
 
     out = Path(out_dir)
-    with atomic_path(out) as tmp:
-        step(3, "writing shards")
-        manifest = write_shards(
-            tmp / SHARDS_DIR,
-            pool,
-            labels,
-            classes,
-            cc.method.value,
-            {"noise": noise_dropped, "small_clusters": report.dropped_rows},
-            terms,
-        )
-        step(4, "writing diagnostics")
-        metrics = write_diagnostics(
-            tmp / DIAGNOSTICS_DIR,
-            vectors,
-            labels,
-            label_ids,
-            classes,
-            terms,
-            cc.method.value,
-            cc.seed,
-            extra=counts,
-            scatter_sample=cc.scatter_sample,
-            metrics_sample=cc.metrics_sample,
-        )
+    dropped = {"noise": noise_dropped, "small_clusters": report.dropped_rows}
+    manifest, metrics = _write_stage(
+        out, step, pool, vectors, labels, label_ids, classes, terms, dropped, counts, cc
+    )
     step(_STEPS, "done")
     stats = {
         **counts,
@@ -289,3 +225,127 @@ def cluster_pool(
         stats["seconds"],
     )
     return ClusterResult(ref=ArtifactRef.of(out / SHARDS_DIR), stats=stats)
+
+
+def _read_inputs(
+    pool_ref: ArtifactRef, embed_ref: ArtifactRef, classes: list[str]
+) -> tuple[Any, np.ndarray, np.ndarray]:
+    """The pool, its embeddings ``[N, D]`` and each row's class index ``[N]``, checked to
+    agree row for row and to hold labelled rows."""
+    pool = read_pool(pool_ref)
+    vectors, row_ids = read_embeddings(embed_ref)
+    if row_ids != pool["row_id"].astype(str).tolist():
+        raise DataError(
+            "embed_ref", embed_ref.path, "row ids differ from pool.parquet's (re-run embed)"
+        )
+    label_ids = _label_ids(pool, classes)
+    if not (label_ids >= 0).any():
+        raise DataError(
+            "pool.classes", classes, "no pool row has one of these labels; tasks need labels"
+        )
+    return pool, vectors, label_ids
+
+
+def _raw_labels(
+    vectors: np.ndarray, texts: list[str], label_ids: np.ndarray, n_classes: int, cc: ClusterConfig
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """:func:`cluster_labels`, or for the positive control the label-prior tasks (each leaning
+    to one class) with the same info dict."""
+    if cc.method is ClusterMethod.LABEL_PRIOR:
+        labels = label_prior_tasks(label_ids, n_classes, cc.n_clusters, cc.dominant_share, cc.seed)
+        info: dict[str, Any] = {"k": cc.n_clusters, "noise": 0, "empty_docs": 0, "k_scores": {}}
+        return labels, info
+    return cluster_labels(vectors, texts, cc)
+
+
+def _small_cluster_rule(
+    labels: np.ndarray,
+    label_ids: np.ndarray,
+    n_classes: int,
+    min_rows: int,
+    vectors: np.ndarray,
+    cc: ClusterConfig,
+) -> tuple[np.ndarray, MergeReport]:
+    """Merge or drop clusters with fewer than ``min_rows`` rows of a class
+    (``cc.small_cluster_policy``), then renumber the rest ``0..K-1``."""
+    labels, report = enforce_min_rows(
+        labels, label_ids, n_classes, min_rows, vectors, cc.small_cluster_policy
+    )
+    labels = renumber(labels)
+    log.info(
+        "cluster: small-cluster rule (%s, >= %d rows per class): %d merged (%d rows), %d dropped (%d rows)",
+        cc.small_cluster_policy.value,
+        min_rows,
+        len(report.merged),
+        report.merged_rows,
+        len(report.dropped),
+        report.dropped_rows,
+    )
+    return labels, report
+
+
+def _counts(
+    labels: np.ndarray,
+    n: int,
+    found: int,
+    noise_dropped: int,
+    info: dict[str, Any],
+    report: MergeReport,
+    cc: ClusterConfig,
+) -> dict[str, Any]:
+    """The stage's plain counts (rows, clusters found and kept, noise, merges, drops, sizes),
+    from the final labels ``[N]`` and what each step reported."""
+    sizes = [int((labels == c).sum()) for c in range(int(labels.max()) + 1)]
+    return {
+        "n_rows": n,
+        "n_clusters": len(sizes),
+        "n_clusters_found": found,
+        "k": info["k"],
+        "noise": int(info["noise"]),
+        "noise_policy": cc.noise_policy.value if cc.method is ClusterMethod.UMAP_HDBSCAN else None,
+        "dropped_noise_rows": noise_dropped,
+        "merged_clusters": len(report.merged),
+        "merged_rows": report.merged_rows,
+        "dropped_clusters": len(report.dropped),
+        "dropped_small_rows": report.dropped_rows,
+        "empty_docs": int(info["empty_docs"]),
+        "k_scores": {str(k): round(v, 5) for k, v in info["k_scores"].items()},
+        "sizes": sizes,
+    }
+
+
+def _write_stage(
+    out: Path,
+    step: Callable[[int, str], None],
+    pool: Any,
+    vectors: np.ndarray,
+    labels: np.ndarray,
+    label_ids: np.ndarray,
+    classes: list[str],
+    terms: dict[int, list[str]],
+    dropped: dict[str, int],
+    counts: dict[str, Any],
+    cc: ClusterConfig,
+) -> tuple[ShardManifest, dict[str, Any]]:
+    """Write ``out/shards`` and ``out/diagnostics`` in one atomic rename; returns the manifest
+    and the diagnostics' metrics."""
+    with atomic_path(out) as tmp:
+        step(3, "writing shards")
+        manifest = write_shards(
+            tmp / SHARDS_DIR, pool, labels, classes, cc.method.value, dropped, terms
+        )
+        step(4, "writing diagnostics")
+        metrics = write_diagnostics(
+            tmp / DIAGNOSTICS_DIR,
+            vectors,
+            labels,
+            label_ids,
+            classes,
+            terms,
+            cc.method.value,
+            cc.seed,
+            extra=counts,
+            scatter_sample=cc.scatter_sample,
+            metrics_sample=cc.metrics_sample,
+        )
+    return manifest, metrics

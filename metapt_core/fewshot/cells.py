@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
@@ -22,7 +23,7 @@ from metapt_core.config import InitMethod, Optimizer, PipelineConfig, PromptInit
 from metapt_core.errors import ConfigError, DataError
 from metapt_core.fewshot.grid import Cell, group_cells
 from metapt_core.fewshot.metrics import classification_metrics
-from metapt_core.fewshot.sampling import sample_split
+from metapt_core.fewshot.sampling import FewShotSplit, sample_split
 from metapt_core.fewshot.tuning import evaluate, predict_many, tune_prompts
 from metapt_core.lm import EncodedBatch, PromptModel, TaskFormat
 from metapt_core.prompt import init_prompt, label_word_prompt, task_description
@@ -187,88 +188,148 @@ def run_cell_group(
     keys = {cell.split_key for cell in cells}
     if len(keys) != 1:
         raise ValueError(f"a cell group must share (task, shots, seed), got {sorted(keys)}")
-    first = cells[0]
     start = time.perf_counter()
-    spec = task_spec(cfg, first.task)
+    rows = _encode_split(model, cells[0], tasks_dir, cfg)
+    starts = _starting_prompts(model, cells, init_prompts, cfg)
+    if untuned is not None:
+        untuned.extend(_untuned_scores(model, cells, starts, rows, cfg.fewshot.eval_batch_size))
+    results: dict[int, CellResult] = {}
+    for protocol in dict.fromkeys(c.protocol for c in cells):
+        results.update(
+            _tune_protocol(model, cells, protocol, starts, rows, cfg, inner_lr, inner_ratio)
+        )
+    per_cell = (time.perf_counter() - start) / len(cells)
+    for result in results.values():
+        result.wall_seconds = per_cell
+    return [results[i] for i in range(len(cells))]
+
+
+@dataclass
+class _SplitRows:
+    """A cell group's few-shot split and its encoded rows."""
+
+    split: FewShotSplit
+    train: EncodedBatch
+    dev: EncodedBatch | None  # None without a dev set
+    test: EncodedBatch  # the task's whole test split
+    gold: np.ndarray  # int64 [n_test], the test rows' class ids
+
+
+def _encode_split(
+    model: PromptModel, cell: Cell, tasks_dir: str | Path, cfg: PipelineConfig | EvalSpec
+) -> _SplitRows:
+    """Sample ``cell``'s split of its task's train rows and encode it with the test rows."""
+    spec = task_spec(cfg, cell.task)
     fmt = TaskFormat.of(spec.template, spec.verbalizer, name=spec.name)
     split = sample_split(
-        load_task_split(tasks_dir, first.task, "train"),
+        load_task_split(tasks_dir, cell.task, "train"),
         spec.classes,
-        first.shots,
-        first.split_seed,
+        cell.shots,
+        cell.split_seed,
         cfg.fewshot.dev_per_class,
     )
     train_batch = encode_rows(model, split.train_rows, fmt)
     dev_batch = None if split.dev_rows is None else encode_rows(model, split.dev_rows, fmt)
-    test_batch = encode_rows(model, load_task_split(tasks_dir, first.task, "test"), fmt)
+    test_batch = encode_rows(model, load_task_split(tasks_dir, cell.task, "test"), fmt)
     assert test_batch.labels is not None
-    gold = test_batch.labels.cpu().numpy()
-    batch_size = cfg.fewshot.eval_batch_size
+    return _SplitRows(split, train_batch, dev_batch, test_batch, test_batch.labels.cpu().numpy())
 
+
+def _starting_prompts(
+    model: PromptModel,
+    cells: Sequence[Cell],
+    init_prompts: Mapping[InitMethod, Tensor],
+    cfg: PipelineConfig | EvalSpec,
+) -> list[Tensor]:
+    """Each cell's initial prompt ``[P, d]``, checked to share one shape."""
     starts = [initial_prompt(model, cell, init_prompts, cfg) for cell in cells]
     shapes = {tuple(p.shape) for p in starts}
     if len(shapes) != 1:
         raise ConfigError(
             "prompt.length",
             cfg.prompt.length,
-            f"initial prompts of {first.task} differ in shape: {sorted(shapes)}",
+            f"initial prompts of {cells[0].task} differ in shape: {sorted(shapes)}",
         )
-    if untuned is not None:
-        distinct = {(c.init, c.pretrain_seed): i for i, c in reversed(list(enumerate(cells)))}
-        order = sorted(distinct.values())
-        preds = predict_many(model, torch.stack([starts[i] for i in order]), test_batch, batch_size)
-        for i, pred in zip(order, preds, strict=True):
-            scores = classification_metrics(gold, pred)
-            untuned.append({
-                "task": first.task, "init": cells[i].init.value,
-                "pretrain_seed": cells[i].pretrain_seed, "accuracy": scores["accuracy"],
-                "macro_f1": scores["macro_f1"], "n": int(scores["n"]),
-                "test_correct": correct_string(pred, gold),
-            })  # fmt: skip
+    return starts
 
+
+def _untuned_scores(
+    model: PromptModel,
+    cells: Sequence[Cell],
+    starts: list[Tensor],
+    rows: _SplitRows,
+    batch_size: int,
+) -> list[dict[str, Any]]:
+    """Test scores of each distinct (init, pre-training seed)'s prompt with no tuning, in the
+    order of its first cell."""
+    distinct = {(c.init, c.pretrain_seed): i for i, c in reversed(list(enumerate(cells)))}
+    order = sorted(distinct.values())
+    preds = predict_many(model, torch.stack([starts[i] for i in order]), rows.test, batch_size)
+    scored = []
+    for i, pred in zip(order, preds, strict=True):
+        scores = classification_metrics(rows.gold, pred)
+        scored.append({
+            "task": cells[i].task, "init": cells[i].init.value,
+            "pretrain_seed": cells[i].pretrain_seed, "accuracy": scores["accuracy"],
+            "macro_f1": scores["macro_f1"], "n": int(scores["n"]),
+            "test_correct": correct_string(pred, rows.gold),
+        })  # fmt: skip
+    return scored
+
+
+def _tune_protocol(
+    model: PromptModel,
+    cells: Sequence[Cell],
+    protocol: Protocol,
+    starts: list[Tensor],
+    rows: _SplitRows,
+    cfg: PipelineConfig | EvalSpec,
+    inner_lr: float | None,
+    inner_ratio: float,
+) -> dict[int, CellResult]:
+    """Tune the prompts of ``protocol``'s cells together and score them on the test rows;
+    results keyed by the cell's index in ``cells``."""
+    members = [i for i, c in enumerate(cells) if c.protocol is protocol]
+    split = rows.split
+    tuning = protocol_tuning(cfg, protocol, len(split.train_rows), inner_lr)
+    dev = rows.dev if protocol is Protocol.FEWSHOT else None
+    ratio = inner_ratio if protocol is Protocol.INNER else 0.0
+    trained, history = tune_prompts(
+        model, torch.stack([starts[i] for i in members]), rows.train, tuning,
+        cells[0].train_seed, dev, ratio,
+    )  # fmt: skip
+    preds = predict_many(model, trained, rows.test, cfg.fewshot.eval_batch_size)
+    n_dev = 0 if dev is None or split.dev_rows is None else len(split.dev_rows)
     results: dict[int, CellResult] = {}
-    for protocol in dict.fromkeys(c.protocol for c in cells):
-        members = [i for i, c in enumerate(cells) if c.protocol is protocol]
-        tuning = protocol_tuning(cfg, protocol, len(split.train_rows), inner_lr)
-        dev = dev_batch if protocol is Protocol.FEWSHOT else None
-        ratio = inner_ratio if protocol is Protocol.INNER else 0.0
-        trained, history = tune_prompts(
-            model, torch.stack([starts[i] for i in members]), train_batch, tuning,
-            first.train_seed, dev, ratio,
-        )  # fmt: skip
-        preds = predict_many(model, trained, test_batch, batch_size)
-        for m, i in enumerate(members):
-            cell = cells[i]
-            tests = classification_metrics(gold, preds[m])
-            best_dev = history.best_dev[m]
-            results[i] = CellResult(
-                cell_id=cell.cell_id,
-                task=cell.task,
-                init=cell.init.value,
-                shots=cell.shots,
-                seed=cell.seed,
-                split_seed=cell.split_seed,
-                train_seed=cell.train_seed,
-                split_id=split.split_id,
-                test_accuracy=tests["accuracy"],
-                test_macro_f1=tests["macro_f1"],
-                n_test=int(tests["n"]),
-                n_train=len(split.train_rows),
-                n_dev=0 if dev is None or split.dev_rows is None else len(split.dev_rows),
-                dev_accuracy=None if best_dev is None else best_dev["accuracy"],
-                dev_macro_f1=None if best_dev is None else best_dev["macro_f1"],
-                best_step=history.best_step[m],
-                wall_seconds=0.0,
-                group_size=len(cells),
-                pretrain_seed=cell.pretrain_seed,
-                protocol=protocol.value,
-                test_correct=correct_string(preds[m], gold),
-                history=history.for_prompt(m),
-            )
-    per_cell = (time.perf_counter() - start) / len(cells)
-    for result in results.values():
-        result.wall_seconds = per_cell
-    return [results[i] for i in range(len(cells))]
+    for m, i in enumerate(members):
+        cell = cells[i]
+        tests = classification_metrics(rows.gold, preds[m])
+        best_dev = history.best_dev[m]
+        results[i] = CellResult(
+            cell_id=cell.cell_id,
+            task=cell.task,
+            init=cell.init.value,
+            shots=cell.shots,
+            seed=cell.seed,
+            split_seed=cell.split_seed,
+            train_seed=cell.train_seed,
+            split_id=split.split_id,
+            test_accuracy=tests["accuracy"],
+            test_macro_f1=tests["macro_f1"],
+            n_test=int(tests["n"]),
+            n_train=len(split.train_rows),
+            n_dev=n_dev,
+            dev_accuracy=None if best_dev is None else best_dev["accuracy"],
+            dev_macro_f1=None if best_dev is None else best_dev["macro_f1"],
+            best_step=history.best_step[m],
+            wall_seconds=0.0,
+            group_size=len(cells),
+            pretrain_seed=cell.pretrain_seed,
+            protocol=protocol.value,
+            test_correct=correct_string(preds[m], rows.gold),
+            history=history.for_prompt(m),
+        )
+    return results
 
 
 def run_cells(

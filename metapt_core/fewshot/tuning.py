@@ -139,17 +139,9 @@ def tune_prompts(
     Returns:
         ``(trained [M, P, d], history)``; trained prompts are detached float tensors.
     """
-    if init_prompts.dim() != 3:
-        raise ValueError(f"init_prompts must be [M, P, d], got shape {tuple(init_prompts.shape)}")
-    n_prompts = init_prompts.shape[0]
-    seeds = [train_seeds] * n_prompts if isinstance(train_seeds, int) else list(train_seeds)
-    if len(seeds) != n_prompts:
-        raise ValueError(f"got {len(seeds)} train seeds for {n_prompts} prompts")
-    n_rows = len(train_batch)
-    samplers = [MinibatchSampler(n_rows, cfg.batch_size, seed) for seed in seeds]
-    rows_per_prompt = samplers[0].batch_size
-    owner = torch.arange(n_prompts).repeat_interleave(rows_per_prompt)
-
+    samplers = _samplers(init_prompts, len(train_batch), cfg.batch_size, train_seeds)
+    n_prompts = len(samplers)
+    owner = torch.arange(n_prompts).repeat_interleave(samplers[0].batch_size)
     prompts = init_prompts.detach().clone().float().requires_grad_(True)
     optimizer: torch.optim.Optimizer
     if cfg.optimizer == "sgd":
@@ -162,47 +154,87 @@ def tune_prompts(
         best_step=[cfg.steps] * n_prompts,
         best_dev=[None] * n_prompts,
     )
-    best = prompts.detach().clone()
-    best_key = [(-math.inf, -math.inf)] * n_prompts
-
+    selection = _DevSelection(prompts.detach().clone(), [(-math.inf, -math.inf)] * n_prompts)
     for step in range(1, cfg.steps + 1):
         indices = torch.cat([sampler.next() for sampler in samplers])
-        batch = train_batch.select(indices)
-        if n_prompts == 1:
-            # One prompt: the shared-prompt path, which a causal backbone can run faster.
-            loss = model.loss(prompts[0], batch)
-            own = [float(loss.detach())]
-        else:
-            # Rows are grouped by prompt: a model that takes [M, P, d] runs each prompt once.
-            grouped = getattr(model, "accepts_grouped_prompts", False)
-            loss, own = _grouped_loss(model, prompts if grouped else prompts[owner], batch,
-                                      prompts, owner)  # fmt: skip
+        loss, own = _minibatch_loss(model, prompts, train_batch.select(indices), owner)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.optimizer == "sgd" and max_step_ratio > 0:
-            with torch.no_grad():  # SGD then moves prompt m by step_size(g_m) * g_m
-                assert prompts.grad is not None
-                size = step_size(prompts.grad, prompts, cfg.lr, max_step_ratio)
-                prompts.grad.mul_(size.to(prompts.grad.dtype) / cfg.lr)
+            _cap_sgd_steps(prompts, cfg.lr, max_step_ratio)
         optimizer.step()
         history.train_loss.append(sum(own) / n_prompts)
         for m, value in enumerate(own):
             history.prompt_loss[m].append(value)
-
         if dev_batch is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
-            current = prompts.detach()
-            dev_scores = evaluate_many(model, current, dev_batch, cfg.eval_batch_size)
-            for m, scores in enumerate(dev_scores):
-                history.dev[m].append((step, scores["accuracy"], scores["macro_f1"]))
-                key = (scores["accuracy"], scores["macro_f1"])
-                if key > best_key[m]:
-                    best_key[m] = key
-                    best[m] = current[m]
-                    history.best_step[m] = step
-                    history.best_dev[m] = scores
-
-    trained = best if dev_batch is not None else prompts.detach().clone()
+            selection.update(model, prompts.detach(), dev_batch, cfg.eval_batch_size, step, history)
+    trained = selection.best if dev_batch is not None else prompts.detach().clone()
     return trained, history
+
+
+def _samplers(
+    init_prompts: Tensor, n_rows: int, batch_size: int, train_seeds: int | Sequence[int]
+) -> list[MinibatchSampler]:
+    """One minibatch sampler per prompt of ``init_prompts`` ``[M, P, d]``, each with its seed."""
+    if init_prompts.dim() != 3:
+        raise ValueError(f"init_prompts must be [M, P, d], got shape {tuple(init_prompts.shape)}")
+    n_prompts = init_prompts.shape[0]
+    seeds = [train_seeds] * n_prompts if isinstance(train_seeds, int) else list(train_seeds)
+    if len(seeds) != n_prompts:
+        raise ValueError(f"got {len(seeds)} train seeds for {n_prompts} prompts")
+    return [MinibatchSampler(n_rows, batch_size, seed) for seed in seeds]
+
+
+def _minibatch_loss(
+    model: PromptScorer, prompts: Tensor, batch: Batch, owner: Tensor
+) -> tuple[Tensor, list[float]]:
+    """The loss to differentiate, ``sum_m`` of prompt m's mean loss on its rows of ``batch``,
+    and each prompt's own mean loss (prompts ``[M, P, d]``, owner ``LongTensor[M*b]``)."""
+    if len(prompts) == 1:
+        # One prompt: the shared-prompt path, which a causal backbone can run faster.
+        loss = model.loss(prompts[0], batch)
+        return loss, [float(loss.detach())]
+    # Rows are grouped by prompt: a model that takes [M, P, d] runs each prompt once.
+    grouped = getattr(model, "accepts_grouped_prompts", False)
+    return _grouped_loss(model, prompts if grouped else prompts[owner], batch, prompts, owner)
+
+
+@torch.no_grad()
+def _cap_sgd_steps(prompts: Tensor, lr: float, max_step_ratio: float) -> None:
+    """Rescale each prompt's gradient so that SGD at ``lr`` moves prompt m by
+    ``step_size(g_m) * g_m``: MetaPT's inner step with its trust region."""
+    assert prompts.grad is not None
+    size = step_size(prompts.grad, prompts, lr, max_step_ratio)
+    prompts.grad.mul_(size.to(prompts.grad.dtype) / lr)
+
+
+@dataclass
+class _DevSelection:
+    """Each prompt's best dev-scored version so far: ``best`` ``[M, P, d]`` and its
+    ``(accuracy, macro_f1)`` key."""
+
+    best: Tensor
+    best_key: list[tuple[float, float]]
+
+    def update(
+        self,
+        model: PromptScorer,
+        current: Tensor,
+        dev_batch: Batch,
+        batch_size: int,
+        step: int,
+        history: TuneHistory,
+    ) -> None:
+        """Score ``current`` ``[M, P, d]`` on the dev rows, record it and keep each prompt that
+        beats its best key (earliest on ties)."""
+        for m, scores in enumerate(evaluate_many(model, current, dev_batch, batch_size)):
+            history.dev[m].append((step, scores["accuracy"], scores["macro_f1"]))
+            key = (scores["accuracy"], scores["macro_f1"])
+            if key > self.best_key[m]:
+                self.best_key[m] = key
+                self.best[m] = current[m]
+                history.best_step[m] = step
+                history.best_dev[m] = scores
 
 
 def _grouped_loss(

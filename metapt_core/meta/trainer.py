@@ -17,17 +17,18 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from metapt_core.config import MetaAlgorithm, PipelineConfig, to_dict
+from metapt_core.config import MetaAlgorithm, MetaConfig, PipelineConfig, to_dict
 from metapt_core.meta import distributed as dist_utils
 from metapt_core.meta.checkpoint import checkpoint_dir
 from metapt_core.meta.curvature import curvature_inner_lr, curvature_lambda
-from metapt_core.meta.episodes import TRAIN_STREAM, rng_for, sample_meta_batch
+from metapt_core.meta.episodes import TRAIN_STREAM, EpisodeRows, rng_for, sample_meta_batch
 from metapt_core.meta.maml import inner_adapt, meta_gradient_sum
 from metapt_core.pretraining.adaptation import (
     embedding_norm,
@@ -35,6 +36,7 @@ from metapt_core.pretraining.adaptation import (
     validation_fn,
 )
 from metapt_core.pretraining.data import (
+    PretrainData,
     PromptObjective,
     grouped_concat,
 )
@@ -44,7 +46,7 @@ from metapt_core.pretraining.loop import (
     finish,
     train_prompt,
 )
-from metapt_core.pretraining.setup import loop_settings, prepare, prompt_info
+from metapt_core.pretraining.setup import PretrainSetup, loop_settings, prepare, prompt_info
 from metapt_core.pretraining.start import (
     frozen_backbone,
     make_optimizer,
@@ -107,26 +109,70 @@ def meta_pretrain(
     cfg = MetaSpec.of(cfg)
     meta = cfg.meta
     out = Path(out_dir)
-    episode_rows = meta.support_size + meta.query_size
     setup = prepare(shards, cfg, model, initial_prompt)
-    data, initial, calibration = setup.data, setup.initial, setup.calibration
-    tasks, encoded = data.tasks, data.encoded
-    reference_norm = embedding_norm(model)
-    recheck_every = meta.val_every or meta.meta_steps
-    rate = {"alpha": calibration.alpha}  # the current inner rate, re-sized to the curvature
-
-    def curvature_at(step: int, prompt: Tensor, rows: list[Any]) -> float:
-        """lambda_max of step ``step``'s first supports at ``prompt`` (every rank estimates
-        on the same supports, so every rank gets the same alpha)."""
-        supports = [e.support for e in encoded.episodes(rows[: meta.curvature_episodes])]
-        return curvature_lambda(
-            prompt, supports, model.loss, meta.curvature_iterations,
-            (meta.seed, TRAIN_STREAM, step),
+    data = setup.data
+    meta_step = _MetaStep(
+        meta, algorithm, model, data, setup.calibration.alpha, embedding_norm(model)
+    )
+    # Sized at the initial prompt before anything is validated, so the step-0 validation (a
+    # keep_best candidate) scores the rule that training starts with.
+    meta_step.size_first_rate(setup.initial)
+    val_fn = validation_fn(
+        data.val, data.unseen, model, lambda: meta_step.alpha, meta.inner_steps, meta.max_step_ratio
+    )
+    settings = loop_settings(
+        f"metapt-{algorithm.value}", cfg, setup, meta.meta_steps, meta.warmup_steps,
+        val_fn is not None,
+    )  # fmt: skip
+    ckpt = checkpoint_dir(out)
+    _log_start(settings.name, setup, meta, model)
+    with frozen_backbone(model):
+        prompt, history = train_prompt(
+            setup.initial,
+            lambda params: make_optimizer(meta.outer_optimizer, params, meta.outer_lr),
+            meta_step, val_fn, settings, ckpt, progress, resume, meta_step.restore,
         )  # fmt: skip
+    info = prompt_info(
+        settings.name, cfg, setup, model, history, _kept_inner_lr(history, meta_step.alpha),
+        algorithm=algorithm.value,
+        tasks=[t.cluster_id for t in data.tasks],
+        config={"meta": to_dict(meta), "prompt": to_dict(cfg.prompt)},
+    )  # fmt: skip
+    return finish(out, ckpt, prompt, info, history, started, model)
 
-    def rows_of(step: int) -> list[Any]:
+
+@dataclass
+class _MetaStep:
+    """MetaPT's outer step for :func:`~metapt_core.pretraining.loop.train_prompt`, and the inner
+    rate ``alpha`` it carries from step to step.
+
+    ``alpha`` starts at ``alpha_0`` (``base_alpha``); with ``meta.curvature_scale`` c > 0 it is
+    re-sized to ``min(alpha_0, c / lambda_max)`` at step 1 and every ``recheck_every`` steps.
+    """
+
+    meta: MetaConfig
+    algorithm: MetaAlgorithm
+    model: PromptObjective
+    data: PretrainData
+    base_alpha: float  # alpha_0: as configured, or calibrated on the held-out clusters
+    reference_norm: float  # the embedding matrix's norm, for prompt_norm_ratio
+    alpha: float = field(init=False)
+    # lambda_max estimated before training, by step: step 1 reuses it (same prompt, supports)
+    first_lambda: dict[int, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.alpha = self.base_alpha
+
+    @property
+    def recheck_every(self) -> int:
+        """Steps between curvature estimates (and support-loss diagnostics)."""
+        return self.meta.val_every or self.meta.meta_steps
+
+    def rows(self, step: int) -> list[EpisodeRows]:
+        """Step ``step``'s meta-batch of support/query rows, drawn from ``rng(seed, TRAIN, t)``."""
+        meta = self.meta
         return sample_meta_batch(
-            tasks,
+            self.data.tasks,
             meta.meta_batch_size,
             meta.support_size,
             meta.query_size,
@@ -134,111 +180,124 @@ def meta_pretrain(
             balanced=meta.balanced_episodes,
         )
 
-    # The rate is sized at the initial prompt before anything is validated, so the step-0
-    # validation (a keep_best candidate) scores the rule that training starts with; step 1
-    # reuses this estimate (same prompt, same supports).
-    first_lambda: dict[int, float] = {}
-    if meta.curvature_scale > 0:
-        first_lambda[1] = curvature_at(1, initial, rows_of(1))
-        rate["alpha"] = curvature_inner_lr(calibration.alpha, first_lambda[1], meta.curvature_scale)
+    def curvature(self, step: int, prompt: Tensor, rows: list[EpisodeRows]) -> float:
+        """lambda_max of step ``step``'s first supports at ``prompt`` (every rank estimates
+        on the same supports, so every rank gets the same alpha)."""
+        meta = self.meta
+        supports = [e.support for e in self.data.encoded.episodes(rows[: meta.curvature_episodes])]
+        return curvature_lambda(
+            prompt, supports, self.model.loss, meta.curvature_iterations,
+            (meta.seed, TRAIN_STREAM, step),
+        )  # fmt: skip
 
-    def restore(history: list[dict[str, Any]]) -> None:
+    def size_first_rate(self, initial: Tensor) -> None:
+        """Size alpha to the curvature at the initial prompt on step 1's supports (c > 0 only)."""
+        if self.meta.curvature_scale > 0:
+            self.first_lambda[1] = self.curvature(1, initial, self.rows(1))
+            self.alpha = curvature_inner_lr(
+                self.base_alpha, self.first_lambda[1], self.meta.curvature_scale
+            )
+
+    def restore(self, history: list[dict[str, Any]]) -> None:
+        """Take back the inner rate of a resumed run: the last ``inner_lr`` its history holds."""
         for record in history:
             if "inner_lr" in record:
-                rate["alpha"] = float(record["inner_lr"])
+                self.alpha = float(record["inner_lr"])
 
-    def step_fn(step: int, prompt: Tensor) -> tuple[Tensor, dict[str, float]]:
-        rows = rows_of(step)
+    def __call__(self, step: int, prompt: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """The mean meta-gradient ``Tensor[P, d]`` of step ``step`` and the step's record."""
+        meta = self.meta
+        rows = self.rows(step)
+        checks = (step - 1) % self.recheck_every == 0
         extra: dict[str, float] = {}
-        if meta.curvature_scale > 0 and (step - 1) % recheck_every == 0:
-            lam = first_lambda.pop(step, None)
+        if meta.curvature_scale > 0 and checks:
+            lam = self.first_lambda.pop(step, None)
             if lam is None:
-                lam = curvature_at(step, prompt, rows)
-            rate["alpha"] = curvature_inner_lr(calibration.alpha, lam, meta.curvature_scale)
+                lam = self.curvature(step, prompt, rows)
+            self.alpha = curvature_inner_lr(self.base_alpha, lam, meta.curvature_scale)
             extra["lambda_max"] = lam
-        alpha = rate["alpha"]
-        episodes = encoded.episodes(dist_utils.local_slice(rows))
-        concat = grouped_concat(model, episodes)
+        alpha = self.alpha
+        episodes = self.data.encoded.episodes(dist_utils.local_slice(rows))
+        concat = grouped_concat(self.model, episodes)
         total = meta_gradient_sum(
             prompt,
             episodes,
-            model.loss,
-            algorithm,
+            self.model.loss,
+            self.algorithm,
             alpha,
             meta.inner_steps,
             meta.reptile_step,
             concat=concat if meta.group_tasks else None,
             max_step_ratio=meta.max_step_ratio,
         )
-        before = query_loss_before(prompt, episodes, model, concat)
-        if (step - 1) % recheck_every == 0:  # a diagnostic pass, at the curvature steps only
-            local_after = support_loss_after(prompt, episodes, model, alpha, meta)
-            _, (after_sum, tasks_sum) = dist_utils.reduce_sums(
-                torch.zeros(1), [local_after, float(len(episodes))]
-            )
-            extra["support_loss_after"] = after_sum / max(tasks_sum, 1.0)
-        grad, (query_sum, support_sum, before_sum, shift_sum, count) = dist_utils.reduce_sums(
+        before = query_loss_before(prompt, episodes, self.model, concat)
+        if checks:  # a diagnostic pass, at the curvature steps only
+            extra["support_loss_after"] = self.mean_support_after(prompt, episodes, alpha)
+        grad, sums = dist_utils.reduce_sums(
             total.grad,
             [total.query_loss, total.support_loss, before, total.inner_shift, total.tasks],
         )
+        return grad / sums[-1], self.record(prompt, len(rows), alpha, sums, extra)
+
+    def mean_support_after(self, prompt: Tensor, episodes: list[Any], alpha: float) -> float:
+        """The support loss at the adapted prompt, averaged over the tasks of every rank."""
+        local_after = support_loss_after(prompt, episodes, self.model, alpha, self.meta)
+        _, (after_sum, tasks_sum) = dist_utils.reduce_sums(
+            torch.zeros(1), [local_after, float(len(episodes))]
+        )
+        return after_sum / max(tasks_sum, 1.0)
+
+    def record(
+        self,
+        prompt: Tensor,
+        n_tasks: int,
+        alpha: float,
+        sums: list[float],
+        extra: dict[str, float],
+    ) -> dict[str, float]:
+        """The step's record from the summed ``(query, support, query before, inner shift,
+        tasks)`` over every rank: their means per task, and ``||theta' - theta|| / ||theta||``."""
+        query_sum, support_sum, before_sum, shift_sum, count = sums
         theta_norm = float(prompt.detach().float().norm())
+        episode_rows = self.meta.support_size + self.meta.query_size
         record = {
             "query_loss": query_sum / count,
             "query_loss_0": before_sum / count,
             "support_loss": support_sum / count,
             "inner_update_ratio": shift_sum / count / max(theta_norm, 1e-12),
             "inner_lr": alpha,
-            "examples": float(len(rows) * episode_rows),
+            "examples": float(n_tasks * episode_rows),
             **extra,
         }
-        ratio = prompt_norm_ratio(prompt, reference_norm)
+        ratio = prompt_norm_ratio(prompt, self.reference_norm)
         if math.isfinite(ratio):  # models without an embedding matrix (toys) have none
             record["prompt_norm_ratio"] = ratio
-        return grad / count, record
+        return record
 
-    val_fn = validation_fn(
-        data.val, data.unseen, model, lambda: rate["alpha"], meta.inner_steps, meta.max_step_ratio
-    )
-    settings = loop_settings(
-        f"metapt-{algorithm.value}", cfg, setup, meta.meta_steps, meta.warmup_steps,
-        val_fn is not None,
-    )  # fmt: skip
-    ckpt = checkpoint_dir(out)
+
+def _kept_inner_lr(history: list[dict[str, Any]], current: float) -> float:
+    """The inner rule the kept prompt was validated with (``current``, the last one, unless
+    keep_best chose an earlier step): what the meta-objective check and the inner protocol adapt
+    it with."""
+    kept = next((h for h in history if h.get("kept")), None)
+    return float(kept.get("inner_lr", current)) if kept else current
+
+
+def _log_start(name: str, setup: PretrainSetup, meta: MetaConfig, model: PromptObjective) -> None:
+    """Log what the run trains on: clusters, validation episodes, alpha, steps and device."""
+    data = setup.data
     log.info(
         "%s: %d training clusters, %d held out, %d + %d validation episodes, alpha %g, "
         "%d steps on %s",
-        settings.name,
-        len(tasks),
+        name,
+        len(data.tasks),
         len(data.held_out),
         len(data.val),
         len(data.unseen),
-        calibration.alpha,
+        setup.calibration.alpha,
         meta.meta_steps,
         model.device,
     )
-    with frozen_backbone(model):
-        prompt, history = train_prompt(
-            initial,
-            lambda params: make_optimizer(meta.outer_optimizer, params, meta.outer_lr),
-            step_fn,
-            val_fn,
-            settings,
-            ckpt,
-            progress,
-            resume,
-            restore,
-        )
-    # The inner rule the kept prompt was validated with (the last one unless keep_best chose an
-    # earlier step): what the meta-objective check and the inner protocol adapt it with.
-    kept = next((h for h in history if h.get("kept")), None)
-    final_alpha = float(kept.get("inner_lr", rate["alpha"])) if kept else rate["alpha"]
-    info = prompt_info(
-        settings.name, cfg, setup, model, history, final_alpha,
-        algorithm=algorithm.value,
-        tasks=[t.cluster_id for t in tasks],
-        config={"meta": to_dict(meta), "prompt": to_dict(cfg.prompt)},
-    )  # fmt: skip
-    return finish(out, ckpt, prompt, info, history, started, model)
 
 
 def support_loss_after(

@@ -131,97 +131,153 @@ def train_prompt(
     prompt = torch.nn.Parameter(initial.detach().clone())
     optimizer = optimizer_factory([prompt])
     base_lrs = [float(group["lr"]) for group in optimizer.param_groups]  # before any resume
-    history: list[dict[str, Any]] = []
-    start = 0
-    best: Tensor | None = None
-    best_step = -1
-    state = load_checkpoint(ckpt_dir, settings.fingerprint) if resume else None
+    state = _LoopState(prompt, optimizer, base_lrs)
+    saved = load_checkpoint(ckpt_dir, settings.fingerprint) if resume else None
     validating = val_fn is not None and settings.val_every > 0
-
-    def consider(record: dict[str, Any], current: Tensor) -> None:
-        nonlocal best, best_step
-        value = record.get(settings.select_on)
-        if not settings.keep_best or value is None or not math.isfinite(float(value)):
-            return
-        held = next((h for h in history if h["step"] == best_step), None)
-        if best is None or held is None or float(value) < float(held[settings.select_on]):
-            best, best_step = current.detach().clone(), int(record["step"])
-
-    if state is not None:
-        with torch.no_grad():
-            prompt.copy_(state.prompt.to(prompt.device, prompt.dtype))
-        optimizer.load_state_dict(state.optimizer)
-        history = [dict(h) for h in state.history]
-        start = state.step
-        if restore is not None:
-            restore(history)
-        if state.best is not None:
-            best, best_step = state.best.to(prompt.device, prompt.dtype), state.best_step
-        log.info(
-            "%s: resuming from step %d of %d (%s)",
-            settings.name,
-            start,
-            settings.total_steps,
-            ckpt_dir,
-        )
+    if saved is not None:
+        _resume(state, saved, restore, settings, ckpt_dir)
     elif validating:
         assert val_fn is not None
-        history.append({"step": 0, **val_fn(prompt.detach())})
-        consider(history[0], prompt)
+        state.history.append({"step": 0, **val_fn(prompt.detach())})
+        state.consider(state.history[0], prompt, settings)
     main = dist_utils.is_main_process()
     log_every = max(1, settings.total_steps // 20)
-    for step in range(start + 1, settings.total_steps + 1):
-        grad, metrics = step_fn(step, prompt.detach())
-        grad, norm = clip_gradient(grad, settings.clip_grad_norm)
-        factor = lr_factor(
-            step, settings.total_steps, settings.warmup_steps, settings.final_lr_fraction
-        )
-        for group, base_lr in zip(optimizer.param_groups, base_lrs, strict=True):
-            group["lr"] = base_lr * factor
-        optimizer.zero_grad(set_to_none=True)
-        prompt.grad = grad.to(prompt.device, prompt.dtype)
-        optimizer.step()
-        record: dict[str, Any] = {"step": step, **metrics, "grad_norm": norm}
-        if factor != 1.0:
-            record["outer_lr"] = base_lrs[0] * factor
+    for step in range(state.start + 1, settings.total_steps + 1):
+        record = _outer_step(state, step, step_fn, settings)
         last = step == settings.total_steps
         if validating and (step % settings.val_every == 0 or last):
             assert val_fn is not None
             record.update(val_fn(prompt.detach()))
-        history.append(record)
-        consider(record, prompt)
+        state.history.append(record)
+        state.consider(record, prompt, settings)
         if step % settings.checkpoint_every == 0 and not last and main:
-            save_checkpoint(
-                ckpt_dir,
-                TrainState(
-                    step,
-                    prompt.detach(),
-                    optimizer.state_dict(),
-                    history,
-                    settings.fingerprint,
-                    best,
-                    best_step,
-                ),
-            )
-        message = " ".join(
-            f"{k} {v:.4f}" for k, v in record.items() if k != "step" and isinstance(v, float)
-        )
-        if step % log_every == 0 or last or settings.select_on in record:
-            log.info("%s step %d/%d %s", settings.name, step, settings.total_steps, message)
-        if progress is not None:
-            progress(step, settings.total_steps, f"{settings.name} step {step}: {message}")
-    if settings.keep_best and best is not None:
-        for record in history:
-            if record["step"] == best_step:
+            _save(state, step, ckpt_dir, settings)
+        _report_step(record, step, last, log_every, settings, progress)
+    return _final_prompt(state, settings)
+
+
+@dataclass
+class _LoopState:
+    """What :func:`train_prompt` carries from step to step (and a checkpoint restores)."""
+
+    prompt: torch.nn.Parameter
+    optimizer: torch.optim.Optimizer
+    base_lrs: list[float]  # the configured outer rates, read before any resume
+    history: list[dict[str, Any]] = field(default_factory=list)
+    start: int = 0  # the last step completed before this process started
+    best: Tensor | None = None
+    best_step: int = -1
+
+    def consider(self, record: dict[str, Any], current: Tensor, settings: LoopSettings) -> None:
+        """Keep ``current`` when ``keep_best`` is on and its finite ``settings.select_on`` is
+        lower than the kept step's."""
+        value = record.get(settings.select_on)
+        if not settings.keep_best or value is None or not math.isfinite(float(value)):
+            return
+        held = next((h for h in self.history if h["step"] == self.best_step), None)
+        if self.best is None or held is None or float(value) < float(held[settings.select_on]):
+            self.best, self.best_step = current.detach().clone(), int(record["step"])
+
+
+def _resume(
+    state: _LoopState,
+    saved: TrainState,
+    restore: Callable[[list[dict[str, Any]]], None] | None,
+    settings: LoopSettings,
+    ckpt_dir: Path,
+) -> None:
+    """Load a checkpoint into ``state``: prompt, optimiser, history, step and best prompt."""
+    prompt = state.prompt
+    with torch.no_grad():
+        prompt.copy_(saved.prompt.to(prompt.device, prompt.dtype))
+    state.optimizer.load_state_dict(saved.optimizer)
+    state.history = [dict(h) for h in saved.history]
+    state.start = saved.step
+    if restore is not None:
+        restore(state.history)
+    if saved.best is not None:
+        state.best, state.best_step = saved.best.to(prompt.device, prompt.dtype), saved.best_step
+    log.info(
+        "%s: resuming from step %d of %d (%s)",
+        settings.name,
+        state.start,
+        settings.total_steps,
+        ckpt_dir,
+    )
+
+
+def _outer_step(
+    state: _LoopState, step: int, step_fn: StepFn, settings: LoopSettings
+) -> dict[str, Any]:
+    """Step ``t``'s update ``theta <- Opt(theta, clip(g))`` at rate ``lr * lr_factor(t)``, with
+    ``g`` from ``step_fn``; returns the step's record (its metrics, ``grad_norm``, ``outer_lr``)."""
+    prompt, optimizer = state.prompt, state.optimizer
+    grad, metrics = step_fn(step, prompt.detach())
+    grad, norm = clip_gradient(grad, settings.clip_grad_norm)
+    factor = lr_factor(
+        step, settings.total_steps, settings.warmup_steps, settings.final_lr_fraction
+    )
+    for group, base_lr in zip(optimizer.param_groups, state.base_lrs, strict=True):
+        group["lr"] = base_lr * factor
+    optimizer.zero_grad(set_to_none=True)
+    prompt.grad = grad.to(prompt.device, prompt.dtype)
+    optimizer.step()
+    record: dict[str, Any] = {"step": step, **metrics, "grad_norm": norm}
+    if factor != 1.0:
+        record["outer_lr"] = state.base_lrs[0] * factor
+    return record
+
+
+def _save(state: _LoopState, step: int, ckpt_dir: Path, settings: LoopSettings) -> None:
+    """Checkpoint ``state`` as of step ``step`` (rank 0 only calls this)."""
+    save_checkpoint(
+        ckpt_dir,
+        TrainState(
+            step,
+            state.prompt.detach(),
+            state.optimizer.state_dict(),
+            state.history,
+            settings.fingerprint,
+            state.best,
+            state.best_step,
+        ),
+    )
+
+
+def _report_step(
+    record: dict[str, Any],
+    step: int,
+    last: bool,
+    log_every: int,
+    settings: LoopSettings,
+    progress: Progress | None,
+) -> None:
+    """Log a step's float metrics (every ``log_every`` steps, the last and validated ones) and
+    pass them to ``progress``."""
+    message = " ".join(
+        f"{k} {v:.4f}" for k, v in record.items() if k != "step" and isinstance(v, float)
+    )
+    if step % log_every == 0 or last or settings.select_on in record:
+        log.info("%s step %d/%d %s", settings.name, step, settings.total_steps, message)
+    if progress is not None:
+        progress(step, settings.total_steps, f"{settings.name} step {step}: {message}")
+
+
+def _final_prompt(state: _LoopState, settings: LoopSettings) -> tuple[Tensor, list[dict[str, Any]]]:
+    """The prompt to return (the kept one under ``keep_best``, its step marked ``kept``) and
+    the history."""
+    if settings.keep_best and state.best is not None:
+        for record in state.history:
+            if record["step"] == state.best_step:
                 record["kept"] = 1
         log.info(
             "%s: keeping the prompt of step %d (best %s)",
             settings.name,
-            best_step,
+            state.best_step,
             settings.select_on,
         )
-        return best.detach().clone(), history
-    return prompt.detach().clone(), history
+        return state.best.detach().clone(), state.history
+    return state.prompt.detach().clone(), state.history
 
 
 def summarise(history: Sequence[dict[str, Any]]) -> dict[str, Any]:
