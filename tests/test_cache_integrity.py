@@ -319,8 +319,21 @@ CODE = [
     ("metapt_core.backbone", ["ppt", "meta-pretrain-maml", CHECK, *EVALS]),
     ("metapt_core.fewshot.tuning", EVALS),
     ("metapt_core.report.stats", ["report"]),
-    # the derived settings (ppt_budget, min_rows_per_class) live in the config module
+    # the derived settings (ppt_budget, min_rows_per_class) live in config.pipeline; every
+    # stage imports the config package, whose __init__ imports each of its modules
     ("metapt_core.config", ALL_CALLS),
+    ("metapt_core.config.aux_tasks", ALL_CALLS),
+    ("metapt_core.config.checks", ALL_CALLS),
+    ("metapt_core.config.coercion", ALL_CALLS),
+    ("metapt_core.config.data", ALL_CALLS),
+    ("metapt_core.config.enums", ALL_CALLS),
+    ("metapt_core.config.evaluation", ALL_CALLS),
+    ("metapt_core.config.loading", ALL_CALLS),
+    ("metapt_core.config.model", ALL_CALLS),
+    ("metapt_core.config.overrides", ALL_CALLS),
+    ("metapt_core.config.pipeline", ALL_CALLS),
+    ("metapt_core.config.pretraining", ALL_CALLS),
+    ("metapt_core.config.yaml_text", ALL_CALLS),
 ]
 
 
