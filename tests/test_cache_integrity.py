@@ -319,8 +319,10 @@ CODE = [
     ("metapt_core.backbone", ["ppt", "meta-pretrain-maml", CHECK, *EVALS]),
     ("metapt_core.fewshot.tuning", EVALS),
     ("metapt_core.report.stats", ["report"]),
-    # the derived settings (ppt_budget, min_rows_per_class) live in the config module
+    # the derived settings (ppt_budget, min_rows_per_class) live in config.pipeline; every
+    # stage imports the config package, whose __init__ imports each of its modules
     ("metapt_core.config", ALL_CALLS),
+    ("metapt_core.config.pipeline", ALL_CALLS),
 ]
 
 

@@ -2,9 +2,10 @@
 
 Walks every field of :class:`PipelineConfig` and its sections and looks, in the project's source
 (``metapt_core``, ``tasks``, ``flows``, ``deployments``), for an attribute read of that field
-outside ``config.py``'s own checks (``__post_init__``). A field named the same in several
-sections (``seed``, ``lr``) must be read as ``<section>.<field>`` or through a variable named
-after its section (``meta = cfg.meta; meta.seed``), so one section's read does not excuse another.
+outside the config package's own checks (``__post_init__`` in ``metapt_core/config/``). A field
+named the same in several sections (``seed``, ``lr``) must be read as ``<section>.<field>`` or
+through a variable named after its section (``meta = cfg.meta; meta.seed``), so one section's read
+does not excuse another.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from metapt_core.config import PipelineConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("metapt_core", "tasks", "flows", "deployments")
+CONFIG_PACKAGE = ("metapt_core", "config")  # the modules whose ``__post_init__`` are own checks
 
 
 def sections(top: type = PipelineConfig) -> dict[type, set[str]]:
@@ -79,7 +81,7 @@ def attribute_reads() -> tuple[set[str], set[tuple[str, str]]]:
     pairs: set[tuple[str, str]] = set()
     for package in PACKAGES:
         for file in sorted((ROOT / package).rglob("*.py")):
-            own_checks = file.name == "config.py" and file.parent.name == "metapt_core"
+            own_checks = file.relative_to(ROOT).parts[: len(CONFIG_PACKAGE)] == CONFIG_PACKAGE
             file_names, file_pairs = reads_in(ast.parse(file.read_text("utf-8")), own_checks)
             names |= file_names
             pairs |= file_pairs
@@ -158,9 +160,10 @@ def run(cfg):
 def test_the_walk_finds_an_unread_field(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The check itself: a field that nothing reads is reported."""
     assert sections(_Top) == {_Top: {"pipeline"}, _Inner: {"inner"}, _Outer: {"outer"}}
-    # a source tree of the made-up config (its module is metapt_core/config.py) and one user
-    (tmp_path / "metapt_core").mkdir()
-    (tmp_path / "metapt_core" / "config.py").write_text(inspect.getsource(_Top), "utf-8")
+    # a source tree of the made-up config (a module of metapt_core/config/) and one user
+    package = tmp_path / "metapt_core" / "config"
+    package.mkdir(parents=True)
+    (package / "sections.py").write_text(inspect.getsource(_Top), "utf-8")
     (tmp_path / "tasks").mkdir()
     (tmp_path / "tasks" / "use.py").write_text(USES, "utf-8")
     with monkeypatch.context() as patched:
@@ -171,7 +174,13 @@ def test_the_walk_finds_an_unread_field(tmp_path: Path, monkeypatch: pytest.Monk
     # depth: read nowhere; height: read only in the config's own checks (__post_init__)
     expected = ["_Inner.depth", "_Inner.lr", "_Outer.seed", "_Top.height"]
     assert sorted(unread_settings(sections(_Top), names, pairs)) == expected
-    assert "height" in reads_in(ast.parse(inspect.getsource(_Top)))[0]  # outside config.py
+    assert "height" in reads_in(ast.parse(inspect.getsource(_Top)))[0]  # outside metapt_core/config
+    # the same checks in a module outside the config package are reads like any other
+    (tmp_path / "tasks" / "checks.py").write_text(inspect.getsource(_Top), "utf-8")
+    with monkeypatch.context() as patched:
+        patched.setitem(globals(), "ROOT", tmp_path)
+        elsewhere = unread_settings(sections(_Top), *attribute_reads())
+    assert sorted(elsewhere) == ["_Inner.depth", "_Inner.lr", "_Outer.seed"]
     # the real walk: a read dropped from what the code reads leaves its field reported
     names, pairs = attribute_reads()
     assert "batch_prompts" in names

@@ -148,7 +148,7 @@ def test_known_dependencies_are_in_the_closure(copy_root: Path) -> None:
     for stage in ("ppt", "meta-pretrain", "evaluate-cells"):
         assert "metapt_core.backbone" in closure(stage)
     assert "metapt_core.embedding" in closure("cluster")
-    assert all("metapt_core.config" in closure(stage) for stage in STAGES)
+    assert all("metapt_core.config.pipeline" in closure(stage) for stage in STAGES)
     assert "metapt_core.report.stats" not in closure("embed")
 
 
