@@ -9,7 +9,7 @@ from dataclasses import replace
 
 from prefect import flow
 
-from flows.context import Profile, Refs, RunRequest, entry_run_name, run_entry
+from flows.context import entry_flow
 from tasks.cluster import cluster_task
 from tasks.common import outcome_of
 from tasks.plan import Outputs
@@ -23,13 +23,4 @@ def cluster_step(run: RunContext, outputs: Outputs) -> Outputs:
     return replace(outputs, shards=out.ref)
 
 
-@flow(name="metapt-cluster", flow_run_name=entry_run_name)
-def cluster_flow(
-    profile: Profile = "default",
-    config_file: str = "",
-    overrides: list[str] | str | None = None,
-    refresh: list[str] | str | None = None,
-) -> Refs:
-    """The steps up to cluster (its deployment; earlier stages served from the store)."""
-    request = RunRequest.of(profile, config_file, overrides, refresh)
-    return run_entry("metapt-cluster", "cluster", request)
+cluster_flow = entry_flow("cluster", __name__)

@@ -12,7 +12,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 from flows.env import WORK_DIR_ENV
 from metapt_core.config import PipelineConfig, dump_yaml, load_config
@@ -227,6 +227,33 @@ def run_steps(
         for name in names[: names.index(last) + 1]:
             outputs = flows[name](run, outputs)
         return {**outputs.to_dict(), "mlflow_run_id": {"id": run.tracker.parent_run_id}}
+
+
+def entry_flow(step: str, module: str) -> Any:
+    """The entry flow ``metapt-<step>`` that serves one step on its own (its deployment's):
+    string parameters, then the steps up to ``step`` (stored ones served from the store).
+
+    ``module`` binds it as ``<step>_flow`` (``meta_pretrain_flow``): a deployment's entry point
+    is that module path.
+    """
+    from prefect import flow
+
+    def entry(
+        profile: Profile = "default",
+        config_file: str = "",
+        overrides: list[str] | str | None = None,
+        refresh: list[str] | str | None = None,
+    ) -> Refs:
+        request = RunRequest.of(profile, config_file, overrides, refresh)
+        return run_entry(f"metapt-{step}", step, request)
+
+    entry.__name__ = entry.__qualname__ = f"{step.replace('-', '_')}_flow"
+    entry.__module__ = module
+    entry.__doc__ = (
+        f"The steps up to {step}, stored stages served from the store; returns every reference "
+        "made (``prompt:<init>@<seed>``, ``objective:<seed>`` among them) and ``mlflow_run_id``."
+    )
+    return flow(name=f"metapt-{step}", flow_run_name=entry_run_name)(entry)
 
 
 def run_entry(flow_name: str, last: str, request: RunRequest) -> dict[str, dict[str, str]]:

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 from prefect import flow
 
-from flows.context import Profile, Refs, RunRequest, entry_run_name, run_entry
+from flows.context import entry_flow
 from tasks.common import outcome_of
 from tasks.embed import embed_task
 from tasks.plan import Outputs
@@ -23,13 +23,4 @@ def embed_step(run: RunContext, outputs: Outputs) -> Outputs:
     return replace(outputs, embed=out.ref)
 
 
-@flow(name="metapt-embed", flow_run_name=entry_run_name)
-def embed_flow(
-    profile: Profile = "default",
-    config_file: str = "",
-    overrides: list[str] | str | None = None,
-    refresh: list[str] | str | None = None,
-) -> Refs:
-    """The steps up to embed (its deployment; the ingest step's stages served from the store)."""
-    request = RunRequest.of(profile, config_file, overrides, refresh)
-    return run_entry("metapt-embed", "embed", request)
+embed_flow = entry_flow("embed", __name__)

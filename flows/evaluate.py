@@ -13,7 +13,7 @@ from typing import Any
 
 from prefect import flow
 
-from flows.context import Profile, Refs, RunRequest, entry_run_name, run_entry
+from flows.context import entry_flow
 from metapt_core.config import GridConfig, TaskRunner
 from metapt_core.threads import available_cores, threads_per_worker, torch_threads
 from tasks import plan
@@ -137,14 +137,4 @@ def evaluate_step(run: RunContext, outputs: Outputs) -> Outputs:
     return replace(outputs, report=report.ref)
 
 
-@flow(name="metapt-evaluate", flow_run_name=entry_run_name)
-def evaluate_flow(
-    profile: Profile = "default",
-    config_file: str = "",
-    overrides: list[str] | str | None = None,
-    refresh: list[str] | str | None = None,
-) -> Refs:
-    """The steps up to evaluate (its deployment; earlier stages served from the store): the
-    few-shot grid and the report."""
-    request = RunRequest.of(profile, config_file, overrides, refresh)
-    return run_entry("metapt-evaluate", "evaluate", request)
+evaluate_flow = entry_flow("evaluate", __name__)

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 from prefect import flow
 
-from flows.context import Profile, Refs, RunRequest, entry_run_name, run_entry
+from flows.context import entry_flow
 from tasks.assets import prepare_assets_task
 from tasks.common import outcome_of
 from tasks.ingest import ingest_pool_task, ingest_tasks_task
@@ -26,13 +26,4 @@ def ingest_step(run: RunContext, outputs: Outputs) -> Outputs:
     return replace(outputs, assets=assets, pool=pool.ref, tasks=tasks.ref)
 
 
-@flow(name="metapt-ingest", flow_run_name=entry_run_name)
-def ingest_flow(
-    profile: Profile = "default",
-    config_file: str = "",
-    overrides: list[str] | str | None = None,
-    refresh: list[str] | str | None = None,
-) -> Refs:
-    """The ingest step on its own (its deployment): the assets, the pool and the target tasks."""
-    request = RunRequest.of(profile, config_file, overrides, refresh)
-    return run_entry("metapt-ingest", "ingest", request)
+ingest_flow = entry_flow("ingest", __name__)

@@ -10,7 +10,7 @@ from dataclasses import replace
 
 from prefect import flow
 
-from flows.context import Profile, Refs, RunRequest, entry_run_name, run_entry
+from flows.context import entry_flow
 from metapt_core.config import InitMethod
 from metapt_core.store import ArtifactRef
 from tasks import plan
@@ -47,17 +47,4 @@ def meta_pretrain_step(run: RunContext, outputs: Outputs) -> Outputs:
     return replace(outputs, prompts=prompts, objectives=objectives)
 
 
-@flow(name="metapt-meta-pretrain", flow_run_name=entry_run_name)
-def meta_pretrain_flow(
-    profile: Profile = "default",
-    config_file: str = "",
-    overrides: list[str] | str | None = None,
-    refresh: list[str] | str | None = None,
-) -> Refs:
-    """The steps up to meta-pretrain (its deployment; earlier stages served from the store).
-
-    Returns the references made, ``prompt:<init>@<seed>`` for each pre-trained prompt and
-    ``objective:<seed>`` for each seed's check among them.
-    """
-    request = RunRequest.of(profile, config_file, overrides, refresh)
-    return run_entry("metapt-meta-pretrain", "meta-pretrain", request)
+meta_pretrain_flow = entry_flow("meta-pretrain", __name__)

@@ -76,13 +76,15 @@ def served(tmp_path: Path, assets_dir: Path):
         subprocess.run([*services, "stop", "--work-dir", str(work)], env=env, cwd=REPO, timeout=120)
 
 
-def run_deployment(env: dict[str, str], overrides: list[str]) -> float:
-    """``prefect deployment run metapt/full-pipeline ... --watch``; its wall time in seconds."""
+def run_deployment(
+    env: dict[str, str], overrides: list[str], deployment: str = "metapt/full-pipeline"
+) -> float:
+    """``prefect deployment run <deployment> ... --watch``; its wall time in seconds."""
     cmd = [
         str(BIN / "prefect"),
         "deployment",
         "run",
-        "metapt/full-pipeline",
+        deployment,
         "-p",
         "profile=smoke",
         "-p",
@@ -208,3 +210,14 @@ def test_full_pipeline_served_cached_and_partially_recomputed(served) -> None:
     )
     assert report.returncode == 0, report.stderr
     assert "metapt_maml" in report.stdout
+    # a step's own deployment runs the steps before it, every stage served from the store
+    run_deployment(env, [*overrides, "cluster.n_clusters=2"], "metapt-cluster/cluster")
+    (alone,) = client.search_runs(
+        [experiment.experiment_id],
+        "tags.`metapt.kind` = 'pipeline' and tags.`metapt.flow` = 'metapt-cluster'",
+    )
+    served = children(client, experiment.experiment_id, alone.info.run_id)
+    assert {r.data.tags["metapt.stage"] for r in served} == {
+        "ingest-pool", "ingest-tasks", "embed", "cluster"
+    }  # fmt: skip
+    assert all(r.data.tags["metapt.cached"] == "true" for r in served)
