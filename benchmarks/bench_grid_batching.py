@@ -74,6 +74,7 @@ def write_task(tasks_dir: Path, task: str, n_train: int, n_test: int) -> None:
 
 def run(mode: str) -> list[Row]:
     from metapt_core.fewshot import build_grid, group_cells, run_cell_group, run_cells
+    from metapt_core.specs import EvalSpec
 
     seeds, inits, steps, n_test, reps = SIZES[mode]
     base = default_config()
@@ -114,8 +115,11 @@ def run(mode: str) -> list[Row]:
 
     def parallel(name: str = "parallel") -> None:
         groups = group_cells(cells, batched=True)
+        specs = [EvalSpec.of(cfg, g[0].task, g[0].shots, g[0].seed) for g in groups]
         with ThreadPoolExecutor(max_workers=2) as pool:
-            done = pool.map(lambda g: run_cell_group(model, g, tasks_dir, pretrained, cfg), groups)
+            done = pool.map(
+                lambda g, s: run_cell_group(model, g, tasks_dir, pretrained, s), groups, specs
+            )
             results[name] = [r for group in done for r in group]
 
     def parallel_split() -> None:

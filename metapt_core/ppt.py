@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from metapt_core.config import PipelineConfig, PPTConfig, to_dict
+from metapt_core.config import PPTConfig, to_dict
 from metapt_core.meta import distributed as dist_utils
 from metapt_core.meta.checkpoint import checkpoint_dir
 from metapt_core.meta.episodes import (
@@ -62,7 +62,7 @@ from metapt_core.store import ArtifactRef
 
 def ppt_pretrain(
     shards: str | Path | ArtifactRef,
-    cfg: PPTSpec | PipelineConfig,
+    cfg: PPTSpec,
     model: PromptObjective,
     out_dir: str | Path,
     progress: Progress | None = None,
@@ -80,7 +80,7 @@ def ppt_pretrain(
         shards: the cluster stage's shards folder (or its reference).
         cfg: what PPT reads (:class:`~metapt_core.specs.PPTSpec`: the matched ``ppt`` section,
             the episode settings it shares with MetaPT, ``prompt``, the pool's format, the
-            model's settings), or a whole config to take it from.
+            model's settings).
         model: the frozen prompt model.
         out_dir: the prompt folder to write; checkpoints go to ``<out_dir>.ckpt``.
         progress: ``progress(done, total, message)`` per step.
@@ -93,7 +93,6 @@ def ppt_pretrain(
         equals MetaPT's under the default budget.
     """
     started = time.perf_counter()
-    cfg = PPTSpec.of(cfg)
     meta = cfg.meta
     steps, batch_size = cfg.ppt_budget()
     out = Path(out_dir)

@@ -9,8 +9,8 @@ read of it an ``AttributeError`` rather than a stale cache hit.
 
 Specs mirror the attribute names of :class:`PipelineConfig` (``spec.meta``, ``spec.prompt``,
 ``spec.pool``) so that the code below the core function reads them as it read the config. Core
-functions also accept a whole :class:`PipelineConfig` (converted with ``of``), for callers that
-use ``metapt_core`` directly.
+functions take the spec only; a caller that uses ``metapt_core`` directly builds it from its
+config with ``of`` (``meta_pretrain(shards, MetaSpec.of(cfg), ...)``).
 """
 
 from __future__ import annotations

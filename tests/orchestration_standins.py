@@ -26,6 +26,15 @@ import numpy as np
 import pandas as pd
 
 from metapt_core.config import to_dict
+from metapt_core.specs import (
+    ClusterSpec,
+    EvalSpec,
+    MetaSpec,
+    PoolSpec,
+    PPTSpec,
+    ReportSpec,
+    TasksSpec,
+)
 from metapt_core.store import ArtifactRef, atomic_write_json, atomic_write_text, seal
 
 Progress = Any
@@ -104,7 +113,7 @@ def prepare_assets(assets_dir: Any, names: Any = None, progress: Progress = None
     return root
 
 
-def ingest_pool(cfg: Any, assets: Any, out_dir: Path, progress: Progress = None) -> FakeResult:
+def ingest_pool(cfg: PoolSpec, assets: Any, out_dir: Path, progress: Progress = None) -> FakeResult:
     _called("ingest-pool", progress)
     rows = min(cfg.pool.max_rows or 60, 60)
     frame = pd.DataFrame(
@@ -121,7 +130,7 @@ def ingest_pool(cfg: Any, assets: Any, out_dir: Path, progress: Progress = None)
 
 
 def ingest_tasks(
-    cfg: Any, assets: Any, pool_ref: ArtifactRef, out_dir: Path, progress: Progress = None
+    cfg: TasksSpec, assets: Any, pool_ref: ArtifactRef, out_dir: Path, progress: Progress = None
 ) -> FakeResult:
     _called("ingest-tasks", progress)
     for spec in cfg.tasks:
@@ -150,12 +159,12 @@ def embed_pool(
 def cluster_pool(
     pool_ref: ArtifactRef,
     embed_ref: ArtifactRef,
-    cfg: Any,
+    spec: ClusterSpec,
     out_dir: Path,
     progress: Progress = None,
 ) -> FakeResult:
     _called("cluster", progress)
-    k = cfg.cluster.n_clusters or 3
+    k = spec.cluster.n_clusters or 3
     pool = pd.read_parquet(pool_ref.path)
     shards = out_dir / "shards"
     shards.mkdir()
@@ -177,7 +186,9 @@ def load_prompt_model(cfg: Any) -> str:
     return "fake-backbone"
 
 
-def _prompt(out_dir: Path, made_by: str, shards_ref: ArtifactRef, cfg: Any, section: Any) -> None:
+def _prompt(
+    out_dir: Path, made_by: str, shards_ref: ArtifactRef, cfg: MetaSpec | PPTSpec, section: Any
+) -> None:
     value = _number(made_by, shards_ref.sha256, to_dict(section))
     vector = np.full((cfg.prompt.length, 4), value, dtype=np.float32)
     np.save(out_dir / "prompt.npy", vector)
@@ -186,7 +197,7 @@ def _prompt(out_dir: Path, made_by: str, shards_ref: ArtifactRef, cfg: Any, sect
 
 def meta_pretrain(
     shards_ref: ArtifactRef,
-    cfg: Any,
+    cfg: MetaSpec,
     algorithm: Any,
     backbone: Any,
     out_dir: Path,
@@ -200,7 +211,7 @@ def meta_pretrain(
 
 def ppt_pretrain(
     shards_ref: ArtifactRef,
-    cfg: Any,
+    cfg: PPTSpec,
     backbone: Any,
     out_dir: Path,
     progress: Progress = None,
@@ -212,7 +223,7 @@ def ppt_pretrain(
 
 
 def evaluate_group(
-    cfg: Any,
+    spec: EvalSpec,
     task_name: str,
     tasks_ref: ArtifactRef,
     shots: int,
@@ -227,9 +238,10 @@ def evaluate_group(
     if os.environ.get("METAPT_FAKE_FAIL") == label:
         raise RuntimeError(f"injected failure in {label}")
     cells = []
+    tuning = to_dict(spec.fewshot)
     for method, ref in sorted(prompts.items()):
         accuracy = 0.5 + 0.4 * _number(
-            method, shots, seed, ref.sha256 if ref else None, tasks_ref.sha256, to_dict(cfg.fewshot)
+            method, shots, seed, ref.sha256 if ref else None, tasks_ref.sha256, tuning
         )
         cells.append(
             {
@@ -257,7 +269,7 @@ def meta_objective_check(
 def build_report(
     cells: list[dict[str, Any]],
     zero_shot: dict[str, float],
-    cfg: Any,
+    cfg: ReportSpec,
     out_dir: Path,
     untuned: Any = (),
     warnings: Any = None,

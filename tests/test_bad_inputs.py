@@ -29,6 +29,7 @@ from safetensors.torch import save_file
 
 from metapt_core.config import PipelineConfig, deep_merge, load_config
 from metapt_core.errors import ConfigError, DataError, MetaptError
+from metapt_core.specs import PoolSpec, TasksSpec
 from metapt_core.validate import preflight
 
 REPO = Path(__file__).resolve().parents[1]
@@ -145,13 +146,13 @@ def _preflight(cfg: PipelineConfig) -> Action:
 def _ingest_pool(env: Env, cfg: PipelineConfig) -> Action:
     from metapt_core.data import ingest_pool
 
-    return lambda: ingest_pool(cfg, None, env.store / "ingest" / "new-pool")
+    return lambda: ingest_pool(PoolSpec.of(cfg), None, env.store / "ingest" / "new-pool")
 
 
 def _ingest_tasks(env: Env, cfg: PipelineConfig) -> Action:
     from metapt_core.data import ingest_tasks
 
-    return lambda: ingest_tasks(cfg, None, None, env.store / "ingest" / "new-tasks")
+    return lambda: ingest_tasks(TasksSpec.of(cfg), None, None, env.store / "ingest" / "new-tasks")
 
 
 def _load_backbone(cfg: PipelineConfig) -> Action:
@@ -369,8 +370,10 @@ def data_rows() -> list[Row]:
 
         def stage() -> object:
             # The pool stage succeeds (outside the store); the tasks stage must refuse.
-            pool_ref = ingest_pool(cfg, None, env.tmp / "elsewhere").ref
-            return ingest_tasks(cfg, None, pool_ref, env.store / "ingest" / "new-tasks")
+            pool_ref = ingest_pool(PoolSpec.of(cfg), None, env.tmp / "elsewhere").ref
+            return ingest_tasks(
+                TasksSpec.of(cfg), None, pool_ref, env.store / "ingest" / "new-tasks"
+            )
 
         return [_preflight(cfg), stage]
 

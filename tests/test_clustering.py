@@ -14,6 +14,7 @@ from metapt_core.clustering import cluster_labels, cluster_pool, load_shard, rea
 from metapt_core.config import EmbedConfig, PipelineConfig, load_config
 from metapt_core.embedding import embed_pool
 from metapt_core.errors import DataError, IntegrityError
+from metapt_core.specs import ClusterSpec
 from metapt_core.store import ArtifactRef, sha256_file
 
 N_TWEETS = 400
@@ -49,7 +50,11 @@ def test_kmeans_shards_cover_the_pool_exactly_once(real, tmp_path) -> None:
     cfg = make_cfg(method="kmeans", n_clusters=4, scatter_sample=300)
     seen: list[tuple[int, int]] = []
     result = cluster_pool(
-        pool_ref, embed_ref, cfg, tmp_path / "out", lambda d, t, m: seen.append((d, t))
+        pool_ref,
+        embed_ref,
+        ClusterSpec.of(cfg),
+        tmp_path / "out",
+        lambda d, t, m: seen.append((d, t)),
     )
     rows = shard_rows(result.shards_dir)
     assert sorted(rows["row_id"]) == sorted(pool["row_id"])  # every row once, none twice
@@ -86,7 +91,10 @@ def test_kmeans_shards_cover_the_pool_exactly_once(real, tmp_path) -> None:
 def test_manifest_fingerprints_match_the_files(real, tmp_path) -> None:
     _, pool_ref, embed_ref, _ = real
     result = cluster_pool(
-        pool_ref, embed_ref, make_cfg(method="kmeans", n_clusters=3), tmp_path / "out"
+        pool_ref,
+        embed_ref,
+        ClusterSpec.of(make_cfg(method="kmeans", n_clusters=3)),
+        tmp_path / "out",
     )
     raw = json.loads((result.shards_dir / "manifest.json").read_text())
     assert set(raw) == {"classes", "method", "n_rows", "dropped", "shards"}
@@ -116,7 +124,7 @@ def test_same_seed_same_labels(real) -> None:
 def test_auto_k_picks_the_best_silhouette_in_range(real, tmp_path) -> None:
     _, pool_ref, embed_ref, _ = real
     cfg = make_cfg(method="kmeans", n_clusters=0, k_min=2, k_max=4)
-    stats = cluster_pool(pool_ref, embed_ref, cfg, tmp_path / "out").stats
+    stats = cluster_pool(pool_ref, embed_ref, ClusterSpec.of(cfg), tmp_path / "out").stats
     scores = {int(k): v for k, v in stats["k_scores"].items()}
     assert sorted(scores) == [2, 3, 4]
     assert stats["k"] == max(scores, key=lambda k: scores[k])
@@ -133,10 +141,16 @@ def test_umap_hdbscan_noise_policies(real, tmp_path) -> None:
         min_rows_per_class=1,
     )
     drop = cluster_pool(
-        pool_ref, embed_ref, make_cfg(noise_policy="drop", **common), tmp_path / "drop"
+        pool_ref,
+        embed_ref,
+        ClusterSpec.of(make_cfg(noise_policy="drop", **common)),
+        tmp_path / "drop",
     )
     near = cluster_pool(
-        pool_ref, embed_ref, make_cfg(noise_policy="nearest", **common), tmp_path / "near"
+        pool_ref,
+        embed_ref,
+        ClusterSpec.of(make_cfg(noise_policy="nearest", **common)),
+        tmp_path / "near",
     )
     # Same seed: UMAP and HDBSCAN find the same noise both times.
     assert drop.stats["noise"] == near.stats["noise"] > 0
@@ -158,7 +172,7 @@ def test_lda_clusters_real_tweets(real, tmp_path) -> None:
     result = cluster_pool(
         pool_ref,
         embed_ref,
-        make_cfg(method="lda", n_clusters=3, lda_vocab_size=500),
+        ClusterSpec.of(make_cfg(method="lda", n_clusters=3, lda_vocab_size=500)),
         tmp_path / "out",
     )
     rows = shard_rows(result.shards_dir)
@@ -172,7 +186,7 @@ def test_small_clusters_are_merged_or_dropped_and_counted(real, tmp_path, policy
     pool, pool_ref, embed_ref, _ = real
     # 8 clusters of 400 tweets with >= 9 rows of each class needed: five of them fall short.
     cfg = make_cfg(method="kmeans", n_clusters=8, min_rows_per_class=9, small_cluster_policy=policy)
-    result = cluster_pool(pool_ref, embed_ref, cfg, tmp_path / "out")
+    result = cluster_pool(pool_ref, embed_ref, ClusterSpec.of(cfg), tmp_path / "out")
     manifest = read_manifest(result.shards_dir)
     stats = result.stats
     assert stats["n_clusters"] < 8 and stats["n_clusters"] == len(manifest.shards)
@@ -194,7 +208,7 @@ def test_too_few_usable_clusters_names_n_clusters(real, tmp_path) -> None:
     _, pool_ref, embed_ref, _ = real
     cfg = make_cfg(method="kmeans", n_clusters=4, min_rows_per_class=200)
     with pytest.raises(DataError, match="cluster.n_clusters"):
-        cluster_pool(pool_ref, embed_ref, cfg, tmp_path / "out")
+        cluster_pool(pool_ref, embed_ref, ClusterSpec.of(cfg), tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -202,4 +216,4 @@ def test_embeddings_of_another_pool_are_refused(real, tmp_path) -> None:
     pool, _, embed_ref, _ = real
     other = ArtifactRef.of(write_pool(pool.iloc[::-1].reset_index(drop=True), tmp_path / "pool"))
     with pytest.raises(DataError, match="row ids"):
-        cluster_pool(other, embed_ref, make_cfg(), tmp_path / "out")
+        cluster_pool(other, embed_ref, ClusterSpec.of(make_cfg()), tmp_path / "out")

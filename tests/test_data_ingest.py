@@ -33,6 +33,7 @@ from metapt_core.data import (
     stratified_split,
 )
 from metapt_core.errors import DataError
+from metapt_core.specs import PoolSpec, TasksSpec
 
 ROWS = [
     {"sentence": "a truly great film", "y": "pos", "score": 3.1},
@@ -358,7 +359,7 @@ def _config(tmp_path: Path, pool_texts: list[str], **task_kw) -> PipelineConfig:
 
 def test_ingest_pool_and_tasks(tmp_path: Path) -> None:
     cfg = _config(tmp_path, [f"tweet {i}" for i in range(40)] + ["tweet 1", "  "])
-    pool = ingest_pool(cfg, None, tmp_path / "out")
+    pool = ingest_pool(PoolSpec.of(cfg), None, tmp_path / "out")
     table = pq.read_table(pool.ref.path)
     assert table.column_names == ["row_id", "text", "label", "label_id", "source"]
     assert table.num_rows == 40 and pool.stats["sources"]["tweets"]["duplicate"] == 1
@@ -367,7 +368,7 @@ def test_ingest_pool_and_tasks(tmp_path: Path) -> None:
     assert table.column("label").null_count == 40
     pool.ref.verify()
 
-    tasks = ingest_tasks(cfg, None, pool.ref, tmp_path / "tasks")
+    tasks = ingest_tasks(TasksSpec.of(cfg), None, pool.ref, tmp_path / "tasks")
     train = pq.read_table(tmp_path / "tasks" / "mr" / "train.parquet").to_pandas()
     test = pq.read_table(tmp_path / "tasks" / "mr" / "test.parquet").to_pandas()
     assert len(test) == 10 and (test.label.value_counts() == 5).all()
@@ -377,7 +378,7 @@ def test_ingest_pool_and_tasks(tmp_path: Path) -> None:
     assert summary["mr"]["counts"]["test"] == {"negative": 5, "positive": 5}
     assert tasks.stats["mr"]["train_source"]["unmapped"] == 1
 
-    again = ingest_tasks(cfg, None, pool.ref, tmp_path / "tasks2")
+    again = ingest_tasks(TasksSpec.of(cfg), None, pool.ref, tmp_path / "tasks2")
     assert again.ref.sha256 == tasks.ref.sha256  # deterministic bytes
 
 
@@ -385,14 +386,20 @@ def test_pool_max_rows_is_a_seeded_sample(tmp_path: Path) -> None:
     cfg = _config(tmp_path, [f"tweet {i}" for i in range(100)])
     cfg.pool.max_rows = 25
     first = (
-        pq.read_table(ingest_pool(cfg, None, tmp_path / "a").ref.path).column("row_id").to_pylist()
+        pq.read_table(ingest_pool(PoolSpec.of(cfg), None, tmp_path / "a").ref.path)
+        .column("row_id")
+        .to_pylist()
     )
     second = (
-        pq.read_table(ingest_pool(cfg, None, tmp_path / "b").ref.path).column("row_id").to_pylist()
+        pq.read_table(ingest_pool(PoolSpec.of(cfg), None, tmp_path / "b").ref.path)
+        .column("row_id")
+        .to_pylist()
     )
     cfg.pool.seed = 1
     other = (
-        pq.read_table(ingest_pool(cfg, None, tmp_path / "c").ref.path).column("row_id").to_pylist()
+        pq.read_table(ingest_pool(PoolSpec.of(cfg), None, tmp_path / "c").ref.path)
+        .column("row_id")
+        .to_pylist()
     )
     assert len(first) == 25 and first == second and first != other
 
@@ -408,11 +415,11 @@ def test_source_max_rows(tmp_path: Path) -> None:
 def test_leakage_check_fails_loudly_and_writes_nothing(tmp_path: Path) -> None:
     leaked = [f"movie review number {i} {'good' if i % 2 else 'bad'}" for i in range(60)]
     cfg = _config(tmp_path, ["unrelated tweet", *[t.upper() for t in leaked]])
-    pool = ingest_pool(cfg, None, tmp_path / "out")
+    pool = ingest_pool(PoolSpec.of(cfg), None, tmp_path / "out")
     with pytest.raises(
         DataError, match=r"tasks\[mr\]\.test=\d+: test texts also in the pre-training pool"
     ):
-        ingest_tasks(cfg, None, pool.ref, tmp_path / "tasks")
+        ingest_tasks(TasksSpec.of(cfg), None, pool.ref, tmp_path / "tasks")
     assert not (tmp_path / "tasks").exists()
     assert not list(tmp_path.glob("tasks.tmp-*"))
 
@@ -425,7 +432,7 @@ def test_class_without_train_rows(tmp_path: Path) -> None:
     with pytest.raises(
         DataError, match=r"tasks\[mr\]\.train=.*\['neutral'\] have no training rows"
     ):
-        ingest_tasks(cfg, None, None, tmp_path / "tasks")
+        ingest_tasks(TasksSpec.of(cfg), None, None, tmp_path / "tasks")
 
 
 def test_explicit_test_source_drops_train_duplicates(tmp_path: Path) -> None:
@@ -446,7 +453,7 @@ def test_explicit_test_source_drops_train_duplicates(tmp_path: Path) -> None:
     task.test = SourceConfig(
         **{**task.train.__dict__, "name": "movie-test", "path": str(test_path)}
     )
-    result = ingest_tasks(cfg, None, None, tmp_path / "tasks")
+    result = ingest_tasks(TasksSpec.of(cfg), None, None, tmp_path / "tasks")
     assert result.stats["mr"]["test_source"]["duplicate"] == 1
     assert result.stats["mr"]["rows"] == {"train": 60, "test": 2}
 
@@ -456,4 +463,4 @@ def test_task_needs_labels(tmp_path: Path) -> None:
     assert cfg.tasks[0].train is not None
     cfg.tasks[0].train.label_column = ""
     with pytest.raises(DataError, match=r"tasks\[mr\]\.train\.label_column"):
-        ingest_tasks(cfg, None, None, tmp_path / "tasks")
+        ingest_tasks(TasksSpec.of(cfg), None, None, tmp_path / "tasks")

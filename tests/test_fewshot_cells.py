@@ -32,6 +32,7 @@ from metapt_core.fewshot.cells import (
 from metapt_core.fewshot.grid import Cell, build_grid
 from metapt_core.fewshot.tuning import tune_prompts
 from metapt_core.lm import PromptModel, TaskFormat
+from metapt_core.specs import EvalSpec
 from metapt_core.tiny import CORPUS, make_tiny_llama
 
 POSITIVE = [
@@ -159,9 +160,10 @@ def test_per_prompt_curves_leave_the_trained_prompts_bit_identical(
 def test_group_equals_cells_one_by_one(model: PromptModel, tasks_dir: Path):
     cfg = config(dev=2)
     cells = [c for c in build_grid(cfg) if c.seed == 0]
-    together = run_cell_group(model, cells, tasks_dir, pretrained(model), cfg)
+    spec = EvalSpec.of(cfg, "toy", 4, 0)
+    together = run_cell_group(model, cells, tasks_dir, pretrained(model), spec)
     for cell, res in zip(cells, together):
-        (alone,) = run_cell_group(model, [cell], tasks_dir, pretrained(model), cfg)
+        (alone,) = run_cell_group(model, [cell], tasks_dir, pretrained(model), spec)
         assert alone.test_accuracy == pytest.approx(res.test_accuracy, abs=1e-9)
         assert alone.best_step == res.best_step
         assert res.group_size == 3 and alone.group_size == 1
@@ -184,9 +186,9 @@ def test_cells_are_deterministic_and_paired(model: PromptModel, tasks_dir: Path)
 
 
 def test_missing_pretrained_prompt_is_named(model: PromptModel, tasks_dir: Path):
-    cfg = config(inits=[InitMethod.METAPT_MAML])
+    spec = EvalSpec.of(config(inits=[InitMethod.METAPT_MAML]), "toy", 4, 0)
     with pytest.raises(ConfigError, match="grid.inits='metapt_maml'"):
-        run_cell_group(model, [Cell("toy", InitMethod.METAPT_MAML, 4, 0)], tasks_dir, {}, cfg)
+        run_cell_group(model, [Cell("toy", InitMethod.METAPT_MAML, 4, 0)], tasks_dir, {}, spec)
 
 
 def test_zero_shot_scores_without_a_prompt(model: PromptModel, tasks_dir: Path):
@@ -198,34 +200,35 @@ def test_zero_shot_scores_without_a_prompt(model: PromptModel, tasks_dir: Path):
 
 def test_label_word_and_untrained_inits_come_from_the_pretraining_seed(model: PromptModel):
     cfg = config()
+    spec = EvalSpec.of(cfg, "toy", 4, 0)
     fmt = TaskFormat.of("{text} It was {answer}.", ["bad", "good"])
     cell = Cell("toy", InitMethod.LABEL_WORDS, 4, 0, pretrain_seed=7)
-    got = initial_prompt(model, cell, {}, cfg)
+    got = initial_prompt(model, cell, {}, spec)
     emb = model.embedding_matrix.detach().float()
     for c, ids in enumerate(model.label_tokens(fmt)):
         assert torch.allclose(got[c], emb[list(ids)].mean(dim=0))
     # the filler, like every untrained prompt, is drawn from the pre-training seed
     assert torch.equal(
-        got, initial_prompt(model, Cell("toy", InitMethod.LABEL_WORDS, 4, 1, 7), {}, cfg)
+        got, initial_prompt(model, Cell("toy", InitMethod.LABEL_WORDS, 4, 1, 7), {}, spec)
     )
     assert not torch.equal(
-        got, initial_prompt(model, Cell("toy", InitMethod.LABEL_WORDS, 4, 0, 8), {}, cfg)
+        got, initial_prompt(model, Cell("toy", InitMethod.LABEL_WORDS, 4, 0, 8), {}, spec)
     )
-    vocab = initial_prompt(model, Cell("toy", InitMethod.SAMPLE_VOCAB, 4, 0, 7), {}, cfg)
+    vocab = initial_prompt(model, Cell("toy", InitMethod.SAMPLE_VOCAB, 4, 0, 7), {}, spec)
     from metapt_core.prompt import init_prompt
 
     start = init_prompt(model, cfg.prompt, torch.Generator().manual_seed(7))
     assert torch.equal(vocab, start)  # where PPT and MetaPT of seed 7 start
-    text = initial_prompt(model, Cell("toy", InitMethod.TEXT, 4, 0, 7), {}, cfg)
+    text = initial_prompt(model, Cell("toy", InitMethod.TEXT, 4, 0, 7), {}, spec)
     assert text.shape == (3, model.embed_dim)
 
 
 def test_inner_protocol_and_untuned_scores(model: PromptModel, tasks_dir: Path):
-    cfg = config()
+    spec = EvalSpec.of(config(), "toy", 4, 0)
     inits = [InitMethod.RANDOM, InitMethod.PPT]
     cells = [Cell("toy", i, 4, 0, 0, p) for p in (Protocol.FEWSHOT, Protocol.INNER) for i in inits]
     untuned: list[dict] = []
-    results = run_cell_group(model, cells, tasks_dir, pretrained(model), cfg, 0.5, untuned)
+    results = run_cell_group(model, cells, tasks_dir, pretrained(model), spec, 0.5, untuned)
     assert [r.protocol for r in results] == ["fewshot", "fewshot", "inner", "inner"]
     assert all(len(r.test_correct) == r.n_test == 10 for r in results)
     assert all(r.test_accuracy == pytest.approx(r.test_correct.count("1") / 10) for r in results)
@@ -279,11 +282,11 @@ def test_inner_rule_is_the_metapt_prompts_own_then_ppts():
 def test_inner_protocol_honours_the_trust_region(model: PromptModel, tasks_dir: Path):
     """``inner_ratio`` reaches the inner protocol's SGD step (and only it): a step of alpha 50
     is cut to r times the prompt's norm."""
-    cfg = config()
+    spec = EvalSpec.of(config(), "toy", 4, 0)
     start = pretrained(model)[InitMethod.PPT]
     cells = [Cell("toy", InitMethod.PPT, 4, 0, 0, p) for p in (Protocol.FEWSHOT, Protocol.INNER)]
-    free = run_cell_group(model, cells, tasks_dir, pretrained(model), cfg, 50.0)
-    held = run_cell_group(model, cells, tasks_dir, pretrained(model), cfg, 50.0, None, 1e-3)
+    free = run_cell_group(model, cells, tasks_dir, pretrained(model), spec, 50.0)
+    held = run_cell_group(model, cells, tasks_dir, pretrained(model), spec, 50.0, None, 1e-3)
     assert free[0].test_correct == held[0].test_correct  # the Adam protocol is untouched
     fmt = TaskFormat.of("{text} It was {answer}.", ["bad", "good"])
     from metapt_core.fewshot.sampling import sample_split

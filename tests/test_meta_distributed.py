@@ -15,6 +15,7 @@ from metapt_core.meta.toy import ToyPromptModel
 from metapt_core.meta.trainer import meta_pretrain
 from metapt_core.ppt import ppt_pretrain
 from metapt_core.prompt import load_prompt
+from metapt_core.specs import MetaSpec, PPTSpec
 
 
 def _toy() -> ToyPromptModel:
@@ -25,8 +26,10 @@ def _run_all(shards: Path, out: Path) -> None:
     model = _toy()
     init = model.initial_prompt(3, torch.Generator().manual_seed(0))
     cfg = small_config(meta_steps=4, checkpoint_every=2, val_every=2)
-    meta_pretrain(shards, cfg, MetaAlgorithm.MAML, model, out / "maml", initial_prompt=init)
-    ppt_pretrain(shards, cfg, model, out / "ppt", initial_prompt=init)
+    meta_pretrain(
+        shards, MetaSpec.of(cfg), MetaAlgorithm.MAML, model, out / "maml", initial_prompt=init
+    )
+    ppt_pretrain(shards, PPTSpec.of(cfg), model, out / "ppt", initial_prompt=init)
 
 
 def _worker(rank: int, world: int, tmp: str) -> None:

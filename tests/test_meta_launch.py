@@ -20,7 +20,7 @@ from metapt_core.meta.trainer import meta_pretrain
 from metapt_core.ppt import ppt_pretrain
 from metapt_core.pretraining.start import starting_prompt
 from metapt_core.prompt import load_prompt
-from metapt_core.specs import MetaSpec
+from metapt_core.specs import MetaSpec, PPTSpec
 from metapt_core.tiny import make_tiny_llama
 
 TOL = 1e-5  # ranks vs one process: the same prompt up to summation order
@@ -75,9 +75,9 @@ def test_two_torchrun_ranks_give_the_prompt_of_one_process(
     cfg = tiny_config(folder, val_episodes=val_episodes, outer_lr=10.0)
     model = load_prompt_model(cfg)
     if kind == "ppt":
-        alone = ppt_pretrain(shards, cfg, model, tmp_path / "one")
+        alone = ppt_pretrain(shards, PPTSpec.of(cfg), model, tmp_path / "one")
     else:
-        alone = meta_pretrain(shards, cfg, "maml", model, tmp_path / "one")  # type: ignore[arg-type]
+        alone = meta_pretrain(shards, MetaSpec.of(cfg), "maml", model, tmp_path / "one")  # type: ignore[arg-type]
     lines: list[str] = []
     result = launch_pretrain(cfg, shards, tmp_path / "two", kind, nproc=2, log=lines.append)
     one, _ = load_prompt(tmp_path / "one")
@@ -100,7 +100,7 @@ def test_a_killed_rank_restarts_the_group_from_its_checkpoint(
     folder, shards = setup
     cfg = tiny_config(folder, meta_steps=30, checkpoint_every=2, outer_lr=10.0)
     model = load_prompt_model(cfg)
-    meta_pretrain(shards, cfg, "maml", model, tmp_path / "one")  # type: ignore[arg-type]
+    meta_pretrain(shards, MetaSpec.of(cfg), "maml", model, tmp_path / "one")  # type: ignore[arg-type]
     out, lines = tmp_path / "two", []
     with killing_rank_one(
         lambda: (out.parent / f"{out.name}.ckpt" / "last.pt").is_file(),

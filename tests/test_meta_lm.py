@@ -17,6 +17,7 @@ from metapt_core.meta.maml import Episode, meta_gradient
 from metapt_core.meta.trainer import meta_pretrain
 from metapt_core.ppt import ppt_pretrain
 from metapt_core.prompt import load_prompt
+from metapt_core.specs import MetaSpec, PPTSpec
 
 FMT = TaskFormat.of("{text} It was {answer}.", ["bad", "maybe", "good"])
 
@@ -48,8 +49,8 @@ def test_meta_pretrain_on_tiny_lm_keeps_backbone_frozen(
         val_episodes=2,
         val_fraction=0.25,
     )
-    result = meta_pretrain(shards, cfg, MetaAlgorithm.MAML, model, tmp_path / "maml")
-    ppt = ppt_pretrain(shards, cfg, model, tmp_path / "ppt")
+    result = meta_pretrain(shards, MetaSpec.of(cfg), MetaAlgorithm.MAML, model, tmp_path / "maml")
+    ppt = ppt_pretrain(shards, PPTSpec.of(cfg), model, tmp_path / "ppt")
     assert result.metrics["examples_seen"] == ppt.metrics["examples_seen"] == 2 * 2 * 4
     prompt, info = load_prompt(tmp_path / "maml")
     assert prompt.shape == (3, model.embed_dim) and info["algorithm"] == "maml"

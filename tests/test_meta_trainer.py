@@ -14,6 +14,7 @@ from metapt_core.meta.checkpoint import checkpoint_dir, load_checkpoint
 from metapt_core.meta.toy import ToyPromptModel
 from metapt_core.meta.trainer import meta_pretrain
 from metapt_core.prompt import load_prompt
+from metapt_core.specs import MetaSpec
 
 
 def _toy() -> ToyPromptModel:
@@ -38,7 +39,7 @@ def test_meta_pretrain_writes_prompt_and_history(tmp_path: Path, algorithm: Meta
     out = tmp_path / "out"
     result = meta_pretrain(
         shards,
-        cfg,
+        MetaSpec.of(cfg),
         algorithm,
         model,
         out,
@@ -70,9 +71,9 @@ def test_meta_pretrain_writes_prompt_and_history(tmp_path: Path, algorithm: Meta
 def test_resume_after_crash_is_bit_identical(tmp_path: Path, algorithm: MetaAlgorithm) -> None:
     shards = write_shards(tmp_path / "shards")
     model = _toy()
-    cfg = small_config(meta_steps=7, checkpoint_every=2, val_every=3)
+    spec = MetaSpec.of(small_config(meta_steps=7, checkpoint_every=2, val_every=3))
     whole = meta_pretrain(
-        shards, cfg, algorithm, model, tmp_path / "a", initial_prompt=_init(model)
+        shards, spec, algorithm, model, tmp_path / "a", initial_prompt=_init(model)
     )
 
     def crash_at_5(done: int, total: int, message: str) -> None:
@@ -82,12 +83,12 @@ def test_resume_after_crash_is_bit_identical(tmp_path: Path, algorithm: MetaAlgo
     out = tmp_path / "b"
     with pytest.raises(Crash):
         meta_pretrain(
-            shards, cfg, algorithm, model, out, progress=crash_at_5, initial_prompt=_init(model)
+            shards, spec, algorithm, model, out, progress=crash_at_5, initial_prompt=_init(model)
         )
     assert not out.exists()
     state = load_checkpoint(checkpoint_dir(out), _fingerprint_of(checkpoint_dir(out)))
     assert state is not None and state.step == 4
-    resumed = meta_pretrain(shards, cfg, algorithm, model, out, initial_prompt=_init(model))
+    resumed = meta_pretrain(shards, spec, algorithm, model, out, initial_prompt=_init(model))
     assert torch.equal(load_prompt(out)[0], load_prompt(tmp_path / "a")[0])
     assert resumed.history == whole.history
 
@@ -105,7 +106,7 @@ def test_checkpoint_of_other_settings_is_ignored(tmp_path: Path) -> None:
     with pytest.raises(Crash):
         meta_pretrain(
             shards,
-            cfg,
+            MetaSpec.of(cfg),
             MetaAlgorithm.FOMAML,
             model,
             out,
@@ -116,7 +117,7 @@ def test_checkpoint_of_other_settings_is_ignored(tmp_path: Path) -> None:
     steps: list[int] = []
     meta_pretrain(
         shards,
-        other,
+        MetaSpec.of(other),
         MetaAlgorithm.FOMAML,
         model,
         out,
@@ -139,7 +140,7 @@ def test_no_resume_starts_over(tmp_path: Path) -> None:
     with pytest.raises(Crash):
         meta_pretrain(
             shards,
-            cfg,
+            MetaSpec.of(cfg),
             MetaAlgorithm.FOMAML,
             model,
             out,
@@ -149,7 +150,7 @@ def test_no_resume_starts_over(tmp_path: Path) -> None:
     steps: list[int] = []
     meta_pretrain(
         shards,
-        cfg,
+        MetaSpec.of(cfg),
         MetaAlgorithm.FOMAML,
         model,
         out,
@@ -174,7 +175,12 @@ def test_step_zero_validation_scores_the_curvature_sized_rule(tmp_path: Path) ->
     model = _toy()
     cfg = small_config(meta_steps=4, inner_lr=50.0, curvature_scale=1.0, keep_best=True)
     meta_pretrain(
-        shards, cfg, MetaAlgorithm.MAML, model, tmp_path / "out", initial_prompt=_init(model)
+        shards,
+        MetaSpec.of(cfg),
+        MetaAlgorithm.MAML,
+        model,
+        tmp_path / "out",
+        initial_prompt=_init(model),
     )
     history = json.loads((tmp_path / "out" / "history.json").read_text())
     first = history[1]

@@ -15,6 +15,7 @@ from metapt_core.meta.toy import ToyPromptModel
 from metapt_core.meta.trainer import meta_pretrain
 from metapt_core.ppt import ppt_pretrain
 from metapt_core.prompt import load_prompt
+from metapt_core.specs import MetaSpec, PPTSpec
 
 
 def _toy() -> ToyPromptModel:
@@ -31,9 +32,14 @@ def test_ppt_matches_metapt_examples_seen(tmp_path: Path) -> None:
     cfg = small_config(meta_steps=5)
     assert cfg.ppt_budget() == (5, 4 * 6)
     meta = meta_pretrain(
-        shards, cfg, MetaAlgorithm.FOMAML, model, tmp_path / "m", initial_prompt=_init(model)
+        shards,
+        MetaSpec.of(cfg),
+        MetaAlgorithm.FOMAML,
+        model,
+        tmp_path / "m",
+        initial_prompt=_init(model),
     )
-    ppt = ppt_pretrain(shards, cfg, model, tmp_path / "p", initial_prompt=_init(model))
+    ppt = ppt_pretrain(shards, PPTSpec.of(cfg), model, tmp_path / "p", initial_prompt=_init(model))
     assert ppt.metrics["examples_seen"] == meta.metrics["examples_seen"] == 5 * 24
     history = json.loads((tmp_path / "p" / "history.json").read_text())
     assert [h["step"] for h in history] == list(range(6))
@@ -49,7 +55,9 @@ def test_ppt_loss_decreases_on_the_pool(tmp_path: Path) -> None:
     model = _toy()
     cfg = small_config(meta_steps=40, val_every=0)
     cfg.ppt.lr = 0.1
-    result = ppt_pretrain(shards, cfg, model, tmp_path / "p", initial_prompt=_init(model))
+    result = ppt_pretrain(
+        shards, PPTSpec.of(cfg), model, tmp_path / "p", initial_prompt=_init(model)
+    )
     losses = [h["loss"] for h in result.history]
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
 
@@ -59,7 +67,7 @@ def test_ppt_resume_is_exact(tmp_path: Path) -> None:
     model = _toy()
     cfg = small_config(meta_steps=6, checkpoint_every=2)
     cfg.ppt.steps, cfg.ppt.batch_size = 6, 10
-    ppt_pretrain(shards, cfg, model, tmp_path / "a", initial_prompt=_init(model))
+    ppt_pretrain(shards, PPTSpec.of(cfg), model, tmp_path / "a", initial_prompt=_init(model))
 
     def crash(done: int, total: int, message: str) -> None:
         if done == 3:
@@ -67,9 +75,16 @@ def test_ppt_resume_is_exact(tmp_path: Path) -> None:
 
     with pytest.raises(RuntimeError):
         ppt_pretrain(
-            shards, cfg, model, tmp_path / "b", progress=crash, initial_prompt=_init(model)
+            shards,
+            PPTSpec.of(cfg),
+            model,
+            tmp_path / "b",
+            progress=crash,
+            initial_prompt=_init(model),
         )
     assert (checkpoint_dir(tmp_path / "b") / "last.pt").is_file()
-    result = ppt_pretrain(shards, cfg, model, tmp_path / "b", initial_prompt=_init(model))
+    result = ppt_pretrain(
+        shards, PPTSpec.of(cfg), model, tmp_path / "b", initial_prompt=_init(model)
+    )
     assert result.metrics["examples_seen"] == 60
     assert torch.equal(load_prompt(tmp_path / "a")[0], load_prompt(tmp_path / "b")[0])

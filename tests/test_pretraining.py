@@ -27,7 +27,7 @@ from metapt_core.ppt import ppt_pretrain
 from metapt_core.pretraining.adaptation import calibrate_inner_lr, collapse_warnings
 from metapt_core.pretraining.data import load_pretrain_data
 from metapt_core.prompt import load_prompt
-from metapt_core.specs import MetaSpec
+from metapt_core.specs import MetaSpec, PPTSpec
 
 
 def _toy() -> ToyPromptModel:
@@ -54,9 +54,9 @@ def test_held_out_clusters_are_whole_disjoint_and_seeded(tmp_path: Path) -> None
 def test_metapt_never_trains_on_a_held_out_cluster(tmp_path: Path) -> None:
     shards = write_shards(tmp_path / "shards", n_shards=5)
     model = _toy()
-    cfg = small_config(meta_steps=3, val_clusters=1, val_every=1)
+    spec = MetaSpec.of(small_config(meta_steps=3, val_clusters=1, val_every=1))
     result = meta_pretrain(
-        shards, cfg, MetaAlgorithm.FOMAML, model, tmp_path / "m", initial_prompt=_init(model)
+        shards, spec, MetaAlgorithm.FOMAML, model, tmp_path / "m", initial_prompt=_init(model)
     )
     _, info = load_prompt(tmp_path / "m")
     assert len(info["held_out_clusters"]) == 1
@@ -99,7 +99,7 @@ def test_calibration_picks_the_largest_gain_on_held_out_clusters_only(tmp_path: 
     assert got.alpha == grid[int(np.argmax(gains))]
     # the run records the same choice, made from its own initial prompt
     result = meta_pretrain(
-        shards, cfg, MetaAlgorithm.MAML, model, tmp_path / "m", initial_prompt=prompt
+        shards, spec, MetaAlgorithm.MAML, model, tmp_path / "m", initial_prompt=prompt
     )
     _, info = load_prompt(tmp_path / "m")
     assert info["inner_lr"] == got.alpha and info["calibration"]["auto"] is True
@@ -126,7 +126,9 @@ def test_balanced_ppt_trains_on_exactly_metapts_episode_rows(tmp_path: Path) -> 
     model = _toy()
     cfg = small_config(meta_steps=1, val_every=0, outer_optimizer="sgd", outer_lr=0.7)
     prompt = _init(model)
-    result = ppt_pretrain(shards, cfg, model, tmp_path / "b", initial_prompt=prompt, balanced=True)
+    result = ppt_pretrain(
+        shards, PPTSpec.of(cfg), model, tmp_path / "b", initial_prompt=prompt, balanced=True
+    )
     got, info = load_prompt(tmp_path / "b")
     assert info["made_by"] == "ppt-balanced" and result.metrics["examples_seen"] == 4 * 6
     # reference: SGD at MetaPT's outer lr on the mean loss of MetaPT's step-1 episode rows
@@ -144,8 +146,9 @@ def test_keep_best_keeps_the_lowest_validation_and_clipping_bounds_the_step(tmp_
     shards = write_shards(tmp_path / "shards", n_shards=5)
     model = _toy()
     cfg = small_config(meta_steps=6, val_every=1, val_clusters=1, keep_best=True, outer_lr=0.5)
+    spec = MetaSpec.of(cfg)
     result = meta_pretrain(
-        shards, cfg, MetaAlgorithm.FOMAML, model, tmp_path / "m", initial_prompt=_init(model)
+        shards, spec, MetaAlgorithm.FOMAML, model, tmp_path / "m", initial_prompt=_init(model)
     )
     validated = [h for h in result.history if "unseen_loss" in h]
     kept = [h for h in result.history if h.get("kept")]
@@ -156,7 +159,7 @@ def test_keep_best_keeps_the_lowest_validation_and_clipping_bounds_the_step(tmp_
                         clip_grad_norm=1e-3)  # fmt: skip
     start = _init(model)
     clipped = meta_pretrain(
-        shards, clip, MetaAlgorithm.FOMAML, model, tmp_path / "c", initial_prompt=start
+        shards, MetaSpec.of(clip), MetaAlgorithm.FOMAML, model, tmp_path / "c", initial_prompt=start
     )
     moved = float((load_prompt(tmp_path / "c")[0] - start.float()).norm())
     assert clipped.history[-1]["grad_norm"] > 1e-3 and moved == pytest.approx(1e-3, rel=1e-3)

@@ -24,6 +24,7 @@ from metapt_core.prompt_card import (
     objective_rows,
     render_card,
 )
+from metapt_core.specs import PPTSpec
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,7 @@ def learned(tmp_path_factory: pytest.TempPathFactory, tiny_llama_path: Path) -> 
     shards = write_shards(root / "shards", rows_per_shard=16, n_shards=3)
     cfg = small_config(meta_steps=2, meta_batch_size=2, support_size=2, query_size=2,
                        val_every=2, val_episodes=2, val_fraction=0.25)  # fmt: skip
-    ppt_pretrain(shards, cfg, model, root / "ppt")
+    ppt_pretrain(shards, PPTSpec.of(cfg), model, root / "ppt")
     return root / "ppt"
 
 

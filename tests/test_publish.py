@@ -11,6 +11,7 @@ import pytest
 from test_report_evidence import INITS, cells, config
 
 from metapt_core.report import build_report
+from metapt_core.specs import ReportSpec
 from tasks import publish
 
 
@@ -20,7 +21,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("publish") / "report"
     untuned = [{"task": t, "init": i.value, "pretrain_seed": p, "accuracy": 0.5, "macro_f1": 0.4,
                 "n": 100} for t in ("mr", "cr") for i in INITS for p in range(5)]  # fmt: skip
-    build_report(cells(5, 5, 100, 0.15), {}, config(200), out, untuned)
+    build_report(cells(5, 5, 100, 0.15), {}, ReportSpec.of(config(200)), out, untuned)
     return out
 
 

@@ -14,6 +14,7 @@ from metapt_core.errors import DataError
 from metapt_core.report import build_report, comparisons_table, results_frame, summary_table
 from metapt_core.report.stats import bootstrap_ci
 from metapt_core.report.tables import stable_seed
+from metapt_core.specs import ReportSpec
 
 ACC = {  # (task, init) -> accuracy per seed 0, 1, 2
     ("mr", "random"): [0.60, 0.70, 0.50],
@@ -107,7 +108,7 @@ def test_report_files_and_generated_verdict(tmp_path: Path):
     cfg = config()
     rows = cell_rows() + [{"cell_id": "cr__ppt__k4__s9", "task": "cr", "init": "ppt", "shots": 4,
                            "seed": 9, "error": "RuntimeError: boom", "test_accuracy": None}]  # fmt: skip
-    out = build_report(rows, {"mr": 0.55, "cr": 0.5}, cfg, tmp_path / "report")
+    out = build_report(rows, {"mr": 0.55, "cr": 0.5}, ReportSpec.of(cfg), tmp_path / "report")
     names = sorted(Path(f).name for f in out.files)
     assert names == sorted(["results.csv", "summary.csv", "comparisons.csv", "report.md",
                             "accuracy.csv", "evidence.csv", "untuned.csv",
@@ -128,9 +129,9 @@ def test_report_files_and_generated_verdict(tmp_path: Path):
 
 
 def test_report_is_reproducible(tmp_path: Path):
-    cfg = config()
-    a = build_report(cell_rows(), {}, cfg, tmp_path / "a")
-    b = build_report(cell_rows(), {}, cfg, tmp_path / "b")
+    spec = ReportSpec.of(config())
+    a = build_report(cell_rows(), {}, spec, tmp_path / "a")
+    b = build_report(cell_rows(), {}, spec, tmp_path / "b")
     assert a.summary_markdown == b.summary_markdown
     sa = pd.read_csv(tmp_path / "a" / "summary.csv")
     assert sa.equals(pd.read_csv(tmp_path / "b" / "summary.csv"))

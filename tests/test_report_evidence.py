@@ -108,7 +108,12 @@ def test_report_leads_with_the_answer_and_its_design(tmp_path: Path) -> None:
     untuned = [{"task": t, "init": i.value, "pretrain_seed": p, "accuracy": 0.5, "macro_f1": 0.4,
                 "n": 100} for t in ("mr", "cr") for i in INITS for p in range(5)]  # fmt: skip
     out = build_report(
-        rows, {}, config(), tmp_path / "r", untuned, {"ppt@0": ["val loss at chance"]}
+        rows,
+        {},
+        ReportSpec.of(config()),
+        tmp_path / "r",
+        untuned,
+        {"ppt@0": ["val loss at chance"]},
     )
     md = out.summary_markdown
     assert (

@@ -8,7 +8,8 @@ one class), applies the noise policy and the small-cluster rule, and writes
 Usage::
 
     from metapt_core.clustering import cluster_pool, read_manifest, load_shard
-    result = cluster_pool(pool_ref, embed_ref, cfg, Path("out/cluster"))
+    from metapt_core.specs import ClusterSpec
+    result = cluster_pool(pool_ref, embed_ref, ClusterSpec.of(cfg), Path("out/cluster"))
     manifest = read_manifest(result.shards_dir)
     first = load_shard(result.shards_dir, manifest.shards[0])
 """
@@ -40,7 +41,7 @@ from metapt_core.clustering.shards import (
 )
 from metapt_core.clustering.terms import top_terms
 from metapt_core.clustering.topics import lda_labels
-from metapt_core.config import ClusterConfig, ClusterMethod, PipelineConfig
+from metapt_core.config import ClusterConfig, ClusterMethod
 from metapt_core.embedding import read_embeddings, read_pool
 from metapt_core.errors import ConfigError, DataError
 from metapt_core.specs import ClusterSpec
@@ -153,7 +154,7 @@ def cluster_labels(
 def cluster_pool(
     pool_ref: ArtifactRef,
     embed_ref: ArtifactRef,
-    cfg: ClusterSpec | PipelineConfig,
+    spec: ClusterSpec,
     out_dir: str | Path,
     progress: Progress | None = None,
 ) -> ClusterResult:
@@ -162,8 +163,8 @@ def cluster_pool(
     Args:
         pool_ref: the ingested pool (``pool.parquet`` or its folder).
         embed_ref: the embedding folder of the same pool (same rows, same order).
-        cfg: what clustering reads (:class:`~metapt_core.specs.ClusterSpec`: ``cluster``, the
-            pool's classes, the rows a cluster needs per class), or a whole config.
+        spec: what clustering reads (:class:`~metapt_core.specs.ClusterSpec`: ``cluster``, the
+            pool's classes, the rows a cluster needs per class).
         out_dir: the stage's folder, written atomically (``shards/`` and ``diagnostics/``).
         progress: called as ``progress(done, total, message)``.
 
@@ -177,7 +178,6 @@ def cluster_pool(
             usable clusters remain.
     """
     start = time.perf_counter()
-    spec = ClusterSpec.of(cfg)
     cc = spec.cluster
     classes = list(spec.classes)
     pool, vectors, label_ids = _read_inputs(pool_ref, embed_ref, classes)

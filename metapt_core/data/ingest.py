@@ -43,7 +43,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from metapt_core.config import CleaningConfig, PipelineConfig, SourceConfig, TaskSpec
+from metapt_core.config import CleaningConfig, SourceConfig, TaskSpec
 from metapt_core.data.cleaning import clean_texts, normalize_text
 from metapt_core.data.labels import map_labels
 from metapt_core.data.sources import load_source
@@ -253,7 +253,7 @@ def build_pool(cfg: PoolSpec, assets: AssetPaths | None) -> tuple[Rows, dict[str
 
 
 def ingest_pool(
-    cfg: PoolSpec | PipelineConfig,
+    cfg: PoolSpec,
     assets: AssetPaths | None,
     out_dir: Path,
     progress: Callable[[int, int, str], None] | None = None,
@@ -261,13 +261,12 @@ def ingest_pool(
     """Write the pre-training pool to ``out_dir/pool.parquet``.
 
     ``cfg`` is what ingestion reads (:class:`~metapt_core.specs.PoolSpec`: ``pool``,
-    ``cleaning``), or a whole config to take it from.
+    ``cleaning``).
 
     Returns:
         ``ref`` to ``pool.parquet`` (its sha256) and ``stats`` (per-source counts, rows, labels).
     """
     start = time.perf_counter()
-    cfg = PoolSpec.of(cfg)
     if progress is not None:
         progress(0, 2, f"reading {len(cfg.pool.sources)} source(s)")
     rows, stats = build_pool(cfg, assets)
@@ -377,7 +376,7 @@ def check_leakage(tests: dict[str, Rows], pool_texts: Sequence[str]) -> None:
 
 
 def ingest_tasks(
-    cfg: TasksSpec | PipelineConfig,
+    cfg: TasksSpec,
     assets: AssetPaths | None,
     pool_ref: ArtifactRef | None,
     out_dir: Path,
@@ -387,7 +386,7 @@ def ingest_tasks(
 
     Args:
         cfg: what task ingestion reads (:class:`~metapt_core.specs.TasksSpec`: ``tasks``,
-            ``cleaning``), or a whole config.
+            ``cleaning``).
         assets: prepared assets (for builtin sets).
         pool_ref: the pool written by :func:`ingest_pool`, for the leakage check (None skips it,
             with a warning).
@@ -401,7 +400,6 @@ def ingest_tasks(
             (nothing is written then).
     """
     start = time.perf_counter()
-    cfg = TasksSpec.of(cfg)
     built: dict[str, tuple[Rows, Rows, dict[str, Any]]] = {}
     for i, task in enumerate(cfg.tasks):
         built[task.name] = task_rows(task, cfg, assets)

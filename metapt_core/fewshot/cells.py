@@ -67,8 +67,8 @@ class CellResult:
         return dataclasses.asdict(self)
 
 
-def task_spec(cfg: PipelineConfig | EvalSpec, name: str) -> TaskSpec:
-    """The configured task called ``name``."""
+def task_spec(cfg: EvalSpec, name: str) -> TaskSpec:
+    """The task called ``name`` in an :class:`~metapt_core.specs.EvalSpec` (its group's task)."""
     for spec in cfg.tasks:
         if spec.name == name:
             return spec
@@ -100,7 +100,7 @@ def initial_prompt(
     model: PromptModel,
     cell: Cell,
     init_prompts: Mapping[InitMethod, Tensor],
-    cfg: PipelineConfig | EvalSpec,
+    cfg: EvalSpec,
 ) -> Tensor:
     """The starting prompt ``[P, d]`` of a cell.
 
@@ -127,24 +127,23 @@ def initial_prompt(
 
 
 def protocol_tuning(
-    cfg: PipelineConfig | EvalSpec, protocol: Protocol, n_train: int, inner_lr: float | None
+    cfg: EvalSpec, protocol: Protocol, n_train: int, inner_lr: float | None
 ) -> FewShotTuning:
     """The tuning settings of a protocol: ``fewshot`` as configured, or the inner rule
     (``inner.steps`` full-batch SGD steps at alpha, no dev selection; the trust region, when
     the rule has one, is :func:`run_cell_group`'s ``inner_ratio``)."""
-    tuning = (
-        cfg.fewshot if isinstance(cfg.fewshot, FewShotTuning) else FewShotTuning.of(cfg.fewshot)
-    )
     if protocol is Protocol.FEWSHOT:
-        return tuning
-    inner = cfg.inner if isinstance(cfg, EvalSpec) else None
-    steps = inner.steps if inner is not None else cfg.meta.inner_steps  # type: ignore[union-attr]
+        return cfg.fewshot
     if inner_lr is None:
         raise ConfigError(
             "meta.inner_lr", "auto", "the inner protocol needs a MetaPT or PPT prompt's alpha"
         )
     return dataclasses.replace(
-        tuning, optimizer=Optimizer.SGD, lr=float(inner_lr), steps=steps, batch_size=n_train
+        cfg.fewshot,
+        optimizer=Optimizer.SGD,
+        lr=float(inner_lr),
+        steps=cfg.inner.steps,
+        batch_size=n_train,
     )
 
 
@@ -158,7 +157,7 @@ def run_cell_group(
     cells: Sequence[Cell],
     tasks_dir: str | Path,
     init_prompts: Mapping[InitMethod, Tensor],
-    cfg: PipelineConfig | EvalSpec,
+    cfg: EvalSpec,
     inner_lr: float | None = None,
     untuned: list[dict[str, Any]] | None = None,
     inner_ratio: float = 0.0,
@@ -172,7 +171,7 @@ def run_cell_group(
         tasks_dir: the ingest output holding ``<task>/{train,test}.parquet``.
         init_prompts: loaded ``[P, d]`` prompts of the pre-trained initialisations (PPT, MetaPT).
         cfg: the group's :class:`~metapt_core.specs.EvalSpec` (``fewshot``, ``prompt``, its
-            task), or a whole config.
+            task, ``inner``).
         inner_lr: alpha of the inner-rule protocol (None: only the configured protocol).
         inner_ratio: r of the inner rule's trust region (``meta.max_step_ratio`` of the prompt
             whose rule it is; 0: plain SGD at alpha).
@@ -216,7 +215,7 @@ class _SplitRows:
 
 
 def _encode_split(
-    model: PromptModel, cell: Cell, tasks_dir: str | Path, cfg: PipelineConfig | EvalSpec
+    model: PromptModel, cell: Cell, tasks_dir: str | Path, cfg: EvalSpec
 ) -> _SplitRows:
     """Sample ``cell``'s split of its task's train rows and encode it with the test rows."""
     spec = task_spec(cfg, cell.task)
@@ -239,7 +238,7 @@ def _starting_prompts(
     model: PromptModel,
     cells: Sequence[Cell],
     init_prompts: Mapping[InitMethod, Tensor],
-    cfg: PipelineConfig | EvalSpec,
+    cfg: EvalSpec,
 ) -> list[Tensor]:
     """Each cell's initial prompt ``[P, d]``, checked to share one shape."""
     starts = [initial_prompt(model, cell, init_prompts, cfg) for cell in cells]
@@ -283,7 +282,7 @@ def _tune_protocol(
     protocol: Protocol,
     starts: list[Tensor],
     rows: _SplitRows,
-    cfg: PipelineConfig | EvalSpec,
+    cfg: EvalSpec,
     inner_lr: float | None,
     inner_ratio: float,
 ) -> dict[int, CellResult]:
@@ -340,11 +339,13 @@ def run_cells(
     cfg: PipelineConfig,
     progress: Progress | None = None,
 ) -> list[CellResult]:
-    """Run cells group by group in this process (batched when ``grid.batch_prompts``)."""
+    """Run cells group by group in this process (batched when ``grid.batch_prompts``), each
+    group with its :class:`~metapt_core.specs.EvalSpec` taken from ``cfg``."""
     groups = group_cells(cells, batched=cfg.grid.batch_prompts)
     results: list[CellResult] = []
     for i, group in enumerate(groups):
-        results.extend(run_cell_group(model, group, tasks_dir, init_prompts, cfg))
+        spec = EvalSpec.of(cfg, group[0].task, group[0].shots, group[0].seed)
+        results.extend(run_cell_group(model, group, tasks_dir, init_prompts, spec))
         if progress is not None:
             progress(i + 1, len(groups), group[0].cell_id)
     return results

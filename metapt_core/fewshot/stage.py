@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metapt_core.config import InitMethod, PipelineConfig, Protocol
+from metapt_core.config import InitMethod, Protocol
 from metapt_core.fewshot.cells import run_cell_group, task_spec, zero_shot
 from metapt_core.fewshot.grid import Cell
 from metapt_core.lm import PromptModel
@@ -30,7 +30,7 @@ class GroupResult:
 
 
 def evaluate_group(
-    cfg: EvalSpec | PipelineConfig,
+    spec: EvalSpec,
     task_name: str,
     tasks_ref: ArtifactRef,
     shots: int,
@@ -43,17 +43,17 @@ def evaluate_group(
     """Tune and test every initialisation of the grid on one few-shot split, for one
     pre-training seed, under each protocol.
 
-    ``cfg`` is what the group reads (:class:`~metapt_core.specs.EvalSpec`: its task, its
-    pre-training seed, the tuning and protocols, the prompt, the initialisations, whether prompts
-    train batched, whether this group also scores the zero-shot reference and the untuned
-    prompts), or a whole config to take it from. Pre-trained initialisations (PPT, MetaPT) are
-    read from ``prompts`` (init name -> prompt folder of this pre-training seed); untrained ones
-    are drawn from the pre-training seed (:mod:`metapt_core.fewshot.grid`).
+    ``spec`` is what the group reads (:class:`~metapt_core.specs.EvalSpec`, built with
+    ``EvalSpec.of(cfg, task_name, shots, seed, pretrain_seed)``: its task, its pre-training seed,
+    the tuning and protocols, the prompt, the initialisations, whether prompts train batched,
+    whether this group also scores the zero-shot reference and the untuned prompts). Pre-trained
+    initialisations (PPT, MetaPT) are read from ``prompts`` (init name -> prompt folder of this
+    pre-training seed); untrained ones are drawn from the pre-training seed
+    (:mod:`metapt_core.fewshot.grid`).
 
     Returns:
         A :class:`GroupResult` whose ``ref`` is ``out_dir/cells.json``.
     """
-    spec = cfg if isinstance(cfg, EvalSpec) else EvalSpec.of(cfg, task_name, shots, seed)
     init_prompts = {}
     warnings: dict[str, list[str]] = {}
     metas: dict[str, dict[str, Any]] = {}

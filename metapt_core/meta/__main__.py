@@ -62,14 +62,18 @@ def main(argv: list[str] | None = None) -> int:
     model = load_prompt_model(cfg)
     if args.ppt:
         from metapt_core.ppt import ppt_pretrain
+        from metapt_core.specs import PPTSpec
 
-        result = ppt_pretrain(Path(args.shards), cfg, model, Path(args.out), progress=_progress,
-                              resume=not args.no_resume, balanced=args.balanced)  # fmt: skip
+        result = ppt_pretrain(Path(args.shards), PPTSpec.of(cfg), model, Path(args.out),
+                              progress=_progress, resume=not args.no_resume,
+                              balanced=args.balanced)  # fmt: skip
     else:
         from metapt_core.meta.trainer import meta_pretrain
+        from metapt_core.specs import MetaSpec
 
-        result = meta_pretrain(Path(args.shards), cfg, MetaAlgorithm(args.algorithm), model,
-                               Path(args.out), progress=_progress, resume=not args.no_resume)  # fmt: skip
+        result = meta_pretrain(Path(args.shards), MetaSpec.of(cfg), MetaAlgorithm(args.algorithm),
+                               model, Path(args.out), progress=_progress,
+                               resume=not args.no_resume)  # fmt: skip
     if is_main_process():
         report = {"ref": result.ref.to_dict(), "metrics": result.metrics}
         if args.result:

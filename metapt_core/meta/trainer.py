@@ -9,7 +9,9 @@ shared with the PPT controls (:mod:`metapt_core.ppt`).
 Example (a notebook, after the cluster stage)::
 
     from metapt_core.meta import meta_pretrain
-    result = meta_pretrain(shards_dir, cfg, MetaAlgorithm.MAML, model, Path("out/metapt_maml"))
+    from metapt_core.specs import MetaSpec
+    spec = MetaSpec.of(cfg)  # what MetaPT reads of a PipelineConfig
+    result = meta_pretrain(shards_dir, spec, MetaAlgorithm.MAML, model, Path("out/metapt_maml"))
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from metapt_core.config import MetaAlgorithm, MetaConfig, PipelineConfig, to_dict
+from metapt_core.config import MetaAlgorithm, MetaConfig, to_dict
 from metapt_core.meta import distributed as dist_utils
 from metapt_core.meta.checkpoint import checkpoint_dir
 from metapt_core.meta.curvature import curvature_inner_lr, curvature_lambda
@@ -62,7 +64,7 @@ log = logging.getLogger(__name__)
 
 def meta_pretrain(
     shards: str | Path | ArtifactRef,
-    cfg: MetaSpec | PipelineConfig,
+    cfg: MetaSpec,
     algorithm: MetaAlgorithm,
     model: PromptObjective,
     out_dir: str | Path,
@@ -88,7 +90,7 @@ def meta_pretrain(
     Args:
         shards: the cluster stage's shards folder (or its reference).
         cfg: what MetaPT reads (:class:`~metapt_core.specs.MetaSpec`: ``meta``, ``prompt``, the
-            pool's format, the model's settings), or a whole config to take it from.
+            pool's format, the model's settings).
         algorithm: the meta-learner.
         model: the frozen prompt model (never modified).
         out_dir: the prompt folder to write (atomically); checkpoints go to ``<out_dir>.ckpt``.
@@ -106,7 +108,6 @@ def meta_pretrain(
     """
     started = time.perf_counter()
     algorithm = MetaAlgorithm(algorithm)
-    cfg = MetaSpec.of(cfg)
     meta = cfg.meta
     out = Path(out_dir)
     setup = prepare(shards, cfg, model, initial_prompt)

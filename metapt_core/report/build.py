@@ -13,7 +13,6 @@ from typing import Any
 
 import pandas as pd
 
-from metapt_core.config import PipelineConfig
 from metapt_core.report.evidence import accuracy_table, comparison_table
 from metapt_core.report.markdown import render_markdown
 from metapt_core.report.plots import bar_plot, forest_plot, interval_bar_plot, seed_plot
@@ -52,7 +51,7 @@ class _Tables:
 def build_report(
     cell_results: Sequence[Mapping[str, Any]],
     zero_shot: Mapping[str, float],
-    cfg: ReportSpec | PipelineConfig,
+    cfg: ReportSpec,
     out_dir: str | Path,
     untuned: Sequence[Mapping[str, Any]] = (),
     warnings: Mapping[str, Sequence[str]] | None = None,
@@ -73,10 +72,9 @@ def build_report(
         objective_files: each pre-training seed's ``meta_objective.csv`` (the meta-objective
             check, :mod:`metapt_core.pretraining.objective`), joined into one.
         cfg: what the report reads (:class:`~metapt_core.specs.ReportSpec`: ``grid.inits``,
-            ``grid.bootstrap``, ``grid.ci_level``, the backbone's name), or a whole config.
+            ``grid.bootstrap``, ``grid.ci_level``, the backbone's name).
         out_dir: the report folder.
     """
-    cfg = ReportSpec.of(cfg)
     ok = [
         dict(r) for r in cell_results if not r.get("error") and r.get("test_accuracy") is not None
     ]
