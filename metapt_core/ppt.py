@@ -34,7 +34,7 @@ from metapt_core.meta.checkpoint import checkpoint_dir
 from metapt_core.meta.episodes import (
     POOL_STREAM,
     TRAIN_STREAM,
-    ShardTask,
+    AuxTask,
     rng_for,
     sample_meta_batch,
 )
@@ -131,7 +131,7 @@ class _PPTStep:
     mean cross-entropy of step ``t``'s rows of the pooled training rows."""
 
     model: PromptObjective
-    tasks: list[ShardTask]
+    tasks: list[AuxTask]
     meta: EpisodeSettings
     batch_size: int  # B, rows per step
     balanced: bool  # MetaPT's episode rows instead of B rows drawn from the pool
@@ -143,7 +143,7 @@ class _PPTStep:
     def of(
         cls,
         model: PromptObjective,
-        tasks: list[ShardTask],
+        tasks: list[AuxTask],
         cfg: PPTSpec,
         batch_size: int,
         balanced: bool,

@@ -11,7 +11,7 @@ from test_meta_fixtures import CLASSES, write_shards
 from metapt_core.errors import DataError
 from metapt_core.meta.episodes import (
     TRAIN_STREAM,
-    load_tasks,
+    load_aux_tasks,
     rng_for,
     sample_episode,
     sample_meta_batch,
@@ -52,11 +52,11 @@ def test_unbalanced_episodes_keep_the_task_prior() -> None:
 def test_meta_batches_pass_the_balance_choice_on() -> None:
     """``sample_meta_batch`` (what training, validation, unseen and check episodes draw
     through) honours ``balanced``: the same skewed task gives ~85% or ~a third."""
-    from metapt_core.meta.episodes import ShardTask
+    from metapt_core.meta.episodes import AuxTask
 
     labels = np.array([0] * 170 + [1] * 15 + [2] * 15)
     rows = np.arange(len(labels), dtype=np.int64)
-    task = ShardTask(0, tuple(str(i) for i in rows), labels, rows, np.empty(0, np.int64))
+    task = AuxTask(0, tuple(str(i) for i in rows), labels, rows, np.empty(0, np.int64))
     for balanced, expected in ((False, 0.85), (True, 1 / 3)):
         shares = []
         for step in range(100):
@@ -81,7 +81,7 @@ def test_validation_split_keeps_class_proportions() -> None:
 
 
 def test_episodes_deterministic_per_step(tmp_path: Path) -> None:
-    tasks = load_tasks(write_shards(tmp_path / "s"), CLASSES, 0.2, 6, seed=0)
+    tasks = load_aux_tasks(write_shards(tmp_path / "s"), CLASSES, 0.2, 6, seed=0)
     a = sample_meta_batch(tasks, 3, 3, 3, rng_for(0, TRAIN_STREAM, 5))
     b = sample_meta_batch(tasks, 3, 3, 3, rng_for(0, TRAIN_STREAM, 5))
     c = sample_meta_batch(tasks, 3, 3, 3, rng_for(0, TRAIN_STREAM, 6))
@@ -93,7 +93,7 @@ def test_episodes_deterministic_per_step(tmp_path: Path) -> None:
 
 
 def test_validation_rows_are_held_out(tmp_path: Path) -> None:
-    tasks = load_tasks(write_shards(tmp_path / "s"), CLASSES, 0.2, 6, seed=0)
+    tasks = load_aux_tasks(write_shards(tmp_path / "s"), CLASSES, 0.2, 6, seed=0)
     for task in tasks:
         assert len(task.val_rows) == 6  # max(ceil(0.2 * 30), 6)
         assert not set(task.train_rows) & set(task.val_rows)
@@ -109,8 +109,8 @@ def test_validation_rows_are_held_out(tmp_path: Path) -> None:
 def test_bad_shards_are_refused(tmp_path: Path) -> None:
     root = write_shards(tmp_path / "s", rows_per_shard=5)
     with pytest.raises(DataError, match="support"):
-        load_tasks(root, CLASSES, 0.2, 6, seed=0)
+        load_aux_tasks(root, CLASSES, 0.2, 6, seed=0)
     with pytest.raises(DataError, match="pool.classes"):
-        load_tasks(write_shards(tmp_path / "t"), ["a", "b"], 0.2, 6, seed=0)
+        load_aux_tasks(write_shards(tmp_path / "t"), ["a", "b"], 0.2, 6, seed=0)
     with pytest.raises(DataError, match="manifest"):
-        load_tasks(tmp_path / "missing", CLASSES, 0.2, 6, seed=0)
+        load_aux_tasks(tmp_path / "missing", CLASSES, 0.2, 6, seed=0)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from metapt_core.config import MetaAlgorithm
-from metapt_core.meta.episodes import ShardTask, check_episodes, unseen_episodes
+from metapt_core.meta.episodes import AuxTask, check_episodes, unseen_episodes
 from metapt_core.meta.maml import Episode, meta_gradient
 from metapt_core.meta.toy import ToyPromptModel
 from metapt_core.objective import meta_objective_rows, verdict
@@ -63,10 +63,10 @@ def test_a_prompt_below_the_initial_but_above_chance_has_not_trained() -> None:
     assert maml.vs_initial_high < 0 and maml.after_low > CHANCE3 and maml.trained is False
 
 
-def _task(cluster: int, n: int, seed: int) -> ShardTask:
+def _task(cluster: int, n: int, seed: int) -> AuxTask:
     labels = np.random.default_rng(seed).integers(0, 3, n)
     rows = np.arange(n, dtype=np.int64)
-    return ShardTask(cluster, tuple(f"t{i}" for i in range(n)), labels, rows, rows[:0])
+    return AuxTask(cluster, tuple(f"t{i}" for i in range(n)), labels, rows, rows[:0])
 
 
 def test_check_episodes_are_disjoint_from_the_selection_episodes() -> None:

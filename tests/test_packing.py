@@ -198,11 +198,11 @@ def test_a_failing_packing_check_falls_back_loudly(
 
 
 def test_rows_encoded_once_select_what_a_fresh_encode_gives(tiny_llama_path: Path) -> None:
-    from metapt_core.meta.episodes import ShardTask
+    from metapt_core.meta.episodes import AuxTask
     from metapt_core.pretraining.data import EncodedTasks
 
     model, _ = _models(tiny_llama_path)
-    task = ShardTask(7, tuple(TEXTS), torch.tensor(LABELS).numpy(), torch.arange(6).numpy(),
+    task = AuxTask(7, tuple(TEXTS), torch.tensor(LABELS).numpy(), torch.arange(6).numpy(),
                      torch.arange(0).numpy())  # fmt: skip
     encoded = EncodedTasks(model, [task], FMT)
     rows = torch.tensor([4, 2, 5]).numpy()

@@ -16,7 +16,7 @@ from metapt_core.config import MetaAlgorithm
 from metapt_core.meta.episodes import (
     TRAIN_STREAM,
     hold_out_clusters,
-    load_tasks,
+    load_aux_tasks,
     rng_for,
     sample_meta_batch,
 )
@@ -40,7 +40,7 @@ def _init(model: ToyPromptModel) -> torch.Tensor:
 
 def test_held_out_clusters_are_whole_disjoint_and_seeded(tmp_path: Path) -> None:
     shards = write_shards(tmp_path / "shards", n_shards=5)
-    tasks = load_tasks(shards, ["negative", "neutral", "positive"], 0.2, 6, 0)
+    tasks = load_aux_tasks(shards, ["negative", "neutral", "positive"], 0.2, 6, 0)
     train, held = hold_out_clusters(tasks, 2, seed=0)
     assert len(held) == 2 and len(train) == 3
     assert {t.cluster_id for t in train}.isdisjoint({t.cluster_id for t in held})
@@ -133,7 +133,7 @@ def test_balanced_ppt_trains_on_exactly_metapts_episode_rows(tmp_path: Path) -> 
     assert info["made_by"] == "ppt-balanced" and result.metrics["examples_seen"] == 4 * 6
     # reference: SGD at MetaPT's outer lr on the mean loss of MetaPT's step-1 episode rows
     meta = cfg.meta
-    tasks = load_tasks(shards, ["negative", "neutral", "positive"], meta.val_fraction, 6, 0)
+    tasks = load_aux_tasks(shards, ["negative", "neutral", "positive"], meta.val_fraction, 6, 0)
     rows = sample_meta_batch(tasks, 4, 3, 3, rng_for(0, TRAIN_STREAM, 1))
     texts = [tasks[e.task_index].texts[r] for e in rows for r in (*e.support, *e.query)]
     labels = [int(tasks[e.task_index].labels[r]) for e in rows for r in (*e.support, *e.query)]

@@ -29,7 +29,7 @@ CHECK_STREAM = 6
 
 
 @dataclass(frozen=True)
-class ShardTask:
+class AuxTask:
     """One auxiliary task: a shard's texts and class ids, split into train and validation rows.
 
     Attributes:
@@ -49,7 +49,7 @@ class ShardTask:
 
 @dataclass(frozen=True)
 class EpisodeRows:
-    """Row indices (into a :class:`ShardTask`) of one episode's support and query batches."""
+    """Row indices (into an :class:`AuxTask`) of one episode's support and query batches."""
 
     task_index: int
     support: np.ndarray
@@ -128,14 +128,14 @@ def split_validation(
     return train, val
 
 
-def load_tasks(
+def load_aux_tasks(
     shards_dir: str | Path,
     classes: Sequence[str],
     val_fraction: float,
     episode_rows: int,
     seed: int,
-) -> list[ShardTask]:
-    """Every shard as a :class:`ShardTask` with its train/validation split.
+) -> list[AuxTask]:
+    """Every shard as an :class:`AuxTask` with its train/validation split.
 
     Args:
         shards_dir: the shards folder.
@@ -160,7 +160,7 @@ def load_tasks(
                 len(train),
                 f"fewer labelled rows than support + query ({episode_rows})",
             )
-        tasks.append(ShardTask(cluster_id, tuple(texts), labels, train, val))
+        tasks.append(AuxTask(cluster_id, tuple(texts), labels, train, val))
     return tasks
 
 
@@ -215,7 +215,7 @@ def sample_episode(
 
 
 def sample_meta_batch(
-    tasks: Sequence[ShardTask],
+    tasks: Sequence[AuxTask],
     meta_batch_size: int,
     support_size: int,
     query_size: int,
@@ -254,7 +254,7 @@ def sample_meta_batch(
 
 
 def validation_episodes(
-    tasks: Sequence[ShardTask],
+    tasks: Sequence[AuxTask],
     count: int,
     support_size: int,
     query_size: int,
@@ -277,8 +277,8 @@ def validation_episodes(
 
 
 def hold_out_clusters(
-    tasks: Sequence[ShardTask], count: int, seed: int
-) -> tuple[list[ShardTask], list[ShardTask]]:
+    tasks: Sequence[AuxTask], count: int, seed: int
+) -> tuple[list[AuxTask], list[AuxTask]]:
     """Split the tasks into those trained on and ``count`` whole clusters held out (unseen).
 
     The held-out clusters are drawn with ``rng(seed, HOLDOUT_STREAM, 0)``; so PPT and MetaPT of
@@ -308,7 +308,7 @@ def hold_out_clusters(
 
 
 def unseen_episodes(
-    held_out: Sequence[ShardTask],
+    held_out: Sequence[AuxTask],
     count: int,
     support_size: int,
     query_size: int,
@@ -332,7 +332,7 @@ def unseen_episodes(
 
 
 def check_episodes(
-    held_out: Sequence[ShardTask],
+    held_out: Sequence[AuxTask],
     used: Sequence[EpisodeRows],
     count: int,
     support_size: int,

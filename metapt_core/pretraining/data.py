@@ -20,10 +20,10 @@ from torch import Tensor
 
 from metapt_core.config import MetaConfig
 from metapt_core.meta.episodes import (
+    AuxTask,
     EpisodeRows,
-    ShardTask,
     hold_out_clusters,
-    load_tasks,
+    load_aux_tasks,
     unseen_episodes,
     validation_episodes,
 )
@@ -74,7 +74,7 @@ class EncodedTasks:
     those rows afresh (tested), without the tokenizer at every step.
     """
 
-    def __init__(self, model: PromptObjective, tasks: Sequence[ShardTask], fmt: Any) -> None:
+    def __init__(self, model: PromptObjective, tasks: Sequence[AuxTask], fmt: Any) -> None:
         self.batches = [
             model.encode(list(task.texts), [int(y) for y in task.labels], fmt) for task in tasks
         ]
@@ -108,8 +108,8 @@ class PretrainData:
         unseen: episodes from ``held_out`` (empty when ``meta.val_clusters`` is 0).
     """
 
-    tasks: list[ShardTask]
-    held_out: list[ShardTask]
+    tasks: list[AuxTask]
+    held_out: list[AuxTask]
     encoded: EncodedTasks
     val: list[Episode[Any]]
     unseen: list[Episode[Any]]
@@ -127,7 +127,7 @@ def load_pretrain_data(
     Seeds: the row split, the held-out clusters and both episode lists come from ``meta.seed``.
     """
     episode_rows = meta.support_size + meta.query_size
-    every = load_tasks(root, pool.classes, meta.val_fraction, episode_rows, meta.seed)
+    every = load_aux_tasks(root, pool.classes, meta.val_fraction, episode_rows, meta.seed)
     tasks, held_out = hold_out_clusters(every, meta.val_clusters, meta.seed)
     fmt = pool_format(model, pool)
     encoded = EncodedTasks(model, tasks, fmt)

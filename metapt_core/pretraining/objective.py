@@ -15,7 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from metapt_core.meta.episodes import check_episodes, hold_out_clusters, load_tasks, unseen_episodes
+from metapt_core.meta.episodes import (
+    check_episodes,
+    hold_out_clusters,
+    load_aux_tasks,
+    unseen_episodes,
+)
 from metapt_core.meta.maml import Episode, inner_adapt
 from metapt_core.objective import (
     INITIAL,
@@ -67,7 +72,7 @@ def check_set(
     """The check's held-out-cluster episodes of one pre-training seed (``meta.seed``): the
     clusters MetaPT and PPT held out, rows disjoint from the calibration / validation ones."""
     episode_rows = meta.support_size + meta.query_size
-    every = load_tasks(shards_dir, pool.classes, meta.val_fraction, episode_rows, meta.seed)
+    every = load_aux_tasks(shards_dir, pool.classes, meta.val_fraction, episode_rows, meta.seed)
     _, held_out = hold_out_clusters(every, meta.val_clusters, meta.seed)
     sizes = (meta.support_size, meta.query_size, meta.seed, meta.balanced_episodes)
     used = unseen_episodes(held_out, meta.val_episodes, *sizes)
