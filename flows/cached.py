@@ -118,9 +118,10 @@ def find_cached_run(cfg: PipelineConfig) -> CachedRun | None:
 
 
 def record_cached_run(
-    cfg: PipelineConfig, run: CachedRun, overrides: list[str], profile: str
+    cfg: PipelineConfig, run: CachedRun, overrides: list[str], profile: str, flow: str = "metapt"
 ) -> str:
-    """One MLflow pipeline run for a rerun served whole from the store; its id.
+    """One MLflow pipeline run for a rerun served whole from the store; its id (``flow``: the
+    entry flow it was asked of, ``metapt`` for ``metapt run`` and the full pipeline).
 
     Tagged ``metapt.cached=true``, ``metapt.source_run_id`` (the report's computing run) and
     ``metapt.source_pipeline_run`` (the pipeline run it belongs to); it holds the resolved
@@ -156,7 +157,7 @@ def record_cached_run(
             CACHED_TAG: "true",
             SOURCE_RUN_TAG: source,
             "metapt.source_pipeline_run": source_pipeline,
-            "metapt.flow": "metapt",
+            "metapt.flow": flow,
             "metapt.profile": profile,
             "metapt.overrides": " ".join(overrides),
             "metapt.stages_served": str(len(run.stages)),

@@ -260,16 +260,17 @@ def run_entry(flow_name: str, last: str, request: RunRequest) -> dict[str, dict[
     """The body of an entry flow (a deployment's): resolve the configuration, the one time in
     the run, name the flow run after it, and run the steps up to ``last``.
 
-    A full-pipeline run without ``refresh`` whose every stage is stored, intact, computes
-    nothing: like ``metapt run``, it is recorded as one cached MLflow run
-    (:mod:`flows.cached`) and returns the stored references.
+    A run up to the last step (the full pipeline's, or the evaluate step's own) without
+    ``refresh`` whose every stage is stored, intact, computes nothing: like ``metapt run``, it
+    is recorded as one cached MLflow run (:mod:`flows.cached`) and returns the stored
+    references.
     """
     cfg = request.resolve()
     name_flow_run(run_name(request.profile, cfg))
     expand_refresh(request.refresh)  # unknown stage names fail here, before any work
     ensure_work_dir(cfg)
     if last == plan.PIPELINE[-1].name and not request.refresh:
-        served = serve_cached(request, cfg)
+        served = serve_cached(flow_name, request, cfg)
         if served is not None:
             return served
     check_run(cfg)
@@ -287,9 +288,11 @@ def check_run(cfg: PipelineConfig) -> None:
     check_grid_reach(cfg)
 
 
-def serve_cached(request: RunRequest, cfg: PipelineConfig) -> dict[str, dict[str, str]] | None:
-    """A run stored whole, recorded as one cached MLflow run: its references and
-    ``mlflow_run_id``; None when any stage needs computing."""
+def serve_cached(
+    flow_name: str, request: RunRequest, cfg: PipelineConfig
+) -> dict[str, dict[str, str]] | None:
+    """A run stored whole, recorded as one cached MLflow run of ``flow_name``: its references
+    and ``mlflow_run_id``; None when any stage needs computing."""
     from flows.cached import find_cached_run, record_cached_run
     from metapt_core.redact import check_no_secrets
 
@@ -297,6 +300,7 @@ def serve_cached(request: RunRequest, cfg: PipelineConfig) -> dict[str, dict[str
     cached = find_cached_run(cfg)
     if cached is None:
         return None
-    run_id = record_cached_run(cfg, cached, list(request.overrides), request.profile)
+    overrides = list(request.overrides)
+    run_id = record_cached_run(cfg, cached, overrides, request.profile, flow_name)
     print(f"every stage ({len(cached.stages)}) was served from the store", flush=True)
     return {**cached.outputs.to_dict(), "mlflow_run_id": {"id": run_id}}

@@ -163,9 +163,11 @@ def test_a_run_stored_whole_is_served_without_computing(
     harness, fakes: Path, tmp_path: Path
 ) -> None:
     """A deployment's full-pipeline run whose every stage is stored computes nothing and runs
-    no stage: it is recorded as one cached MLflow run, as ``metapt run`` records it."""
+    no stage: it is recorded as one cached MLflow run, as ``metapt run`` records it, tagged
+    with the entry flow it was asked of."""
     import mlflow
 
+    from flows.evaluate import evaluate_flow
     from flows.metapt import metapt_flow
 
     work = f"work_dir={tmp_path / 'work'}"
@@ -178,8 +180,13 @@ def test_a_run_stored_whole_is_served_without_computing(
     }
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'work' / 'mlflow' / 'mlflow.db'}")
     tags = client.get_run(again["mlflow_run_id"]["id"]).data.tags
-    assert tags["metapt.cached"] == "true"
+    assert tags["metapt.cached"] == "true" and tags["metapt.flow"] == "metapt"
     assert tags["metapt.source_pipeline_run"] == refs["mlflow_run_id"]["id"]
+    # the evaluate step's own deployment ends where the pipeline does: served the same way
+    alone = evaluate_flow(profile="smoke", overrides=[work])
+    assert calls(fakes) == [] and alone["report"] == refs["report"]
+    tags = client.get_run(alone["mlflow_run_id"]["id"]).data.tags
+    assert tags["metapt.cached"] == "true" and tags["metapt.flow"] == "metapt-evaluate"
 
 
 def test_the_configuration_is_resolved_once_per_run(
