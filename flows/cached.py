@@ -118,10 +118,16 @@ def find_cached_run(cfg: PipelineConfig) -> CachedRun | None:
 
 
 def record_cached_run(
-    cfg: PipelineConfig, run: CachedRun, overrides: list[str], profile: str, flow: str = "metapt"
+    cfg: PipelineConfig,
+    run: CachedRun,
+    overrides: list[str],
+    profile: str,
+    flow: str = "metapt",
+    flow_run_id: str = "",
 ) -> str:
     """One MLflow pipeline run for a rerun served whole from the store; its id (``flow``: the
-    entry flow it was asked of, ``metapt`` for ``metapt run`` and the full pipeline).
+    entry flow it was asked of, ``metapt`` for ``metapt run`` and the full pipeline;
+    ``flow_run_id``: the Prefect flow run that served it, if one did).
 
     Tagged ``metapt.cached=true``, ``metapt.source_run_id`` (the report's computing run) and
     ``metapt.source_pipeline_run`` (the pipeline run it belongs to); it holds the resolved
@@ -132,6 +138,7 @@ def record_cached_run(
     from tasks.publish import log_cluster_diagnostics, log_dataset_inputs, publish
     from tasks.tracking import (
         CACHED_TAG,
+        FLOW_RUN_TAG,
         HOST_TAG,
         KIND_TAG,
         PARENT_TAG,
@@ -158,6 +165,7 @@ def record_cached_run(
             SOURCE_RUN_TAG: source,
             "metapt.source_pipeline_run": source_pipeline,
             "metapt.flow": flow,
+            **({FLOW_RUN_TAG: flow_run_id} if flow_run_id else {}),
             "metapt.profile": profile,
             "metapt.overrides": " ".join(overrides),
             "metapt.stages_served": str(len(run.stages)),

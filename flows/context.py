@@ -301,6 +301,16 @@ def serve_cached(
     if cached is None:
         return None
     overrides = list(request.overrides)
-    run_id = record_cached_run(cfg, cached, overrides, request.profile, flow_name)
+    flow_run_id, _ = current_flow_run()
+    run_id = record_cached_run(cfg, cached, overrides, request.profile, flow_name, flow_run_id)
+    try:  # the answer on the flow run too, as a computing run puts it there
+        from tasks.publish import mlflow_run_url, prefect_artifacts
+
+        folder = cached.report_dir()
+        if folder is not None:
+            tracker = Tracker.open(cfg)
+            prefect_artifacts(folder, mlflow_run_url(tracker.uri, tracker.experiment_id, run_id))
+    except Exception as error:  # the UI is a view; never fail the run for it
+        print(f"Prefect artifacts not written: {error}", flush=True)
     print(f"every stage ({len(cached.stages)}) was served from the store", flush=True)
     return {**cached.outputs.to_dict(), "mlflow_run_id": {"id": run_id}}

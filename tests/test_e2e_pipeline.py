@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -158,6 +159,17 @@ def test_full_pipeline_served_cached_and_partially_recomputed(served) -> None:
     assert answer and {k: parent2.data.metrics.get(k) for k in answer} == answer
     results2 = {a.path for a in client.list_artifacts(parent2.info.run_id, "results")}
     assert {"results/report.md", "results/meta_objective.csv"} <= results2
+    # and on its Prefect flow run: the summary, the report and the link to the cached run
+    query = {"artifacts": {"flow_run_id": {"any_": [parent2.data.tags["prefect.flow_run_id"]]}}}
+    request = urllib.request.Request(
+        f"{state['prefect_api_url']}/artifacts/filter",
+        data=json.dumps(query).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310 (loopback)
+        keys = {a["key"]: a for a in json.loads(answer.read())}
+    assert {"metapt-summary", "metapt-report", "metapt-mlflow-run"} <= set(keys)
+    assert f"/runs/{parent2.info.run_id}" in keys["metapt-mlflow-run"]["data"]
     print(f"first run {first:.1f} s, cached run {second:.1f} s ({second / first:.2f} of the first)")
     assert second < 0.5 * first
     stored = {
