@@ -1,8 +1,8 @@
 """A fully cached run, decided before torch, Prefect or MLflow is imported.
 
-``metapt run`` first walks the stage plans (:mod:`tasks.plan`) in pipeline order: each stage's
-key from its code identity, its spec and its inputs' references, each input reference from the
-stored record of the stage before it. If every stage of the run is in the store, intact, the
+``metapt run`` first follows the plan's walk (:func:`tasks.plan.follow`) in pipeline order: each
+stage's key from its code identity, its spec and its inputs' references, each input reference
+from the stored record of the stage before it. If every stage of the run is in the store, intact, the
 run has nothing to compute: the stored report is printed and the rerun is recorded as one MLflow
 run, tagged ``metapt.cached=true`` and linked to the runs that computed the report. The first
 stage that is missing ends the walk, and the pipeline runs as usual (its flows then serve what
@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from metapt_core.config import InitMethod, PipelineConfig
+from metapt_core.config import PipelineConfig
 from metapt_core.store import ArtifactRef
 from tasks import plan
 from tasks.cache import StageOutcome, lookup, stage_key
@@ -49,7 +49,11 @@ class CachedRun:
 
 
 def find_cached_run(cfg: PipelineConfig) -> CachedRun | None:
-    """The stored outcomes of every stage of ``cfg``'s run, or None at the first one missing."""
+    """The stored outcomes of every stage of ``cfg``'s run, or None at the first one missing.
+
+    Follows the plan's walk (:func:`tasks.plan.follow`): each wave's stages are looked up under
+    the key their flow would compute them with.
+    """
     from tasks.core import code_identity
 
     digests: dict[tuple[tuple[str, ...], str], str] = {}
@@ -67,53 +71,19 @@ def find_cached_run(cfg: PipelineConfig) -> CachedRun | None:
             run.stages[label] = outcome
         return outcome
 
-    assets = plan.assets_ref(cfg)
-    pool = stored("ingest-pool", plan.ingest_pool(cfg, assets))
-    if pool is None:
-        return None
-    tasks = stored("ingest-tasks", plan.ingest_tasks(cfg, assets, pool.ref))
-    embedded = stored("embed", plan.embed(cfg, assets, pool.ref))
-    if tasks is None or embedded is None:
-        return None
-    shards = stored("cluster", plan.cluster(cfg, pool.ref, embedded.ref))
-    if shards is None:
-        return None
-    prompts: dict[tuple[InitMethod, int], ArtifactRef] = {}
-    for init, seed in plan.pretrain_runs(cfg):
-        made = stored(f"{init.value}@{seed}", plan.pretrain(cfg, init, seed, assets, shards.ref))
-        if made is None:
-            return None
-        prompts[init, seed] = made.ref
-    objectives: dict[int, ArtifactRef] = {}
-    for seed in cfg.pretrain_seeds if cfg.meta.check_episodes > 0 else []:
-        seed_refs = plan.seed_prompts(cfg, prompts, seed)
-        if seed_refs:
-            check_plan = plan.meta_objective(cfg, seed, assets, shards.ref, seed_refs)
-            check = stored(f"meta-objective@{seed}", check_plan)
-            if check is None:
+    def serve(wave: plan.Wave) -> list[ArtifactRef] | None:
+        refs = []
+        for label, stage in wave:
+            outcome = stored(label, stage)
+            if outcome is None:
                 return None
-            objectives[seed] = check.ref
-    group_refs = []
-    for task, shots, seed, pseed in plan.groups(cfg):
-        group_prompts = plan.group_prompts(cfg, prompts, pseed)
-        group = plan.eval_group(cfg, task, shots, seed, pseed, assets, tasks.ref, group_prompts)
-        done = stored(plan.group_label(task, shots, seed, pseed), group)
-        if done is None:
-            return None
-        group_refs.append(done.ref)
-    report = stored("report", plan.report(cfg, group_refs, [], objectives))
-    if report is None:
+            refs.append(outcome.ref)
+        return refs
+
+    outputs = plan.follow(cfg, serve)
+    if outputs is None:
         return None
-    run.outputs = plan.Outputs(
-        assets=assets,
-        pool=pool.ref,
-        tasks=tasks.ref,
-        embed=embedded.ref,
-        shards=shards.ref,
-        prompts=prompts,
-        objectives=objectives,
-        report=report.ref,
-    )
+    run.outputs = outputs
     return run
 
 

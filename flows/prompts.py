@@ -12,14 +12,15 @@ evaluation table from ``--report`` (a report folder holding ``results.csv``).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from metapt_core.assets import builtin_folder, is_builtin
 from metapt_core.config import PipelineConfig
 from metapt_core.errors import MetaptError
+from metapt_core.store import sha256_file
 
 PROMPT_STAGES = ("ppt", "meta-pretrain")
 
@@ -90,18 +91,10 @@ def _from_run(cfg: PipelineConfig, run_id: str, into: Path) -> tuple[Path, Path 
 
 def backbone_digest(cfg: PipelineConfig, name: str) -> str:
     """sha256 of the weights file a builtin or local backbone resolves to (``""`` for hub
-    names, whose weights are not on this machine)."""
-    # a builtin model's prepared folder, looked up without preparing anything
-    path = cfg.assets_path / name.removeprefix("builtin:") if name.startswith("builtin:") else (
-        Path(name))  # fmt: skip
+    names, whose weights are not on this machine). Looks a builtin up without preparing it."""
+    path = builtin_folder(name, cfg.assets_path) if is_builtin(name) else Path(name)
     weights = path / "model.safetensors"
-    if not weights.is_file():
-        return ""
-    digest = hashlib.sha256()
-    with open(weights, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(weights) if weights.is_file() else ""
 
 
 def export(cfg: PipelineConfig, source: str, out: str, report: str = "") -> Path:

@@ -22,7 +22,6 @@ Usage::
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import shutil
@@ -38,7 +37,14 @@ from typing import Any
 
 from metapt_core.errors import ConfigError, DataError
 from metapt_core.locks import file_lock
-from metapt_core.store import atomic_path, atomic_write_json, open_sealed, seal, sha256_file
+from metapt_core.store import (
+    atomic_path,
+    atomic_write_json,
+    open_sealed,
+    seal,
+    sha256_dir,
+    sha256_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +132,8 @@ def portable_name(name_or_path: str) -> str:
     """A model name another machine can resolve: ``builtin:<asset>`` becomes the asset's hub id
     (``builtin:smollm2-135m`` -> ``HuggingFaceTB/SmolLM2-135M-Instruct``); hub names and paths
     are returned as given."""
-    if name_or_path.startswith("builtin:"):
-        builder = BUILDERS.get(name_or_path.removeprefix("builtin:"))
+    if is_builtin(name_or_path):
+        builder = BUILDERS.get(name_or_path.removeprefix(BUILTIN_PREFIX))
         if builder is not None and builder.hub_id:
             return builder.hub_id
     return name_or_path
@@ -145,21 +151,9 @@ def register_builder(builder: AssetBuilder) -> AssetBuilder | None:
 
 
 def content_sha256(folder: Path) -> str:
-    """sha256 of a prepared asset folder: sorted relative paths and file hashes, manifest excluded.
-
-    The same construction as :func:`metapt_core.store.sha256_dir`, leaving out ``manifest.json``
-    (which records this value) and temporary files.
-    """
-    digest = hashlib.sha256()
-    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
-        rel = file.relative_to(folder).as_posix()
-        if rel == MANIFEST or ".tmp-" in file.name:
-            continue
-        digest.update(rel.encode())
-        digest.update(b"\0")
-        digest.update(sha256_file(file).encode())
-        digest.update(b"\n")
-    return digest.hexdigest()
+    """sha256 of a prepared asset folder: :func:`metapt_core.store.sha256_dir` leaving out
+    ``manifest.json``, which records this value."""
+    return sha256_dir(folder, leave_out=(MANIFEST,))
 
 
 def read_manifest(folder: Path) -> dict[str, Any] | None:
@@ -333,25 +327,42 @@ def prepare_assets(
     return AssetPaths.under(root)
 
 
+def is_builtin(name_or_path: str) -> bool:
+    """Whether a model setting names an embedded asset (``builtin:<asset>``)."""
+    return name_or_path.startswith(BUILTIN_PREFIX)
+
+
+def builtin_folder(
+    name_or_path: str,
+    assets_dir: str | Path | None,
+    field: str = "backbone.name_or_path",
+    known: tuple[str, ...] = (SMOLLM2, MINILM),
+) -> Path:
+    """The folder ``builtin:<asset>`` is prepared in, without preparing it.
+
+    ``field`` names the setting in errors; ``known`` lists the assets that setting may name.
+    """
+    name = name_or_path.removeprefix(BUILTIN_PREFIX)
+    if name not in known:
+        names = ", ".join(f"{BUILTIN_PREFIX}{k}" for k in known)
+        raise ConfigError(field, name_or_path, f"unknown builtin model (known: {names})")
+    if assets_dir is None:
+        raise ConfigError(field, name_or_path, "a builtin model needs the assets folder")
+    return Path(assets_dir).expanduser().resolve() / name
+
+
 def resolve_model(
-    name_or_path: str, assets_dir: str | Path, field: str = "backbone.name_or_path"
+    name_or_path: str, assets_dir: str | Path | None, field: str = "backbone.name_or_path"
 ) -> str:
     """Map ``builtin:<asset>`` to the prepared folder (preparing it if needed); else unchanged.
 
     ``field`` names the setting in errors (``backbone.name_or_path`` or ``embed.model``).
     """
-    if not name_or_path.startswith(BUILTIN_PREFIX):
+    if not is_builtin(name_or_path):
         return name_or_path
-    name = name_or_path.removeprefix(BUILTIN_PREFIX)
-    if name not in (SMOLLM2, MINILM):
-        raise ConfigError(
-            field,
-            name_or_path,
-            f"unknown builtin model (known: {BUILTIN_PREFIX}{SMOLLM2}, {BUILTIN_PREFIX}{MINILM})",
-        )
-    root = Path(assets_dir).expanduser().resolve()
-    prepare_assets(root, [name])
-    return str(root / name)
+    folder = builtin_folder(name_or_path, assets_dir, field)
+    prepare_assets(folder.parent, [folder.name])
+    return str(folder)
 
 
 # --------------------------------------------------------------------------------------------

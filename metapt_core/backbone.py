@@ -50,15 +50,9 @@ def choose_device(requested: str) -> torch.device:
 
 def resolve_name(name_or_path: str, assets_dir: Path | None) -> str:
     """Map ``builtin:...`` names to prepared asset folders; anything else is returned as is."""
-    if name_or_path.startswith("builtin:"):
-        from metapt_core.assets import resolve_model
+    from metapt_core.assets import resolve_model
 
-        if assets_dir is None:
-            raise ConfigError(
-                "backbone.name_or_path", name_or_path, "a builtin model needs assets_dir"
-            )
-        return str(resolve_model(name_or_path, assets_dir))
-    return name_or_path
+    return resolve_model(name_or_path, assets_dir)
 
 
 def load_backbone(cfg: BackboneConfig, assets_dir: Path | None = None) -> Backbone:

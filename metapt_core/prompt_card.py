@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from metapt_core.assets import is_builtin
 from metapt_core.errors import DataError
 from metapt_core.prompt import META_FILE, load_prompt, peft_adapter_config, write_peft_adapter
 from metapt_core.store import atomic_path
@@ -145,7 +146,7 @@ def _made_lines(
             "- inputs (sha256): "
             + ", ".join(f"{k} `{v[:16]}`" for k, v in sorted(upstream.items()))
         )
-    if str(meta.get("backbone", "")).startswith("builtin:"):
+    if is_builtin(str(meta.get("backbone", ""))):
         lines.append(
             "- trained against the embedded copy of the backbone (the digest above); another copy "
             "of the same model (the hub's full-precision weights) may score slightly differently"

@@ -13,9 +13,8 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,16 +33,18 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def sha256_dir(path: str | os.PathLike[str]) -> str:
+def sha256_dir(path: str | os.PathLike[str], leave_out: Collection[str] = ()) -> str:
     """Hex sha256 over a folder: each file's relative path and content hash, in sorted order.
 
-    Files named ``.fingerprint`` and temporary files (``*.tmp-*``) are left out.
+    ``digest = sha256(concat over sorted files f of  rel(f) || 0x00 || sha256_file(f) || "\\n")``.
+    Files whose relative path is in ``leave_out`` and temporary files (``*.tmp-*``) are left out;
+    an asset folder leaves out the manifest that records this value.
     """
     root = Path(path)
     digest = hashlib.sha256()
     for file in sorted(p for p in root.rglob("*") if p.is_file()):
         rel = file.relative_to(root).as_posix()
-        if file.name == ".fingerprint" or ".tmp-" in file.name:
+        if rel in leave_out or ".tmp-" in file.name:
             continue
         digest.update(rel.encode())
         digest.update(b"\0")
@@ -169,9 +170,3 @@ def open_sealed(path: str | os.PathLike[str]) -> ArtifactRef | None:
         return None
     ref = ArtifactRef(path=str(p.resolve()), sha256=seal_file.read_text().strip())
     return ref if ref.is_valid() else None
-
-
-def scratch_dir(parent: str | os.PathLike[str]) -> Path:
-    """A new private temporary folder under ``parent`` (for work that is renamed in later)."""
-    Path(parent).mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=".scratch-", dir=parent))

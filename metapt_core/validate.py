@@ -265,17 +265,12 @@ def _offline() -> bool:
 
 def check_backbone(cfg: PipelineConfig, assets_dir: Path | None, report: PreflightReport) -> str:
     """Where ``backbone.name_or_path`` resolves to; "" when it is a builtin not prepared yet."""
-    from metapt_core.assets import BUILTIN_PREFIX, SMOLLM2, AssetPaths
+    from metapt_core.assets import SMOLLM2, builtin_folder, is_builtin
 
     name = cfg.backbone.name_or_path
     where = "backbone.name_or_path"
-    if name.startswith(BUILTIN_PREFIX):
-        asset = name.removeprefix(BUILTIN_PREFIX)
-        if asset != SMOLLM2:
-            raise ConfigError(where, name, f"unknown builtin model (known: builtin:{SMOLLM2})")
-        if assets_dir is None:
-            raise ConfigError(where, name, "a builtin model needs the assets folder")
-        folder = AssetPaths.under(assets_dir).smollm2
+    if is_builtin(name):
+        folder = builtin_folder(name, assets_dir, where, known=(SMOLLM2,))
         if not _prepared(folder):
             report.skipped.append(f"{where}: {name} is not prepared yet (assets stage)")
             return ""

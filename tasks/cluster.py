@@ -19,7 +19,7 @@ from tasks.stage import RunContext, StageSpec, core_output, execute_stage
 def cluster_task(ctx: RunContext, pool: ArtifactRef, embed: ArtifactRef) -> StageOutcome:
     """Cluster the embedded pool into auxiliary-task shards (+ diagnostics)."""
     cfg = ctx.cfg
-    stage = plan.cluster(cfg, pool, embed)
+    stage = plan.cluster_plan(cfg, pool, embed)
 
     def compute(out_dir: Path, progress: StageProgress) -> tuple[ArtifactRef, dict]:
         return core_output(cluster_pool(pool, embed, stage.spec, out_dir, progress=progress))

@@ -19,7 +19,7 @@ from tasks.stage import RunContext, StageSpec, core_output, execute_stage
 def embed_task(ctx: RunContext, assets: ArtifactRef, pool: ArtifactRef) -> StageOutcome:
     """Sentence-embed every pool row into ``embeddings.npy`` (+ ``row_ids.parquet``)."""
     cfg = ctx.cfg
-    stage = plan.embed(cfg, assets, pool)
+    stage = plan.embed_plan(cfg, assets, pool)
 
     def compute(out_dir: Path, progress: StageProgress) -> tuple[ArtifactRef, dict]:
         result = embed_pool(pool, stage.spec.embed, cfg.assets_path, out_dir, progress=progress)

@@ -67,7 +67,9 @@ def eval_group_task(
     ``stats["cells"]`` lists the cells.
     """
     cfg = ctx.cfg
-    stage = plan.eval_group(cfg, task_name, shots, seed, pretrain_seed, assets, tasks_ref, prompts)
+    stage = plan.eval_group_plan(
+        cfg, task_name, shots, seed, pretrain_seed, assets, tasks_ref, prompts
+    )
     reads = stage.spec  # what the core receives is what the key hashes
     defaults = {
         "task": task_name,
@@ -149,7 +151,7 @@ def report_task(
     """Aggregate the cells (mean, spread, intervals) into ``results.csv``, ``report.md``, plots,
     with each pre-training seed's meta-objective check (``meta_objective.csv``) ahead."""
     objectives = objectives or {}
-    stage = plan.report(ctx.cfg, [g.ref for g in groups], failed, objectives)
+    stage = plan.report_plan(ctx.cfg, [g.ref for g in groups], failed, objectives)
     cells = [cell for group in groups for cell in group.stats.get("cells", [])]
 
     def compute(out_dir: Path, progress: StageProgress) -> tuple[ArtifactRef, dict[str, Any]]:

@@ -19,7 +19,7 @@ from tasks.stage import RunContext, StageSpec, core_output, execute_stage
 def ingest_pool_task(ctx: RunContext, assets: ArtifactRef) -> StageOutcome:
     """Read, clean and sample the pre-training pool into ``pool.parquet``."""
     cfg = ctx.cfg
-    stage = plan.ingest_pool(cfg, assets)  # what the core receives is what the key hashes
+    stage = plan.ingest_pool_plan(cfg, assets)  # what the core receives is what the key hashes
 
     def compute(out_dir: Path, progress: StageProgress) -> tuple[ArtifactRef, dict]:
         result = ingest_pool(stage.spec, asset_paths(cfg), out_dir, progress=progress)
@@ -32,7 +32,7 @@ def ingest_pool_task(ctx: RunContext, assets: ArtifactRef) -> StageOutcome:
 def ingest_tasks_task(ctx: RunContext, assets: ArtifactRef, pool: ArtifactRef) -> StageOutcome:
     """Read the downstream tasks into ``tasks/<task>/{train,test}.parquet``."""
     cfg = ctx.cfg
-    stage = plan.ingest_tasks(cfg, assets, pool)
+    stage = plan.ingest_tasks_plan(cfg, assets, pool)
 
     def compute(out_dir: Path, progress: StageProgress) -> tuple[ArtifactRef, dict]:
         result = ingest_tasks(stage.spec, asset_paths(cfg), pool, out_dir, progress=progress)

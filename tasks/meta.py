@@ -24,7 +24,7 @@ def meta_pretrain_task(
     """Meta-learn a prompt initialisation of pre-training seed ``seed`` over the cluster
     shards (a prompt folder)."""
     cfg = ctx.cfg
-    stage = plan.pretrain(cfg, InitMethod(f"metapt_{algorithm.value}"), seed, assets, shards)
+    stage = plan.pretrain_plan(cfg, InitMethod(f"metapt_{algorithm.value}"), seed, assets, shards)
 
     def compute(out_dir: Path, progress: StageProgress) -> tuple[ArtifactRef, dict]:
         if cfg.distributed.nproc_per_node > 1:  # torchrun ranks, the same prompt

@@ -29,7 +29,7 @@ def meta_objective_task(
     """The meta-objective check of pre-training seed ``seed`` (``meta_objective.csv``); its
     figures become metrics of the stage's MLflow run (``<init>_loss_after``, ...)."""
     cfg = ctx.cfg
-    stage = plan.meta_objective(cfg, seed, assets, shards, prompts)
+    stage = plan.meta_objective_plan(cfg, seed, assets, shards, prompts)
 
     def compute(out_dir: Path, progress: StageProgress) -> tuple[ArtifactRef, dict[str, Any]]:
         model = get_backbone(cfg)

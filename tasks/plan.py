@@ -4,14 +4,14 @@ A plan names the stage's entry points (the ``module:function`` its task module i
 calls, whose import closure is its code identity: :func:`tasks.core.code_identity`), its
 task wrapper module, the spec its core function receives (hashed as its settings) and the
 references of its inputs. The Prefect tasks build their :class:`~tasks.stage.StageSpec` from
-these plans, and :mod:`flows.cached` walks the same plans to decide, before importing anything
-heavy, that a run has nothing to compute.
+these plans, and :func:`walk` yields each step's plans in order, which :mod:`flows.cached`
+follows to decide, before importing anything heavy, that a run has nothing to compute.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Generator, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -223,27 +223,27 @@ def task_sources(cfg: PipelineConfig) -> list[SourceConfig | None]:
     return [source for spec in cfg.tasks for source in (spec.train, spec.test)]
 
 
-def ingest_pool(cfg: PipelineConfig, assets: ArtifactRef) -> StagePlan:
+def ingest_pool_plan(cfg: PipelineConfig, assets: ArtifactRef) -> StagePlan:
     upstream = {"assets": assets, **source_refs(cfg.pool.sources)}
     return StagePlan("ingest-pool", (POOL_CORE,), "tasks.ingest", PoolSpec.of(cfg), upstream)
 
 
-def ingest_tasks(cfg: PipelineConfig, assets: ArtifactRef, pool: ArtifactRef) -> StagePlan:
+def ingest_tasks_plan(cfg: PipelineConfig, assets: ArtifactRef, pool: ArtifactRef) -> StagePlan:
     upstream = {"assets": assets, "pool": pool, **source_refs(task_sources(cfg))}
     return StagePlan("ingest-tasks", (TASKS_CORE,), "tasks.ingest", TasksSpec.of(cfg), upstream)
 
 
-def embed(cfg: PipelineConfig, assets: ArtifactRef, pool: ArtifactRef) -> StagePlan:
+def embed_plan(cfg: PipelineConfig, assets: ArtifactRef, pool: ArtifactRef) -> StagePlan:
     upstream = {"assets": assets, "pool": pool}
     return StagePlan("embed", (EMBED_CORE,), "tasks.embed", EmbedSpec.of(cfg), upstream)
 
 
-def cluster(cfg: PipelineConfig, pool: ArtifactRef, embedded: ArtifactRef) -> StagePlan:
+def cluster_plan(cfg: PipelineConfig, pool: ArtifactRef, embedded: ArtifactRef) -> StagePlan:
     upstream = {"pool": pool, "embed": embedded}
     return StagePlan("cluster", (CLUSTER_CORE,), "tasks.cluster", ClusterSpec.of(cfg), upstream)
 
 
-def ppt(
+def ppt_plan(
     cfg: PipelineConfig, assets: ArtifactRef, shards: ArtifactRef, balanced: bool = False
 ) -> StagePlan:
     upstream = {"assets": assets, "shards": shards}
@@ -252,7 +252,7 @@ def ppt(
     return StagePlan("ppt", entries, "tasks.ppt", PPTSpec.of(cfg), upstream, extra)
 
 
-def meta_pretrain(
+def meta_pretrain_plan(
     cfg: PipelineConfig, algorithm: MetaAlgorithm, assets: ArtifactRef, shards: ArtifactRef
 ) -> StagePlan:
     upstream = {"assets": assets, "shards": shards}
@@ -261,7 +261,7 @@ def meta_pretrain(
     return StagePlan("meta-pretrain", entries, "tasks.meta", MetaSpec.of(cfg), upstream, extra)
 
 
-def pretrain(
+def pretrain_plan(
     cfg: PipelineConfig, init: InitMethod, seed: int, assets: ArtifactRef, shards: ArtifactRef
 ) -> StagePlan:
     """The stage that makes pre-trained initialisation ``init`` of pre-training seed ``seed``:
@@ -269,11 +269,11 @@ def pretrain(
     seeded = cfg.with_pretrain_seed(seed)
     algorithm = init.meta_algorithm
     if algorithm is None:
-        return ppt(seeded, assets, shards, balanced=init is InitMethod.PPT_BALANCED)
-    return meta_pretrain(seeded, algorithm, assets, shards)
+        return ppt_plan(seeded, assets, shards, balanced=init is InitMethod.PPT_BALANCED)
+    return meta_pretrain_plan(seeded, algorithm, assets, shards)
 
 
-def meta_objective(
+def meta_objective_plan(
     cfg: PipelineConfig,
     seed: int,
     assets: ArtifactRef,
@@ -317,7 +317,7 @@ def prompt_key(init: InitMethod | str, seed: int) -> str:
     return f"{PROMPT_PREFIX}{name}@{seed}"
 
 
-def eval_group(
+def eval_group_plan(
     cfg: PipelineConfig,
     task: str,
     shots: int,
@@ -362,7 +362,7 @@ def group_prompts(
     }
 
 
-def report(
+def report_plan(
     cfg: PipelineConfig,
     group_refs: list[ArtifactRef],
     failed: list[str],
@@ -375,3 +375,111 @@ def report(
     return StagePlan(
         "report", (REPORT_CORE,), "tasks.evaluate", ReportSpec.of(cfg), upstream, extra
     )
+
+
+# --------------------------------------------------------------------------------------------
+# The walk: each step's stage plans, in order, waves of plans that need only earlier waves
+
+Wave = list[tuple[str, StagePlan]]  # (label, plan) of stages that may run side by side
+Walk = Generator[Wave, list[ArtifactRef], Outputs]
+
+
+def _ingest_walk(cfg: PipelineConfig, outputs: Outputs) -> Walk:
+    assets = outputs.assets or assets_ref(cfg)
+    (pool,) = yield [("ingest-pool", ingest_pool_plan(cfg, assets))]
+    (tasks,) = yield [("ingest-tasks", ingest_tasks_plan(cfg, assets, pool))]
+    return replace(outputs, assets=assets, pool=pool, tasks=tasks)
+
+
+def _embed_walk(cfg: PipelineConfig, outputs: Outputs) -> Walk:
+    (embedded,) = yield [("embed", embed_plan(cfg, outputs.need("assets"), outputs.need("pool")))]
+    return replace(outputs, embed=embedded)
+
+
+def _cluster_walk(cfg: PipelineConfig, outputs: Outputs) -> Walk:
+    stage = cluster_plan(cfg, outputs.need("pool"), outputs.need("embed"))
+    (shards,) = yield [("cluster", stage)]
+    return replace(outputs, shards=shards)
+
+
+def _meta_pretrain_walk(cfg: PipelineConfig, outputs: Outputs) -> Walk:
+    assets, shards = outputs.need("assets"), outputs.need("shards")
+    runs = pretrain_runs(cfg)
+    made = yield [
+        (f"{init.value}@{seed}", pretrain_plan(cfg, init, seed, assets, shards))
+        for init, seed in runs
+    ]
+    prompts = dict(zip(runs, made, strict=True))
+    checked = [
+        seed
+        for seed in (cfg.pretrain_seeds if cfg.meta.check_episodes > 0 else [])
+        if seed_prompts(cfg, prompts, seed)
+    ]
+    checks = yield [
+        (
+            f"meta-objective@{seed}",
+            meta_objective_plan(cfg, seed, assets, shards, seed_prompts(cfg, prompts, seed)),
+        )
+        for seed in checked
+    ]
+    return replace(outputs, prompts=prompts, objectives=dict(zip(checked, checks, strict=True)))
+
+
+def _evaluate_walk(cfg: PipelineConfig, outputs: Outputs) -> Walk:
+    assets, tasks = outputs.need("assets"), outputs.need("tasks")
+    made = yield [
+        (
+            group_label(task, shots, seed, pseed),
+            eval_group_plan(
+                cfg,
+                task,
+                shots,
+                seed,
+                pseed,
+                assets,
+                tasks,
+                group_prompts(cfg, outputs.prompts, pseed),
+            ),
+        )
+        for task, shots, seed, pseed in groups(cfg)
+    ]
+    (report,) = yield [("report", report_plan(cfg, made, [], outputs.objectives))]
+    return replace(outputs, report=report)
+
+
+_WALKS: dict[str, Callable[[PipelineConfig, Outputs], Walk]] = {
+    "ingest": _ingest_walk,
+    "embed": _embed_walk,
+    "cluster": _cluster_walk,
+    "meta-pretrain": _meta_pretrain_walk,
+    "evaluate": _evaluate_walk,
+}
+
+
+def walk(step_name: str, cfg: PipelineConfig, outputs: Outputs) -> Walk:
+    """The stage plans of step ``step_name``, wave by wave, given the references made before it.
+
+    Send each wave's references back (in the wave's order); the generator returns ``outputs``
+    with the step's ``makes`` filled. :func:`follow` drives it.
+    """
+    return _WALKS[step_name](cfg, outputs)
+
+
+def follow(
+    cfg: PipelineConfig, serve: Callable[[Wave], list[ArtifactRef] | None]
+) -> Outputs | None:
+    """Walk every step of :data:`PIPELINE` in order, ``serve`` answering each wave with its
+    references; None as soon as it answers None (a stage it cannot serve)."""
+    outputs = Outputs()
+    for each in PIPELINE:
+        steps = walk(each.name, cfg, outputs)
+        try:
+            wave = next(steps)
+            while True:
+                refs = serve(wave)
+                if refs is None:
+                    return None
+                wave = steps.send(refs)
+        except StopIteration as done:
+            outputs = done.value
+    return outputs

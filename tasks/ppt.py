@@ -29,7 +29,7 @@ def ppt_task(
     """
     cfg = ctx.cfg
     init = InitMethod.PPT_BALANCED if balanced else InitMethod.PPT
-    stage = plan.pretrain(cfg, init, seed, assets, shards)
+    stage = plan.pretrain_plan(cfg, init, seed, assets, shards)
 
     def compute(out_dir: Path, progress: StageProgress) -> tuple[ArtifactRef, dict]:
         if cfg.distributed.nproc_per_node > 1:  # torchrun ranks, the same prompt

@@ -335,15 +335,16 @@ def dataset_entries(refs: Mapping[str, Any]) -> list[tuple[str, str, Path]]:
 def dataset_inputs(refs: Mapping[str, Any]) -> list[Any]:
     """MLflow ``DatasetInput`` records (name, sha256 digest, local source, schema, row count)
     of :func:`dataset_entries`, tagged with their context."""
-    import hashlib
     import json
 
     import pyarrow.parquet as pq
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
+    from metapt_core.store import sha256_file
+
     inputs = []
     for name, context, file in dataset_entries(refs):
-        digest = hashlib.sha256(file.read_bytes()).hexdigest()
+        digest = sha256_file(file)
         meta = pq.read_metadata(file)
         schema = {"mlflow_colspec": [
             {"name": field.name, "type": str(field.type)} for field in meta.schema.to_arrow_schema()

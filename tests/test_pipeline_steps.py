@@ -10,29 +10,21 @@ from metapt_core.store import ArtifactRef
 from tasks import plan
 
 
+def _stand_in(wave: plan.Wave) -> list[ArtifactRef]:
+    """A wave answered with one distinct stand-in reference per stage."""
+    return [ArtifactRef(path=label, sha256="0" * 64) for label, _ in wave]
+
+
 def _every_stage_plan(profile: str) -> list[plan.StagePlan]:
-    """The stage plans of one run of ``profile``, with stand-in input references."""
+    """The stage plans of one run of ``profile``, as the plan's walk yields them."""
     cfg = load_config(profile)
-    ref = ArtifactRef(path="x", sha256="0" * 64)
-    made = {(init, seed): ref for init, seed in plan.pretrain_runs(cfg)}
-    plans = [
-        plan.ingest_pool(cfg, ref),
-        plan.ingest_tasks(cfg, ref, ref),
-        plan.embed(cfg, ref, ref),
-        plan.cluster(cfg, ref, ref),
-    ]
-    plans += [plan.pretrain(cfg, init, seed, ref, ref) for init, seed in plan.pretrain_runs(cfg)]
-    plans += [
-        plan.meta_objective(cfg, seed, ref, ref, plan.seed_prompts(cfg, made, seed))
-        for seed in cfg.pretrain_seeds
-    ]
-    plans += [
-        plan.eval_group(
-            cfg, task, shots, seed, pseed, ref, ref, plan.group_prompts(cfg, made, pseed)
-        )
-        for task, shots, seed, pseed in plan.groups(cfg)
-    ]
-    plans.append(plan.report(cfg, [ref], []))
+    plans: list[plan.StagePlan] = []
+
+    def serve(wave: plan.Wave) -> list[ArtifactRef]:
+        plans.extend(stage for _, stage in wave)
+        return _stand_in(wave)
+
+    assert plan.follow(cfg, serve) is not None
     return plans
 
 
@@ -80,3 +72,46 @@ def test_every_step_needs_only_what_an_earlier_step_makes() -> None:
 def test_a_missing_reference_names_itself() -> None:
     with pytest.raises(LookupError, match="'shards'"):
         plan.Outputs().need("shards")
+
+
+def _drive(steps: plan.Walk) -> tuple[list[str], plan.Outputs]:
+    """The stage names one step's walk yields, answered by stand-ins, and what it returns."""
+    yielded: list[str] = []
+    refs: list[ArtifactRef] | None = None
+    try:
+        while True:
+            wave = steps.send(refs) if refs is not None else next(steps)
+            yielded.extend(stage.stage for _, stage in wave)
+            refs = _stand_in(wave)
+    except StopIteration as done:
+        return yielded, done.value
+
+
+@pytest.mark.parametrize("profile", ["smoke", "default"])
+def test_each_steps_walk_makes_its_stages_from_its_needs_alone(profile: str) -> None:
+    """Driven from only the references its step ``needs``, a walk yields exactly the step's
+    stages and fills exactly what it ``makes`` (a walk reading anything else raises)."""
+    cfg = load_config(profile)
+    full = plan.follow(cfg, _stand_in)
+    assert full is not None
+    for each in plan.PIPELINE:
+        given = plan.Outputs(**{name: getattr(full, name) for name in each.needs})
+        yielded, made = _drive(plan.walk(each.name, cfg, given))
+        assert set(yielded) == set(each.stages), each.name
+        filled = {
+            name for name in plan.Outputs.__dataclass_fields__
+            if getattr(made, name) != getattr(given, name)
+        }  # fmt: skip
+        assert filled == set(each.makes), each.name
+
+
+def test_follow_stops_at_the_first_stage_it_cannot_serve() -> None:
+    cfg = load_config("smoke")
+    asked: list[str] = []
+
+    def serve(wave: plan.Wave) -> list[ArtifactRef] | None:
+        asked.extend(label for label, _ in wave)
+        return None if any(stage.stage == "cluster" for _, stage in wave) else _stand_in(wave)
+
+    assert plan.follow(cfg, serve) is None
+    assert asked == ["ingest-pool", "ingest-tasks", "embed", "cluster"]

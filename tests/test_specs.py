@@ -98,9 +98,10 @@ def test_pretraining_seeds_are_a_grid_dimension_that_keeps_stored_groups() -> No
     assert [(i.value, s) for i, s in runs if s == 2] == [("ppt", 2), ("metapt_maml", 2)]
     # PPT and MetaPT of one seed read that seed (their initial prompt and episodes)
     ref = plan.ArtifactRef(path="x", sha256="0" * 64)
-    ppt1 = plan.pretrain(cfg, runs[0][0], 1, ref, ref)
+    ppt1 = plan.pretrain_plan(cfg, runs[0][0], 1, ref, ref)
     assert (
-        ppt1.spec.meta.seed == 1 and plan.pretrain(cfg, runs[1][0], 1, ref, ref).spec.meta.seed == 1
+        ppt1.spec.meta.seed == 1
+        and plan.pretrain_plan(cfg, runs[1][0], 1, ref, ref).spec.meta.seed == 1
     )
     # zero-shot is scored once per task, untuned prompts once per (task, pre-training seed)
     flags = [(EvalSpec.of(cfg, task, 16, s, p).zero_shot, EvalSpec.of(cfg, task, 16, s, p).untuned)

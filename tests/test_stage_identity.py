@@ -30,15 +30,15 @@ def _stages() -> dict[str, tuple[list[str], str]]:
     cfg = load_config("smoke")
     ref = ArtifactRef(path="x", sha256="0" * 64)
     plans = [
-        plan.ingest_pool(cfg, ref),
-        plan.ingest_tasks(cfg, ref, ref),
-        plan.embed(cfg, ref, ref),
-        plan.cluster(cfg, ref, ref),
-        plan.ppt(cfg, ref, ref),
-        plan.meta_pretrain(cfg, MetaAlgorithm.MAML, ref, ref),
-        plan.meta_objective(cfg, 0, ref, ref, {"ppt": ref}),
-        plan.eval_group(cfg, cfg.tasks[0].name, 2, 0, 0, ref, ref, {}),
-        plan.report(cfg, [ref], []),
+        plan.ingest_pool_plan(cfg, ref),
+        plan.ingest_tasks_plan(cfg, ref, ref),
+        plan.embed_plan(cfg, ref, ref),
+        plan.cluster_plan(cfg, ref, ref),
+        plan.ppt_plan(cfg, ref, ref),
+        plan.meta_pretrain_plan(cfg, MetaAlgorithm.MAML, ref, ref),
+        plan.meta_objective_plan(cfg, 0, ref, ref, {"ppt": ref}),
+        plan.eval_group_plan(cfg, cfg.tasks[0].name, 2, 0, 0, ref, ref, {}),
+        plan.report_plan(cfg, [ref], []),
     ]
     return {p.stage: (list(p.entries), p.wrapper) for p in plans}
 
