@@ -29,21 +29,21 @@ import torch
 from torch import Tensor
 
 from metapt_core.config import PPTConfig, to_dict
-from metapt_core.meta import distributed as dist_utils
-from metapt_core.meta.checkpoint import checkpoint_dir
-from metapt_core.meta.episodes import (
+from metapt_core.pretraining import distributed as dist_utils
+from metapt_core.pretraining.adaptation import (
+    validation_fn,
+)
+from metapt_core.pretraining.checkpoint import checkpoint_dir
+from metapt_core.pretraining.data import (
+    PromptObjective,
+    pool_format,
+)
+from metapt_core.pretraining.episodes import (
     POOL_STREAM,
     TRAIN_STREAM,
     AuxTask,
     rng_for,
     sample_meta_batch,
-)
-from metapt_core.pretraining.adaptation import (
-    validation_fn,
-)
-from metapt_core.pretraining.data import (
-    PromptObjective,
-    pool_format,
 )
 from metapt_core.pretraining.loop import (
     PretrainResult,

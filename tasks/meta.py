@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import task
 
 from metapt_core.config import InitMethod, MetaAlgorithm
-from metapt_core.meta import meta_pretrain
+from metapt_core.meta.trainer import meta_pretrain
 from metapt_core.store import ArtifactRef
 from tasks import plan
 from tasks.cache import StageOutcome

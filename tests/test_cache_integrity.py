@@ -311,7 +311,7 @@ CODE = [
     ("metapt_core.clustering.kmeans", ["cluster"]),
     ("metapt_core.ppt", ["ppt"]),
     # PPT runs the shared training loop, the meta package's episode sampler and checkpoints.
-    ("metapt_core.meta.episodes", ["ppt", "meta-pretrain-maml", CHECK]),
+    ("metapt_core.pretraining.episodes", ["ppt", "meta-pretrain-maml", CHECK]),
     ("metapt_core.pretraining.loop", ["ppt", "meta-pretrain-maml", CHECK]),
     # the inner SGD step: MAML's inner loop, the check's adaptation and the inner protocol
     ("metapt_core.inner_sgd", ["ppt", "meta-pretrain-maml", CHECK, *EVALS]),

@@ -9,7 +9,7 @@ import pytest
 from test_meta_fixtures import CLASSES, write_shards
 
 from metapt_core.errors import DataError
-from metapt_core.meta.episodes import (
+from metapt_core.pretraining.episodes import (
     TRAIN_STREAM,
     load_aux_tasks,
     rng_for,
@@ -52,7 +52,7 @@ def test_unbalanced_episodes_keep_the_task_prior() -> None:
 def test_meta_batches_pass_the_balance_choice_on() -> None:
     """``sample_meta_batch`` (what training, validation, unseen and check episodes draw
     through) honours ``balanced``: the same skewed task gives ~85% or ~a third."""
-    from metapt_core.meta.episodes import AuxTask
+    from metapt_core.pretraining.episodes import AuxTask
 
     labels = np.array([0] * 170 + [1] * 15 + [2] * 15)
     rows = np.arange(len(labels), dtype=np.int64)
@@ -70,7 +70,7 @@ def test_meta_batches_pass_the_balance_choice_on() -> None:
 def test_validation_split_keeps_class_proportions() -> None:
     """Stratified: a shard 85% one class keeps 85% on both sides (to a row per class), where
     a class-balanced prefix would give the validation rows a third each."""
-    from metapt_core.meta.episodes import split_validation
+    from metapt_core.pretraining.episodes import split_validation
 
     labels = np.array([0] * 340 + [1] * 30 + [2] * 30)
     train, val = split_validation(labels, 0.1, 16, rng_for(0, TRAIN_STREAM, 0))

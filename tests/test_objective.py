@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from metapt_core.config import MetaAlgorithm
-from metapt_core.meta.episodes import AuxTask, check_episodes, unseen_episodes
 from metapt_core.meta.maml import Episode, meta_gradient
 from metapt_core.meta.toy import ToyPromptModel
 from metapt_core.objective import meta_objective_rows, verdict
+from metapt_core.pretraining.episodes import AuxTask, check_episodes, unseen_episodes
 from metapt_core.pretraining.objective import episode_losses
 
 CHANCE3 = math.log(3)

@@ -198,8 +198,8 @@ def test_a_failing_packing_check_falls_back_loudly(
 
 
 def test_rows_encoded_once_select_what_a_fresh_encode_gives(tiny_llama_path: Path) -> None:
-    from metapt_core.meta.episodes import AuxTask
     from metapt_core.pretraining.data import EncodedTasks
+    from metapt_core.pretraining.episodes import AuxTask
 
     model, _ = _models(tiny_llama_path)
     task = AuxTask(7, tuple(TEXTS), torch.tensor(LABELS).numpy(), torch.arange(6).numpy(),

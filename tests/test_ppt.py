@@ -10,10 +10,10 @@ import torch
 from test_meta_fixtures import small_config, write_shards
 
 from metapt_core.config import MetaAlgorithm
-from metapt_core.meta.checkpoint import checkpoint_dir
 from metapt_core.meta.toy import ToyPromptModel
 from metapt_core.meta.trainer import meta_pretrain
 from metapt_core.ppt import ppt_pretrain
+from metapt_core.pretraining.checkpoint import checkpoint_dir
 from metapt_core.prompt import load_prompt
 from metapt_core.specs import MetaSpec, PPTSpec
 

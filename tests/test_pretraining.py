@@ -13,19 +13,19 @@ import torch
 from test_meta_fixtures import small_config, write_shards
 
 from metapt_core.config import MetaAlgorithm
-from metapt_core.meta.episodes import (
-    TRAIN_STREAM,
-    hold_out_clusters,
-    load_aux_tasks,
-    rng_for,
-    sample_meta_batch,
-)
 from metapt_core.meta.maml import inner_adapt
 from metapt_core.meta.toy import ToyPromptModel
 from metapt_core.meta.trainer import meta_pretrain
 from metapt_core.ppt import ppt_pretrain
 from metapt_core.pretraining.adaptation import calibrate_inner_lr, collapse_warnings
 from metapt_core.pretraining.data import load_pretrain_data
+from metapt_core.pretraining.episodes import (
+    TRAIN_STREAM,
+    hold_out_clusters,
+    load_aux_tasks,
+    rng_for,
+    sample_meta_batch,
+)
 from metapt_core.prompt import load_prompt
 from metapt_core.specs import MetaSpec, PPTSpec
 

@@ -144,7 +144,9 @@ def test_known_dependencies_are_in_the_closure(copy_root: Path) -> None:
     def closure(stage: str) -> set[str]:
         return set(identity.module_closure(STAGES[stage][0], copy_root)[0])
 
-    assert {"metapt_core.meta.episodes", "metapt_core.meta.checkpoint"} <= closure("ppt")
+    assert {"metapt_core.pretraining.episodes", "metapt_core.pretraining.checkpoint"} <= closure(
+        "ppt"
+    )
     for stage in ("ppt", "meta-pretrain", "evaluate-cells"):
         assert "metapt_core.backbone" in closure(stage)
     assert "metapt_core.embedding" in closure("cluster")

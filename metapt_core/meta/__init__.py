@@ -1,4 +1,9 @@
-"""Meta-learning of a soft-prompt initialisation (MetaPT): MAML, first-order MAML, Reptile."""
+"""Meta-learning of a soft-prompt initialisation (MetaPT): MAML, first-order MAML, Reptile.
+
+The meta-gradients are in :mod:`~metapt_core.meta.maml`; the trainer,
+:func:`metapt_core.meta.trainer.meta_pretrain`, is imported from its module (it builds on
+:mod:`metapt_core.pretraining`, which itself uses the inner rule here).
+"""
 
 from metapt_core.meta.maml import (
     Episode,
@@ -8,15 +13,12 @@ from metapt_core.meta.maml import (
     meta_gradient,
     meta_gradient_sum,
 )
-from metapt_core.meta.trainer import PretrainResult, meta_pretrain
 
 __all__ = [
     "Episode",
     "MetaGradient",
-    "PretrainResult",
     "inner_adapt",
     "maml_task_loss",
     "meta_gradient",
     "meta_gradient_sum",
-    "meta_pretrain",
 ]

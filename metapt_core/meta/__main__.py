@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 
 from metapt_core.config import MetaAlgorithm, PipelineConfig, from_dict, load_config, read_yaml
-from metapt_core.meta.distributed import init_from_env, is_main_process
+from metapt_core.pretraining.distributed import init_from_env, is_main_process
 from metapt_core.store import atomic_write_json
 
 log = logging.getLogger("metapt_core.meta")

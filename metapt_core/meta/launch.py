@@ -5,7 +5,7 @@
 The stage's whole configuration is written to a YAML file; ``torchrun --standalone`` starts
 ``nproc`` ranks of ``python -m metapt_core.meta --spec FILE``, each loads the backbone (its own
 GPU under NCCL when there are enough, else the CPU under gloo) and takes ``tasks[rank::nproc]``
-of every meta-batch (:mod:`metapt_core.meta.distributed`); rank 0 writes the prompt folder and
+of every meta-batch (:mod:`metapt_core.pretraining.distributed`); rank 0 writes the prompt folder and
 the result file. Checkpoints go to ``<out_dir>.ckpt`` as in one process, so a rank that dies
 (a kill, an out-of-memory) ends the group, and the launcher relaunches it (``max_restarts``
 times), which resumes from the last checkpoint.

@@ -8,7 +8,7 @@ shared with the PPT controls (:mod:`metapt_core.ppt`).
 
 Example (a notebook, after the cluster stage)::
 
-    from metapt_core.meta import meta_pretrain
+    from metapt_core.meta.trainer import meta_pretrain
     from metapt_core.specs import MetaSpec
     spec = MetaSpec.of(cfg)  # what MetaPT reads of a PipelineConfig
     result = meta_pretrain(shards_dir, spec, MetaAlgorithm.MAML, model, Path("out/metapt_maml"))
@@ -27,21 +27,21 @@ import torch
 from torch import Tensor
 
 from metapt_core.config import MetaAlgorithm, MetaConfig, to_dict
-from metapt_core.meta import distributed as dist_utils
-from metapt_core.meta.checkpoint import checkpoint_dir
 from metapt_core.meta.curvature import curvature_inner_lr, curvature_lambda
-from metapt_core.meta.episodes import TRAIN_STREAM, EpisodeRows, rng_for, sample_meta_batch
 from metapt_core.meta.maml import inner_adapt, meta_gradient_sum
+from metapt_core.pretraining import distributed as dist_utils
 from metapt_core.pretraining.adaptation import (
     embedding_norm,
     prompt_norm_ratio,
     validation_fn,
 )
+from metapt_core.pretraining.checkpoint import checkpoint_dir
 from metapt_core.pretraining.data import (
     PretrainData,
     PromptObjective,
     grouped_concat,
 )
+from metapt_core.pretraining.episodes import TRAIN_STREAM, EpisodeRows, rng_for, sample_meta_batch
 from metapt_core.pretraining.loop import (
     PretrainResult,
     Progress,

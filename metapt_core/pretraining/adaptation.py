@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from metapt_core.errors import ConfigError
-from metapt_core.meta import distributed as dist_utils
 from metapt_core.meta.maml import Episode, inner_adapt
+from metapt_core.pretraining import distributed as dist_utils
 from metapt_core.pretraining.data import PromptObjective
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Pre-training data: shards as encoded tasks, and the validation episodes of a run.
 
-A run's clusters are split once per seed (:func:`metapt_core.meta.episodes.hold_out_clusters`)
+A run's clusters are split once per seed (:func:`metapt_core.pretraining.episodes.hold_out_clusters`)
 into training clusters and ``meta.val_clusters`` unseen ones. Validation has two parts, each a
 fixed list of episodes: held-out rows of the training clusters (``val``, adaptation to a seen
 task) and whole unseen clusters (``unseen``, adaptation to a new task, what an initialisation
@@ -19,7 +19,8 @@ import torch
 from torch import Tensor
 
 from metapt_core.config import MetaConfig
-from metapt_core.meta.episodes import (
+from metapt_core.meta.maml import Episode
+from metapt_core.pretraining.episodes import (
     AuxTask,
     EpisodeRows,
     hold_out_clusters,
@@ -27,7 +28,6 @@ from metapt_core.meta.episodes import (
     unseen_episodes,
     validation_episodes,
 )
-from metapt_core.meta.maml import Episode
 from metapt_core.specs import EpisodeSettings, PoolFormat
 from metapt_core.store import ArtifactRef
 

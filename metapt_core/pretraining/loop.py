@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from metapt_core.meta import distributed as dist_utils
-from metapt_core.meta.checkpoint import (
+from metapt_core.pretraining import distributed as dist_utils
+from metapt_core.pretraining.checkpoint import (
     TrainState,
     load_checkpoint,
     remove_checkpoints,
@@ -108,7 +108,7 @@ def train_prompt(
     Step ``t`` (1-based) calls ``step_fn(t, prompt) -> (grad [P, d], metrics)``, clips it
     (``settings.clip_grad_norm``), sets ``prompt.grad`` and steps the optimiser; the record of
     the step gets ``grad_norm`` (before clipping). Every random draw inside ``step_fn`` must
-    come from ``t`` (see :func:`metapt_core.meta.episodes.rng_for`): then resuming from a
+    come from ``t`` (see :func:`metapt_core.pretraining.episodes.rng_for`): then resuming from a
     checkpoint at step ``s`` replays steps ``s+1..T`` exactly as an uninterrupted run would.
 
     Args:

@@ -15,12 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from metapt_core.meta.episodes import (
-    check_episodes,
-    hold_out_clusters,
-    load_aux_tasks,
-    unseen_episodes,
-)
 from metapt_core.meta.maml import Episode, inner_adapt
 from metapt_core.objective import (
     INITIAL,
@@ -31,6 +25,12 @@ from metapt_core.objective import (
     write_rows,
 )
 from metapt_core.pretraining.data import EncodedTasks, PromptObjective, pool_format
+from metapt_core.pretraining.episodes import (
+    check_episodes,
+    hold_out_clusters,
+    load_aux_tasks,
+    unseen_episodes,
+)
 from metapt_core.specs import EpisodeSettings, PoolFormat
 
 
