@@ -14,15 +14,10 @@ PROFILE ?= default
 STAMP := $(VENV)/.metapt-installed
 DEVSTAMP := $(VENV)/.metapt-dev-installed
 
-# Telemetry off, servers on loopback (see docs/operations.md, "Offline and private by default").
-export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
-export DO_NOT_TRACK ?= true
-export MLFLOW_DISABLE_TELEMETRY ?= true
-export MLFLOW_SERVER_ENABLE_JOB_EXECUTION ?= false
-export HF_HUB_OFFLINE ?= 1
-export TOKENIZERS_PARALLELISM ?= false
-# OpenMP threads that spin while waiting stall badly when anything else shares the 2 cores.
-export OMP_WAIT_POLICY ?= PASSIVE
+# Telemetry off, offline, servers on loopback, OpenMP threads that do not spin: the defaults of
+# flows/env.py (the one list), for every command below; a value already in the environment wins
+# (see docs/operations.md, "Offline and private by default").
+$(foreach setting,$(shell $(PYTHON) flows/env.py),$(eval export $(setting)))
 
 .PHONY: install dev run test lint assets clean-cache serve stop ui bench bench-quick chromium gpu-wheels
 

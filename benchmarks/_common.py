@@ -20,18 +20,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Offline, quiet: no hub lookups, no progress bars in the tables' output.
+# The project's environment defaults (offline, no telemetry, OpenMP threads that do not spin),
+# read when torch loads, so they hold in the processes run_all.py starts too.
+import flows.env  # noqa: F401
+
+# Quiet: no progress bars in the tables' output.
 for _key, _value in {
-    "HF_HUB_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     "TRANSFORMERS_VERBOSITY": "error",
-    "DO_NOT_TRACK": "true",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    # OpenMP threads that spin while waiting slow torch ~10x on shared cores; read when torch
-    # loads, so it holds in the processes run_all.py starts (and under make bench).
-    "OMP_WAIT_POLICY": "PASSIVE",
 }.items():
     os.environ.setdefault(_key, _value)
 

@@ -1,7 +1,9 @@
 """Environment defaults for every entry point: telemetry off, offline, loopback only.
 
-Imported first by ``flows`` (hence by the ``metapt`` command) and by ``deployments``; every value
-is a default (``os.environ.setdefault``), so a user's own setting wins.
+Imported first by ``flows`` (hence by the ``metapt`` command), by ``deployments``, by the tests'
+``conftest`` and the benchmarks; every value is a default (``os.environ.setdefault``), so a
+user's own setting wins. The Makefile exports the same list (``python3 flows/env.py`` prints the
+``KEY=VALUE`` pairs the environment does not set yet), so the one list is this one.
 """
 
 from __future__ import annotations
@@ -94,5 +96,8 @@ def use_ephemeral_prefect(work_dir: Path) -> bool:
     return True
 
 
-apply_defaults()
-core_logging()
+if __name__ == "__main__":  # for the Makefile: the defaults this environment lacks
+    print(" ".join(f"{k}={v}" for k, v in DEFAULTS.items() if k not in os.environ))
+else:
+    apply_defaults()
+    core_logging()
