@@ -1,12 +1,12 @@
 """A fully cached run, decided before torch, Prefect or MLflow is imported.
 
-``metapt run`` first follows the plan's walk (:func:`tasks.plan.follow`) in pipeline order: each
-stage's key from its code identity, its spec and its inputs' references, each input reference
-from the stored record of the stage before it. If every stage of the run is in the store, intact, the
-run has nothing to compute: the stored report is printed and the rerun is recorded as one MLflow
-run, tagged ``metapt.cached=true`` and linked to the runs that computed the report. The first
-stage that is missing ends the walk, and the pipeline runs as usual (its flows then serve what
-is stored and compute the rest).
+``metapt run`` first follows the plan's walk (:func:`tasks.plan.follow`) in pipeline order:
+each stage's key from its code identity, its spec and its inputs' references, each input
+reference from the stored record of the stage before it. If every stage of the run is in the
+store, intact, the run has nothing to compute: the stored report is printed and the rerun is
+recorded as one MLflow run, tagged ``metapt.cached=true`` and linked to the runs that computed
+the report. The first stage that is missing ends the walk, and the pipeline runs as usual (its
+flows then serve what is stored and compute the rest).
 """
 
 from __future__ import annotations
