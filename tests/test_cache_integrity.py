@@ -310,9 +310,10 @@ CODE = [
     ("metapt_core.embedding", ["embed", "cluster"]),
     ("metapt_core.clustering.kmeans", ["cluster"]),
     ("metapt_core.ppt", ["ppt"]),
-    # PPT runs the shared training loop, the meta package's episode sampler and checkpoints.
+    # PPT and MetaPT share the episode sampler (the check draws its episodes with it too) and
+    # the training loop (which the check does not run: its inputs, the prompts, carry a change)
     ("metapt_core.pretraining.episodes", ["ppt", "meta-pretrain-maml", CHECK]),
-    ("metapt_core.pretraining.loop", ["ppt", "meta-pretrain-maml", CHECK]),
+    ("metapt_core.pretraining.loop", ["ppt", "meta-pretrain-maml"]),
     # the inner SGD step: MAML's inner loop, the check's adaptation and the inner protocol
     ("metapt_core.inner_sgd", ["ppt", "meta-pretrain-maml", CHECK, *EVALS]),
     ("metapt_core.scoring.packing", ["ppt", "meta-pretrain-maml", CHECK, *EVALS]),
