@@ -43,3 +43,32 @@ def test_a_lever_run_is_found_by_its_profile_and_overrides(tmp_path: Path) -> No
     assert levers.find_lever_run(lever, "default", settings=settings) == found
     later = int(time.time() * 1000) + 60_000
     assert levers.find_lever_run(lever, "default", since_ms=later, settings=settings) == ""
+
+
+def _outer_rate():
+    path = ROOT / "experiments" / "outer_rate.py"
+    spec = importlib.util.spec_from_file_location("outer_rate", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_outer_rate_is_read_at_the_kept_steps_held_out_cluster_loss(tmp_path: Path) -> None:
+    """The selection loss is the held-out clusters' loss at the kept step, not the last or the
+    lowest one, and not the seen clusters' ``val_loss``."""
+    import json
+
+    selection_loss = _outer_rate().selection_loss
+    history = [
+        {"step": 0, "val_loss": 2.0, "unseen_loss": 1.9},
+        {"step": 5, "val_loss": 1.2, "unseen_loss": 0.8, "kept": 1},
+        {"step": 10, "val_loss": 0.9, "unseen_loss": 1.1},
+        {"step": 11, "loss": 0.5},  # a training step, not validated
+    ]
+    (tmp_path / "history.json").write_text(json.dumps(history))
+    assert selection_loss(tmp_path) == (0.8, 5)
+    # no cluster held out: the seen clusters' validation loss; none kept: the last validated
+    history = [{k: v for k, v in h.items() if k not in ("unseen_loss", "kept")} for h in history]
+    (tmp_path / "history.json").write_text(json.dumps(history))
+    assert selection_loss(tmp_path) == (0.9, 10)
