@@ -25,7 +25,7 @@ def build_deployments() -> list[Any]:
     from prefect.deployments.runner import EntrypointType
 
     from flows.metapt import metapt_flow
-    from flows.stages import stage_flows
+    from flows.steps import stage_flows
 
     # One run at a time per deployment (the serve process belongs to one work folder); runs of
     # different deployments may overlap safely: each stage key is computed once, under its lock.

@@ -71,8 +71,8 @@ def find_cached_run(cfg: PipelineConfig) -> CachedRun | None:
             run.stages[label] = outcome
         return outcome
 
-    def serve(wave: plan.Wave) -> list[ArtifactRef] | None:
-        refs = []
+    def serve(wave: plan.Wave) -> list[ArtifactRef | None] | None:
+        refs: list[ArtifactRef | None] = []
         for label, stage in wave:
             outcome = stored(label, stage)
             if outcome is None:

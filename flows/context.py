@@ -218,7 +218,7 @@ def run_steps(
 
     Returns every reference made (:meth:`tasks.plan.Outputs.to_dict`) and ``mlflow_run_id``.
     """
-    from flows.stages import step_flows
+    from flows.steps import step_flows
 
     flows = step_flows()
     names = list(flows)

@@ -29,14 +29,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from metapt_core.backbone import Backbone, load_backbone
-from metapt_core.config import BackboneKind, LossKind, PipelineConfig, ScoringConfig, ScoringMode
+from metapt_core.backbone import Backbone, ProcessCache, load_backbone
+from metapt_core.config import (
+    BackboneKind,
+    LossKind,
+    PipelineConfig,
+    ScoringConfig,
+    ScoringMode,
+    to_dict,
+)
 from metapt_core.errors import ConfigError
 from metapt_core.scoring.causal import CausalScorer
 from metapt_core.scoring.dtype_probe import Bf16Choice, choose_bf16, linear_shapes
 from metapt_core.scoring.encoding import SENTINEL, EncodedBatch, PromptEncoder, TaskFormat
 from metapt_core.scoring.precision import autocast_model, native_bf16
 from metapt_core.scoring.seq2seq import Seq2SeqScorer
+from metapt_core.store import stable_hash
 
 __all__ = [
     "SENTINEL",
@@ -258,14 +266,33 @@ class PromptModel:
         return prompt.to(device=self.device, dtype=self.embedding_matrix.dtype)
 
 
+_MODELS: ProcessCache[PromptModel] = ProcessCache()
+
+
+def _model_key(cfg: PipelineConfig) -> str:
+    """What a prompt model is made from: the backbone, the scoring, the assets and the folder of
+    the bf16 probe's record."""
+    parts = {"backbone": to_dict(cfg.backbone), "scoring": to_dict(cfg.scoring)}
+    return stable_hash({**parts, "assets": str(cfg.assets_path), "work": str(cfg.work_path)})
+
+
 def load_prompt_model(cfg: PipelineConfig) -> PromptModel:
-    """The frozen backbone of ``cfg`` (loaded once per process) wrapped for scoring."""
-    backbone = load_backbone(cfg.backbone, cfg.assets_path)
-    model = PromptModel(
-        backbone,
-        cfg.scoring,
-        autocast_bf16=cfg.backbone.autocast_bf16,
-        bf16_cache=cfg.work_path / "probes" / "bf16.json",
-    )
-    log.info("scoring path: %s", model.path)
-    return model
+    """The frozen backbone of ``cfg`` wrapped for scoring, made once per process (the stages
+    of a run share it; a fully cached run never makes it)."""
+
+    def make() -> PromptModel:
+        model = PromptModel(
+            load_backbone(cfg.backbone, cfg.assets_path),
+            cfg.scoring,
+            autocast_bf16=cfg.backbone.autocast_bf16,
+            bf16_cache=cfg.work_path / "probes" / "bf16.json",
+        )
+        log.info("scoring path: %s", model.path)
+        return model
+
+    return _MODELS.get(_model_key(cfg), make)
+
+
+def loaded_prompt_model(cfg: PipelineConfig) -> PromptModel | None:
+    """The prompt model of ``cfg`` if this process made one, else None (nothing is loaded)."""
+    return _MODELS.peek(_model_key(cfg))

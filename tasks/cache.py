@@ -167,6 +167,24 @@ def lookup(
     )
 
 
+def recorded_stats(ref: ArtifactRef) -> dict[str, Any]:
+    """The plain stats stored with the stage output ``ref`` (its record, beside ``out/``):
+    what the stage's task returned, whether this run computed it or served it.
+
+    Raises:
+        LookupError: ``ref`` is not a stored stage output, or its record holds another one.
+    """
+    path = Path(ref.path)
+    for folder in (path, *path.parents):
+        record_file = folder.parent / RECORD
+        if folder.name == OUT and record_file.is_file():
+            record = json.loads(record_file.read_text("utf-8"))
+            if record.get("ref", {}).get("sha256") != ref.sha256:
+                break
+            return dict(record.get("stats", {}))
+    raise LookupError(f"no stored stage record holds {ref.path!r} ({ref.sha256[:16]})")
+
+
 def _relative(ref: ArtifactRef, root: Path) -> str:
     path = Path(ref.path).resolve()
     try:

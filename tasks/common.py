@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import threading
+import sys
 from pathlib import Path
 from typing import Any
 
-from metapt_core.config import PipelineConfig, to_dict
-from metapt_core.store import ArtifactRef, stable_hash
+from metapt_core.config import PipelineConfig
+from metapt_core.store import ArtifactRef
 from tasks.plan import BACKBONE_LOADER, assets_ref
 
 __all__ = ["BACKBONE_LOADER", "assets_ref"]
 
 # Stage tasks are cached by the artifact store (see tasks.cache), not by Prefect's result cache.
 TASK_OPTIONS: dict[str, Any] = {"persist_result": False, "log_prints": True}
-
-_backbones: dict[str, Any] = {}
-_backbone_lock = threading.Lock()
 
 
 def no_cache() -> Any:
@@ -51,16 +48,6 @@ def asset_paths(cfg: PipelineConfig) -> Any:
     return AssetPaths.under(cfg.assets_path)
 
 
-def _backbone_key(cfg: PipelineConfig) -> str:
-    return stable_hash(
-        {
-            "backbone": to_dict(cfg.backbone),
-            "scoring": to_dict(cfg.scoring),
-            "assets": str(cfg.assets_path),
-        }
-    )
-
-
 def pretrain_on_ranks(
     cfg: PipelineConfig, shards: ArtifactRef, out_dir: Path, kind: str, progress: Any
 ) -> Any:
@@ -93,30 +80,27 @@ def dask_worker() -> str:
 
 
 def load_prompt_model(cfg: PipelineConfig) -> Any:
-    """:func:`metapt_core.lm.load_prompt_model` (the ``BACKBONE_LOADER`` entry), imported when a
-    stage first computes: importing this module (as the fully cached run does) loads no torch."""
+    """:func:`metapt_core.lm.load_prompt_model` (the ``BACKBONE_LOADER`` entry, made once per
+    process), imported when a stage first computes: importing this module (as the fully
+    cached run does) loads no torch."""
     from metapt_core.lm import load_prompt_model as load
 
     return load(cfg)
 
 
 def get_backbone(cfg: PipelineConfig) -> Any:
-    """The frozen backbone, loaded once per process and shared by the stages that compute.
+    """The frozen backbone wrapped for scoring, shared by the stages that compute.
 
     Only stages that actually compute call this, so a fully cached run never loads the model.
     """
-    key = _backbone_key(cfg)
-    with _backbone_lock:
-        if key not in _backbones:
-            _backbones[key] = load_prompt_model(cfg)
-        return _backbones[key]
+    return load_prompt_model(cfg)
 
 
 def scoring_tags(cfg: PipelineConfig) -> dict[str, str]:
     """Run tags of the scoring path this process used for ``cfg`` (none if it loaded no model):
     the path in words and every fallback, so no fallback is silent in the MLflow UI."""
-    with _backbone_lock:
-        model = _backbones.get(_backbone_key(cfg))
+    lm = sys.modules.get("metapt_core.lm")  # not imported: no model was loaded
+    model = lm.loaded_prompt_model(cfg) if lm is not None else None
     if model is None:
         return {}
     fallbacks = list(getattr(model, "fallbacks", []))

@@ -16,18 +16,16 @@ from prefect import task
 
 from metapt_core.fewshot.stage import evaluate_group
 from metapt_core.report import build_report
-from metapt_core.store import ArtifactRef, atomic_write_json, seal
+from metapt_core.store import ArtifactRef
 from tasks import plan
-from tasks.cache import StageOutcome
+from tasks.cache import StageOutcome, recorded_stats
 from tasks.common import TASK_OPTIONS, as_state, dask_worker, get_backbone, no_cache
+from tasks.plan import StagePlan
 from tasks.progress import StageProgress, run_logger
 from tasks.stage import RunContext, StageSpec, execute_stage, plain, result_stats
 from tasks.tracking import CACHED_TAG, FLOW_RUN_TAG, KIND_TAG, SOURCE_RUN_TAG, STAGE_TAG
 
-CELLS_CORE = plan.CELLS_CORE
-REPORT_CORE = plan.REPORT_CORE
 CELL_PARAMS = ("task", "method", "shots", "seed", "pretrain_seed", "protocol", "split_seed")
-CELLS_FILE = "cells.json"
 
 
 def cell_dict(cell: Any, defaults: dict[str, Any]) -> dict[str, Any]:
@@ -49,28 +47,19 @@ def cell_dict(cell: Any, defaults: dict[str, Any]) -> dict[str, Any]:
 
 
 @task(name="evaluate-cells", cache_policy=no_cache(), **TASK_OPTIONS)
-def eval_group_task(
-    ctx: RunContext,
-    task_name: str,
-    shots: int,
-    seed: int,
-    pretrain_seed: int,
-    assets: ArtifactRef,
-    tasks_ref: ArtifactRef,
-    prompts: dict[str, ArtifactRef | None],
-) -> StageOutcome:
+def eval_group_task(ctx: RunContext, label: str, stage: StagePlan) -> StageOutcome:
     """Few-shot tune and test every initialisation of one (task, shots, seed, pretrain seed)
-    group.
+    group (:func:`tasks.plan.eval_group_plan`).
 
-    ``prompts`` maps each initialisation in ``grid.inits`` to its pre-trained prompt of that
-    pre-training seed (None for untrained inits). Returns the group's outcome;
-    ``stats["cells"]`` lists the cells.
+    The group reads each pre-trained initialisation of ``grid.inits`` from its prompt of that
+    pre-training seed (the plan's upstream). Returns the group's outcome; ``stats["cells"]``
+    lists the cells.
     """
-    cfg = ctx.cfg
-    stage = plan.eval_group_plan(
-        cfg, task_name, shots, seed, pretrain_seed, assets, tasks_ref, prompts
-    )
     reads = stage.spec  # what the core receives is what the key hashes
+    task_name, pretrain_seed = reads.task.name, reads.pretrain_seed
+    shots, seed = int(stage.extra["shots"]), int(stage.extra["cell_seed"])
+    tasks_ref = stage.upstream["tasks"]
+    prompts = plan.prompt_inputs(stage)
     defaults = {
         "task": task_name,
         "shots": shots,
@@ -82,8 +71,7 @@ def eval_group_task(
     def compute(out_dir: Path, progress: StageProgress) -> tuple[ArtifactRef, dict[str, Any]]:
         worker = dask_worker()
         if worker:
-            run_logger().info("%s: dask worker pid %d (%s)", plan.group_label(
-                task_name, shots, seed, pretrain_seed), os.getpid(), worker)  # fmt: skip
+            run_logger().info("%s: dask worker pid %d (%s)", label, os.getpid(), worker)
         result = evaluate_group(
             reads,
             task_name,
@@ -91,22 +79,17 @@ def eval_group_task(
             shots,
             seed,
             prompts,
-            get_backbone(cfg),
+            get_backbone(ctx.cfg),
             out_dir,
             progress=progress,
         )
-        cells: Any = getattr(result, "cells", result)  # a list from stand-ins in tests
-        rows = [cell_dict(c, defaults) for c in cells]
-        if not (out_dir / CELLS_FILE).exists():
-            atomic_write_json(out_dir / CELLS_FILE, rows)
-        ref = getattr(result, "ref", None) or seal(out_dir)
-        stats = result_stats(result) if hasattr(result, "ref") else {}
-        return ref, {**stats, "cells": rows}
+        rows = [cell_dict(c, defaults) for c in result.cells]
+        return result.ref, {**result_stats(result), "cells": rows}
 
     spec = StageSpec.of(
         stage,
         compute,
-        run_name=plan.group_label(task_name, shots, seed, pretrain_seed),
+        run_name=label,
         params=defaults,
     )
     outcome = execute_stage(ctx, spec)
@@ -142,27 +125,27 @@ def log_cells(ctx: RunContext, outcome: StageOutcome) -> list[str]:
 
 
 @task(name="report", cache_policy=no_cache(), **TASK_OPTIONS)
-def report_task(
-    ctx: RunContext,
-    groups: list[StageOutcome],
-    failed: list[str],
-    objectives: dict[int, ArtifactRef] | None = None,
-) -> StageOutcome:
-    """Aggregate the cells (mean, spread, intervals) into ``results.csv``, ``report.md``, plots,
-    with each pre-training seed's meta-objective check (``meta_objective.csv``) ahead."""
-    objectives = objectives or {}
-    stage = plan.report_plan(ctx.cfg, [g.ref for g in groups], failed, objectives)
-    cells = [cell for group in groups for cell in group.stats.get("cells", [])]
+def report_task(ctx: RunContext, label: str, stage: StagePlan) -> StageOutcome:
+    """Aggregate the cells of the completed groups (mean, spread, intervals) into
+    ``results.csv``, ``report.md``, plots, with each pre-training seed's meta-objective check
+    (``meta_objective.csv``) ahead (:func:`tasks.plan.report_plan`).
+
+    The groups' cells and scores are read from their stored records (:func:`recorded_stats`).
+    """
+    group_refs, objectives = plan.report_inputs(stage)
+    groups = [recorded_stats(ref) for ref in group_refs]
+    cells = [cell for group in groups for cell in group.get("cells", [])]
+    failed = list(stage.extra["failed"])
 
     def compute(out_dir: Path, progress: StageProgress) -> tuple[ArtifactRef, dict[str, Any]]:
         zero_shot: dict[str, float] = {}
         untuned: list[dict[str, Any]] = []
         warnings: dict[str, list[str]] = {}
         for group in groups:
-            zero_shot.update(group.stats.get("zero_shot") or {})
-            untuned += group.stats.get("untuned") or []
-            pseed = group.stats.get("pretrain_seed", 0)
-            for init, found in (group.stats.get("pretrain_warnings") or {}).items():
+            zero_shot.update(group.get("zero_shot") or {})
+            untuned += group.get("untuned") or []
+            pseed = group.get("pretrain_seed", 0)
+            for init, found in (group.get("pretrain_warnings") or {}).items():
                 warnings[f"{init}@{pseed}"] = list(found)
         checks = [Path(ref.path) / "meta_objective.csv" for _, ref in sorted(objectives.items())]
         result = build_report(
@@ -170,7 +153,7 @@ def report_task(
         )
         return result.ref, {**result_stats(result), "cells": len(cells), "failed_groups": failed}
 
-    spec = StageSpec.of(stage, compute, artifacts=["."])
+    spec = StageSpec.of(stage, compute, artifacts=["."], run_name=label)
     outcome = execute_stage(ctx, spec)
     publish_report(ctx, outcome)
     return as_state(outcome)

@@ -14,28 +14,26 @@ from metapt_core.store import ArtifactRef
 from tasks import plan
 from tasks.cache import StageOutcome
 from tasks.common import TASK_OPTIONS, as_state, get_backbone, no_cache
+from tasks.plan import StagePlan
 from tasks.progress import StageProgress
 from tasks.stage import RunContext, StageSpec, execute_stage
 
 
 @task(name="meta-objective", cache_policy=no_cache(), **TASK_OPTIONS)
-def meta_objective_task(
-    ctx: RunContext,
-    assets: ArtifactRef,
-    shards: ArtifactRef,
-    seed: int,
-    prompts: dict[str, ArtifactRef],
-) -> StageOutcome:
-    """The meta-objective check of pre-training seed ``seed`` (``meta_objective.csv``); its
-    figures become metrics of the stage's MLflow run (``<init>_loss_after``, ...)."""
+def meta_objective_task(ctx: RunContext, label: str, stage: StagePlan) -> StageOutcome:
+    """The meta-objective check of one pre-training seed (``meta_objective.csv``;
+    :func:`tasks.plan.meta_objective_plan`); its figures become metrics of the stage's MLflow
+    run (``<init>_loss_after``, ...)."""
     cfg = ctx.cfg
-    stage = plan.meta_objective_plan(cfg, seed, assets, shards, prompts)
+    seed = int(stage.extra["pretrain_seed"])
+    prompts = plan.prompt_inputs(stage)
+    shards = stage.upstream["shards"]
 
     def compute(out_dir: Path, progress: StageProgress) -> tuple[ArtifactRef, dict[str, Any]]:
         model = get_backbone(cfg)
         folders = {name: ref.path for name, ref in prompts.items()}
         out, rows = meta_objective_check(
-            shards.path, stage.spec, model, folders, out_dir, cfg.grid.ci_level,
+            shards.path, stage.spec, model, folders, out_dir, stage.extra["level"],
             progress=lambda done, total, message: progress(done, total + 1, message),
         )  # fmt: skip
         stats: dict[str, Any] = {"episodes": rows[0].episodes if rows else 0}
@@ -58,7 +56,7 @@ def meta_objective_task(
         stage,
         compute,
         artifacts=["."],
-        run_name=f"meta-objective-p{seed}",
+        run_name=label,
         params={"pretrain_seed": seed},
     )
     return as_state(execute_stage(ctx, spec))

@@ -50,6 +50,7 @@ OBJECTIVE_PREFIX = "objective:"
 CELLS_CORE = "metapt_core.fewshot.stage:evaluate_group"
 REPORT_CORE = "metapt_core.report:build_report"
 PROMPT_PREFIX = "prompt:"
+GROUP_STAGE = "evaluate-cells"  # the evaluation groups' stage: one wave, run side by side
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,7 @@ PIPELINE: tuple[Step, ...] = (
     ),
     Step(
         "evaluate",
-        ("evaluate-cells", "report"),
+        (GROUP_STAGE, "report"),
         needs=("assets", "tasks", "prompts", "objectives", "pool", "shards"),
         makes=("report",),
         parts=(("report", ("report",)),),
@@ -249,7 +250,7 @@ def ppt_plan(
     upstream = {"assets": assets, "shards": shards}
     entries = (PPT_CORE, BACKBONE_LOADER)
     extra = {"balanced": balanced}
-    return StagePlan("ppt", entries, "tasks.ppt", PPTSpec.of(cfg), upstream, extra)
+    return StagePlan("ppt", entries, "tasks.pretrain", PPTSpec.of(cfg), upstream, extra)
 
 
 def meta_pretrain_plan(
@@ -258,7 +259,7 @@ def meta_pretrain_plan(
     upstream = {"assets": assets, "shards": shards}
     entries = (META_CORE, BACKBONE_LOADER)
     extra = {"algorithm": algorithm.value}
-    return StagePlan("meta-pretrain", entries, "tasks.meta", MetaSpec.of(cfg), upstream, extra)
+    return StagePlan("meta-pretrain", entries, "tasks.pretrain", MetaSpec.of(cfg), upstream, extra)
 
 
 def pretrain_plan(
@@ -299,6 +300,28 @@ def seed_prompts(
     return {init.value: prompts[init, seed] for init in cfg.grid.inits if init.is_pretrained}
 
 
+def pretrain_label(init: InitMethod, seed: int) -> str:
+    """The label (and MLflow run name) of a pre-training stage: ``ppt-p0``, ``ppt_balanced-p0``,
+    ``meta-pretrain-maml-p0``."""
+    algorithm = init.meta_algorithm
+    name = init.value if algorithm is None else f"meta-pretrain-{algorithm.value}"
+    return f"{name}-p{seed}"
+
+
+def objective_label(seed: int) -> str:
+    """The label (and MLflow run name) of a pre-training seed's check: ``meta-objective-p0``."""
+    return f"meta-objective-p{seed}"
+
+
+def prompt_inputs(stage: StagePlan) -> dict[str, ArtifactRef]:
+    """The pre-trained prompts a stage reads (init name -> prompt folder), from its upstream."""
+    return {
+        name.removeprefix(PROMPT_PREFIX): ref
+        for name, ref in stage.upstream.items()
+        if name.startswith(PROMPT_PREFIX)
+    }
+
+
 def objective_key(seed: int) -> str:
     """The refs key of a pre-training seed's meta-objective check: ``objective:<seed>``."""
     return f"{OBJECTIVE_PREFIX}{seed}"
@@ -333,7 +356,7 @@ def eval_group_plan(
     spec = EvalSpec.of(cfg, task, shots, seed, pretrain_seed)
     entries = (CELLS_CORE, BACKBONE_LOADER)
     extra = {"shots": shots, "cell_seed": seed}
-    return StagePlan("evaluate-cells", entries, "tasks.evaluate", spec, upstream, extra)
+    return StagePlan(GROUP_STAGE, entries, "tasks.evaluate", spec, upstream, extra)
 
 
 def groups(cfg: PipelineConfig) -> list[tuple[str, int, int, int]]:
@@ -362,14 +385,19 @@ def group_prompts(
     }
 
 
+GROUP_PREFIX = "group:"
+
+
 def report_plan(
     cfg: PipelineConfig,
     group_refs: list[ArtifactRef],
     failed: list[str],
     objectives: Mapping[int, ArtifactRef] | None = None,
 ) -> StagePlan:
+    """The report over the groups that completed (``failed``: the labels of those that did
+    not) and each pre-training seed's check."""
     # by position, not by the groups' keys: a group recomputed to the same cells keeps the report
-    upstream = {f"group:{index}": ref for index, ref in enumerate(group_refs)}
+    upstream = {f"{GROUP_PREFIX}{index}": ref for index, ref in enumerate(group_refs)}
     upstream.update({objective_key(s): ref for s, ref in sorted((objectives or {}).items())})
     extra = {"failed": sorted(failed)}
     return StagePlan(
@@ -377,39 +405,56 @@ def report_plan(
     )
 
 
+def report_inputs(stage: StagePlan) -> tuple[list[ArtifactRef], dict[int, ArtifactRef]]:
+    """(the groups in their order, the checks by pre-training seed) a report plan reads."""
+    groups = sorted(
+        (int(name.removeprefix(GROUP_PREFIX)), ref)
+        for name, ref in stage.upstream.items()
+        if name.startswith(GROUP_PREFIX)
+    )
+    checks = {
+        int(name.removeprefix(OBJECTIVE_PREFIX)): ref
+        for name, ref in stage.upstream.items()
+        if name.startswith(OBJECTIVE_PREFIX)
+    }
+    return [ref for _, ref in groups], checks
+
+
 # --------------------------------------------------------------------------------------------
 # The walk: each step's stage plans, in order, waves of plans that need only earlier waves
 
 Wave = list[tuple[str, StagePlan]]  # (label, plan) of stages that may run side by side
-Walk = Generator[Wave, list[ArtifactRef], Outputs]
+# Each wave is answered with its references in order; None for an evaluation group that failed
+# (the report is made over the others and names it), never for any other stage.
+Walk = Generator[Wave, list[ArtifactRef | None], Outputs]
 
 
 def _ingest_walk(cfg: PipelineConfig, outputs: Outputs) -> Walk:
     assets = outputs.assets or assets_ref(cfg)
     (pool,) = yield [("ingest-pool", ingest_pool_plan(cfg, assets))]
-    (tasks,) = yield [("ingest-tasks", ingest_tasks_plan(cfg, assets, pool))]
-    return replace(outputs, assets=assets, pool=pool, tasks=tasks)
+    (tasks,) = yield [("ingest-tasks", ingest_tasks_plan(cfg, assets, _made(pool)))]
+    return replace(outputs, assets=assets, pool=_made(pool), tasks=_made(tasks))
 
 
 def _embed_walk(cfg: PipelineConfig, outputs: Outputs) -> Walk:
     (embedded,) = yield [("embed", embed_plan(cfg, outputs.need("assets"), outputs.need("pool")))]
-    return replace(outputs, embed=embedded)
+    return replace(outputs, embed=_made(embedded))
 
 
 def _cluster_walk(cfg: PipelineConfig, outputs: Outputs) -> Walk:
     stage = cluster_plan(cfg, outputs.need("pool"), outputs.need("embed"))
     (shards,) = yield [("cluster", stage)]
-    return replace(outputs, shards=shards)
+    return replace(outputs, shards=_made(shards))
 
 
 def _meta_pretrain_walk(cfg: PipelineConfig, outputs: Outputs) -> Walk:
     assets, shards = outputs.need("assets"), outputs.need("shards")
     runs = pretrain_runs(cfg)
     made = yield [
-        (f"{init.value}@{seed}", pretrain_plan(cfg, init, seed, assets, shards))
+        (pretrain_label(init, seed), pretrain_plan(cfg, init, seed, assets, shards))
         for init, seed in runs
     ]
-    prompts = dict(zip(runs, made, strict=True))
+    prompts = {run: _made(ref) for run, ref in zip(runs, made, strict=True)}
     checked = [
         seed
         for seed in (cfg.pretrain_seeds if cfg.meta.check_episodes > 0 else [])
@@ -417,17 +462,18 @@ def _meta_pretrain_walk(cfg: PipelineConfig, outputs: Outputs) -> Walk:
     ]
     checks = yield [
         (
-            f"meta-objective@{seed}",
+            objective_label(seed),
             meta_objective_plan(cfg, seed, assets, shards, seed_prompts(cfg, prompts, seed)),
         )
         for seed in checked
     ]
-    return replace(outputs, prompts=prompts, objectives=dict(zip(checked, checks, strict=True)))
+    objectives = {seed: _made(ref) for seed, ref in zip(checked, checks, strict=True)}
+    return replace(outputs, prompts=prompts, objectives=objectives)
 
 
 def _evaluate_walk(cfg: PipelineConfig, outputs: Outputs) -> Walk:
     assets, tasks = outputs.need("assets"), outputs.need("tasks")
-    made = yield [
+    wave = [
         (
             group_label(task, shots, seed, pseed),
             eval_group_plan(
@@ -443,8 +489,18 @@ def _evaluate_walk(cfg: PipelineConfig, outputs: Outputs) -> Walk:
         )
         for task, shots, seed, pseed in groups(cfg)
     ]
-    (report,) = yield [("report", report_plan(cfg, made, [], outputs.objectives))]
-    return replace(outputs, report=report)
+    made = yield wave
+    done = [ref for ref in made if ref is not None]
+    failed = [label for (label, _), ref in zip(wave, made, strict=True) if ref is None]
+    (report,) = yield [("report", report_plan(cfg, done, failed, outputs.objectives))]
+    return replace(outputs, report=_made(report))
+
+
+def _made(ref: ArtifactRef | None) -> ArtifactRef:
+    """A stage's reference: only an evaluation group may come back None (failed)."""
+    if ref is None:
+        raise LookupError("a stage other than an evaluation group came back without an output")
+    return ref
 
 
 _WALKS: dict[str, Callable[[PipelineConfig, Outputs], Walk]] = {
@@ -465,21 +521,36 @@ def walk(step_name: str, cfg: PipelineConfig, outputs: Outputs) -> Walk:
     return _WALKS[step_name](cfg, outputs)
 
 
-def follow(
-    cfg: PipelineConfig, serve: Callable[[Wave], list[ArtifactRef] | None]
+def follow_step(
+    step_name: str,
+    cfg: PipelineConfig,
+    outputs: Outputs,
+    serve: Callable[[Wave], list[ArtifactRef | None] | None],
 ) -> Outputs | None:
-    """Walk every step of :data:`PIPELINE` in order, ``serve`` answering each wave with its
-    references; None as soon as it answers None (a stage it cannot serve)."""
+    """Walk one step, ``serve`` answering each wave with its references (what the step's flow
+    and the cached rerun both do); the step's :class:`Outputs`, or None as soon as ``serve``
+    answers None (a wave it cannot serve)."""
+    steps = walk(step_name, cfg, outputs)
+    try:
+        wave = next(steps)
+        while True:
+            refs = serve(wave)
+            if refs is None:
+                return None
+            wave = steps.send(refs)
+    except StopIteration as done:
+        return done.value
+
+
+def follow(
+    cfg: PipelineConfig, serve: Callable[[Wave], list[ArtifactRef | None] | None]
+) -> Outputs | None:
+    """Walk every step of :data:`PIPELINE` in order (:func:`follow_step`); None as soon as
+    ``serve`` answers None."""
     outputs = Outputs()
     for each in PIPELINE:
-        steps = walk(each.name, cfg, outputs)
-        try:
-            wave = next(steps)
-            while True:
-                refs = serve(wave)
-                if refs is None:
-                    return None
-                wave = steps.send(refs)
-        except StopIteration as done:
-            outputs = done.value
+        made = follow_step(each.name, cfg, outputs, serve)
+        if made is None:
+            return None
+        outputs = made
     return outputs

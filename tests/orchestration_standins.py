@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from metapt_core.config import to_dict
+from metapt_core.fewshot.stage import GroupResult
 from metapt_core.specs import (
     ClusterSpec,
     EvalSpec,
@@ -46,8 +47,7 @@ TASK_MODULES = (
     "tasks.ingest",
     "tasks.embed",
     "tasks.cluster",
-    "tasks.meta",
-    "tasks.ppt",
+    "tasks.pretrain",
     "tasks.objective",
     "tasks.evaluate",
 )
@@ -232,28 +232,31 @@ def evaluate_group(
     backbone: Any,
     out_dir: Path,
     progress: Progress = None,
-) -> list[dict[str, Any]]:
+) -> GroupResult:
     label = f"{task_name}/k{shots}/s{seed}"
     _called(f"evaluate-cells {label}", progress)
     if os.environ.get("METAPT_FAKE_FAIL") == label:
         raise RuntimeError(f"injected failure in {label}")
     cells = []
     tuning = to_dict(spec.fewshot)
-    for method, ref in sorted(prompts.items()):
+    for init in spec.inits:  # pre-trained inits read their prompt, as the core does
+        ref = prompts.get(init.value)
         accuracy = 0.5 + 0.4 * _number(
-            method, shots, seed, ref.sha256 if ref else None, tasks_ref.sha256, tuning
+            init.value, shots, seed, ref.sha256 if ref else None, tasks_ref.sha256, tuning
         )
         cells.append(
             {
                 "task": task_name,
-                "method": method,
+                "method": init.value,
                 "shots": shots,
                 "seed": seed,
                 "metrics": {"test_accuracy": accuracy, "test_macro_f1": accuracy - 0.05},
                 "train_loss": [0.8, 0.6],
             }
         )
-    return cells
+    out = Path(out_dir) / "cells.json"
+    atomic_write_json(out, cells)
+    return GroupResult(ArtifactRef.of(out), cells)
 
 
 def meta_objective_check(

@@ -84,6 +84,41 @@ def test_only_the_changed_stage_and_its_dependents_recompute(
     assert calls(fakes) == ["embed"]
 
 
+def test_the_step_flows_run_the_walks_stages_wave_by_wave(
+    harness, fakes: Path, tmp_path: Path
+) -> None:
+    """The subflows follow the plan's walk (:func:`tasks.plan.walk`): every stage plan it
+    yields runs once, as an MLflow stage run named by the walk's label, each wave after the
+    waves before it."""
+    import mlflow
+
+    from flows.metapt import metapt_flow
+    from metapt_core.config import load_config
+    from metapt_core.store import ArtifactRef
+    from tasks import plan
+
+    work = f"work_dir={tmp_path / 'work'}"
+    metapt_flow(profile="smoke", overrides=[work])
+    waves: list[list[str]] = []
+
+    def serve(wave: plan.Wave) -> list[ArtifactRef | None]:
+        waves.append([label for label, _ in wave])
+        return [ArtifactRef(path=label, sha256=label) for label, _ in wave]
+
+    plan.follow(load_config("smoke", overrides=[work]), serve)
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'work' / 'mlflow' / 'mlflow.db'}")
+    ids = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(
+        ids, "tags.`metapt.kind` = 'stage'", order_by=["attributes.start_time ASC"]
+    )
+    names = [r.info.run_name for r in runs]
+    assert len(waves) == 8 and len(names) == sum(len(w) for w in waves)
+    start = 0
+    for wave in waves:
+        assert sorted(names[start : start + len(wave)]) == sorted(wave), (start, names)
+        start += len(wave)
+
+
 def test_failed_group_is_retried_and_reported(
     harness, fakes: Path, tmp_path: Path, monkeypatch
 ) -> None:
@@ -149,8 +184,9 @@ def test_stored_stages_are_cached_states_and_runs_are_named(
 def test_a_stage_flow_alone_runs_what_it_needs_first(harness, fakes: Path, tmp_path: Path) -> None:
     """What a stage deployment does: with no refs handed down, the evaluate flow runs its
     upstream flows as subflows (everything, the first time), then only itself."""
-    from flows.cluster import cluster_flow
-    from flows.evaluate import evaluate_flow
+    from flows.steps import stage_flows
+
+    cluster_flow, evaluate_flow = stage_flows()["cluster"], stage_flows()["evaluate"]
 
     work = f"work_dir={tmp_path / 'work'}"
     refs = evaluate_flow(profile="smoke", overrides=[work])
@@ -167,8 +203,10 @@ def test_a_run_stored_whole_is_served_without_computing(
     with the entry flow it was asked of."""
     import mlflow
 
-    from flows.evaluate import evaluate_flow
     from flows.metapt import metapt_flow
+    from flows.steps import stage_flows
+
+    evaluate_flow = stage_flows()["evaluate"]
 
     work = f"work_dir={tmp_path / 'work'}"
     refs = metapt_flow(profile="smoke", overrides=[work])
@@ -197,8 +235,10 @@ def test_the_configuration_is_resolved_once_per_run(
     import flows.context as context
     import metapt_core.config as config
     from flows.context import RunRequest
-    from flows.evaluate import evaluate_flow
     from flows.metapt import resolved_pipeline_flow
+    from flows.steps import stage_flows
+
+    evaluate_flow = stage_flows()["evaluate"]
 
     resolved: list[str] = []
     real = config.load_config

@@ -50,13 +50,21 @@ def test_refresh_names_cover_every_step_and_stage() -> None:
 
 def test_the_flows_and_deployments_follow_the_plan() -> None:
     from deployments.serve import STAGE_DEPLOYMENTS
-    from flows.stages import stage_flows, step_flows
+    from flows.steps import stage_flows, step_flows
 
     entries, steps = stage_flows(), step_flows()
     names = [s.name for s in plan.PIPELINE]
     assert list(entries) == names == list(steps) == list(STAGE_DEPLOYMENTS)
     assert all(f.name == f"metapt-{name}" for name, f in entries.items())
     assert all(f.name == name for name, f in steps.items())
+
+
+def test_every_stored_stage_runs_as_the_prefect_task_named_after_it() -> None:
+    from flows.steps import stage_tasks
+
+    tasks = stage_tasks()  # raises when a stage of the plan has no task, or a task no stage
+    assert sorted(tasks) == sorted({stage for s in plan.PIPELINE for stage in s.stages})
+    assert all(task.name == stage for stage, task in tasks.items())
 
 
 def test_every_step_needs_only_what_an_earlier_step_makes() -> None:

@@ -188,8 +188,7 @@ def test_what_runs_is_what_is_keyed() -> None:
         "tasks.ingest": ["ingest_pool", "ingest_tasks"],
         "tasks.embed": ["embed_pool"],
         "tasks.cluster": ["cluster_pool"],
-        "tasks.ppt": ["ppt_pretrain"],
-        "tasks.meta": ["meta_pretrain"],
+        "tasks.pretrain": ["ppt_pretrain", "meta_pretrain"],
         "tasks.evaluate": ["evaluate_group", "build_report"],
     }
     entries = {e.split(":")[1]: e for entries, _ in STAGES.values() for e in entries}

@@ -1,4 +1,4 @@
-"""Torch threads shared among grid workers (metapt_core.threads, flows.evaluate.worker_threads)."""
+"""Torch threads shared among grid workers (metapt_core.threads, flows.grid.worker_threads)."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def test_torch_threads_reach_new_worker_threads_and_are_restored() -> None:
 
 
 def test_worker_threads_split_the_cores_for_thread_workers(monkeypatch: pytest.MonkeyPatch) -> None:
-    from flows.evaluate import worker_threads
+    from flows.grid import worker_threads
 
     monkeypatch.delenv("METAPT_TORCH_THREADS", raising=False)
     before = torch.get_num_threads()
@@ -59,7 +59,7 @@ def test_worker_threads_split_the_cores_for_thread_workers(monkeypatch: pytest.M
 
 
 def test_worker_threads_pass_process_workers_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    from flows.evaluate import worker_threads
+    from flows.grid import worker_threads
 
     monkeypatch.delenv("METAPT_TORCH_THREADS", raising=False)
     with worker_threads(
@@ -70,7 +70,7 @@ def test_worker_threads_pass_process_workers_the_variable(monkeypatch: pytest.Mo
 
 
 def test_worker_threads_leave_a_preset_variable(monkeypatch: pytest.MonkeyPatch) -> None:
-    from flows.evaluate import worker_threads
+    from flows.grid import worker_threads
 
     monkeypatch.setenv("METAPT_TORCH_THREADS", "2")
     before = torch.get_num_threads()

@@ -253,6 +253,27 @@ def sample_meta_batch(
     return episodes
 
 
+def fixed_episodes(
+    tasks: Sequence[AuxTask],
+    count: int,
+    support_size: int,
+    query_size: int,
+    seed: int,
+    stream: int,
+    validation: bool,
+    balanced: bool = True,
+) -> list[EpisodeRows]:
+    """A fixed set of ``count`` episodes (empty when ``count`` is 0 or there are no tasks),
+    drawn with ``rng(seed, stream, 0)`` from the tasks' validation rows (``validation``) or their
+    training rows: the same episodes at every step and in every run of a seed."""
+    if count <= 0 or not tasks:
+        return []
+    rng = rng_for(seed, stream, 0)
+    return sample_meta_batch(
+        tasks, count, support_size, query_size, rng, validation=validation, balanced=balanced
+    )
+
+
 def validation_episodes(
     tasks: Sequence[AuxTask],
     count: int,
@@ -261,19 +282,12 @@ def validation_episodes(
     seed: int,
     balanced: bool = True,
 ) -> list[EpisodeRows]:
-    """A fixed set of ``count`` validation episodes from held-out rows (empty if none fit)."""
-    need = support_size + query_size
-    if count <= 0 or not any(len(t.val_rows) >= need for t in tasks):
+    """``count`` validation episodes from the training clusters' held-out rows (empty if none
+    fit)."""
+    if not any(len(t.val_rows) >= support_size + query_size for t in tasks):
         return []
-    return sample_meta_batch(
-        tasks,
-        count,
-        support_size,
-        query_size,
-        rng_for(seed, VAL_STREAM, 0),
-        validation=True,
-        balanced=balanced,
-    )
+    sizes = (support_size, query_size, seed)
+    return fixed_episodes(tasks, count, *sizes, VAL_STREAM, validation=True, balanced=balanced)
 
 
 def hold_out_clusters(
@@ -315,19 +329,13 @@ def unseen_episodes(
     seed: int,
     balanced: bool = True,
 ) -> list[EpisodeRows]:
-    """A fixed set of ``count`` episodes from held-out clusters (all their rows; empty if none).
+    """``count`` episodes from held-out clusters (all their rows; empty if none).
 
     ``task_index`` indexes ``held_out``.
     """
-    if count <= 0 or not held_out:
-        return []
-    return sample_meta_batch(
-        held_out,
-        count,
-        support_size,
-        query_size,
-        rng_for(seed, UNSEEN_STREAM, 0),
-        balanced=balanced,
+    sizes = (support_size, query_size, seed)
+    return fixed_episodes(
+        held_out, count, *sizes, UNSEEN_STREAM, validation=False, balanced=balanced
     )
 
 

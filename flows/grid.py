@@ -1,6 +1,5 @@
-"""Flows of the evaluate step: the few-shot grid (groups in a task runner) and the report.
-
-prefect deployment run metapt-evaluate/evaluate -p profile=smoke --watch
+"""The evaluation grid's wave: its groups in a Prefect task runner (threads, processes or Dask),
+the cores shared among the workers, a failed group retried and then reported as missing.
 """
 
 from __future__ import annotations
@@ -8,21 +7,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from typing import Any
 
-from prefect import flow
-
-from flows.context import entry_flow
 from metapt_core.config import GridConfig, TaskRunner
+from metapt_core.store import ArtifactRef
 from metapt_core.threads import available_cores, threads_per_worker, torch_threads
-from tasks import plan
-from tasks.cache import StageOutcome
 from tasks.common import outcome_of
-from tasks.evaluate import eval_group_task, report_task
-from tasks.plan import Outputs
+from tasks.plan import Wave
 from tasks.progress import StageProgress, run_logger
-from tasks.publish import log_cluster_diagnostics, log_dataset_inputs, log_pretraining_curves
 from tasks.stage import RunContext
 
 
@@ -76,65 +68,40 @@ def worker_threads(grid: GridConfig) -> Iterator[int]:
             os.environ.pop("METAPT_TORCH_THREADS", None)
 
 
-@flow(name="evaluate", flow_run_name="evaluate", validate_parameters=False)
-def evaluate_step(run: RunContext, outputs: Outputs) -> Outputs:
-    """Steps: one Prefect task per (target task, shots, seed, pre-training seed) group -> report.
+def run_groups(run: RunContext, task: Any, wave: Wave) -> list[ArtifactRef | None]:
+    """Run one wave of evaluation groups (``task`` each) in the grid's task runner; each
+    group's reference in the wave's order, None for a group that failed after
+    ``grid.retries`` retries (the report names it and is made over the others).
 
-    A failed group is retried ``grid.retries`` times, then reported as missing while the others
-    are kept.
+    Raises:
+        RuntimeError: every group failed.
     """
-    cfg = run.cfg
-    groups = plan.groups(cfg)
-    cell_task = eval_group_task.with_options(retries=cfg.grid.retries)
-    progress = StageProgress("evaluate", f"{len(groups)} groups")
-    done: list[StageOutcome] = []
+    grid = run.cfg.grid
+    retried = task.with_options(retries=grid.retries)
+    progress = StageProgress("evaluate", f"{len(wave)} groups")
+    refs: list[ArtifactRef | None] = []
     failed: list[str] = []
-    with worker_threads(cfg.grid) as threads, make_task_runner(cfg.grid) as runner:
+    with worker_threads(grid) as threads, make_task_runner(grid) as runner:
         run_logger().info(
             "evaluate: %d worker(s) x %d torch thread(s) on %d core(s)",
-            1 if cfg.grid.runner is TaskRunner.SEQUENTIAL else cfg.grid.max_workers,
+            1 if grid.runner is TaskRunner.SEQUENTIAL else grid.max_workers,
             threads,
             available_cores(),
         )
         futures = [
-            (
-                f"{name}/k{shots}/s{seed}/p{pseed}",
-                runner.submit(
-                    cell_task,
-                    parameters={
-                        "ctx": run,
-                        "task_name": name,
-                        "shots": shots,
-                        "seed": seed,
-                        "pretrain_seed": pseed,
-                        "assets": outputs.need("assets"),
-                        "tasks_ref": outputs.need("tasks"),
-                        "prompts": plan.group_prompts(cfg, outputs.prompts, pseed),
-                    },
-                ),
-            )
-            for name, shots, seed, pseed in groups
+            (label, runner.submit(retried, parameters={"ctx": run, "label": label, "stage": stage}))
+            for label, stage in wave
         ]
         for index, (label, future) in enumerate(futures, start=1):
             future.wait()
             state = future.state
             if state.is_completed():
-                done.append(future.result())
+                refs.append(outcome_of(future.result()).ref)
             else:
+                refs.append(None)
                 failed.append(label)
                 run_logger().error("evaluate: group %s failed: %s", label, state.message)
             progress(index, len(futures), label)
-    if not done:
+    if wave and len(failed) == len(wave):
         raise RuntimeError(f"every evaluation group failed: {', '.join(failed)}")
-    report = outcome_of(report_task(run, done, failed, dict(outputs.objectives)))
-    try:  # what the run was trained and scored on, on its MLflow page
-        views = {"pool": outputs.pool, "shards": outputs.shards, "tasks": outputs.tasks}
-        log_dataset_inputs(run.tracker, run.tracker.parent_run_id, views)
-        log_cluster_diagnostics(run.tracker, run.tracker.parent_run_id, views)
-        log_pretraining_curves(run.tracker, run.tracker.parent_run_id, outputs.prompt_refs())
-    except Exception as error:  # a view of the inputs; never fail the pipeline for it
-        run_logger().warning("evaluate: dataset inputs not logged: %s", error)
-    return replace(outputs, report=report.ref)
-
-
-evaluate_flow = entry_flow("evaluate", __name__)
+    return refs
