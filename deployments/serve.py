@@ -25,7 +25,7 @@ def build_deployments() -> list[Any]:
     from prefect.deployments.runner import EntrypointType
 
     from flows.metapt import metapt_flow
-    from flows.steps import stage_flows
+    from flows.steps import entry_flows
 
     # One run at a time per deployment (the serve process belongs to one work folder); runs of
     # different deployments may overlap safely: each stage key is computed once, under its lock.
@@ -41,10 +41,12 @@ def build_deployments() -> list[Any]:
             **options,
         )
     ]
-    for name, stage_flow in stage_flows().items():
+    for name, step_flow in entry_flows().items():
         built.append(
-            stage_flow.to_deployment(
-                name=name, description=f"The {name} stage (upstream stages cached).", **options
+            step_flow.to_deployment(
+                name=name,
+                description=f"The {name} step (earlier steps served from the store).",
+                **options,
             )
         )
     return built

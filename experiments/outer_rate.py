@@ -61,10 +61,10 @@ def check_rows(objective_dir: Path) -> dict[str, dict[str, str]]:
 
 def run_rate(rate: float, profile: str, settings: list[str]) -> list[dict[str, Any]]:
     """Run the steps up to meta-pretrain at outer rate ``rate``; one row per pre-training seed."""
-    from flows.steps import stage_flows
+    from flows.steps import entry_flows
 
     started = time.time()
-    refs = stage_flows()["meta-pretrain"](
+    refs = entry_flows()["meta-pretrain"](
         profile=profile, overrides=[*settings, f"meta.outer_lr={rate}"]
     )
     minutes = (time.time() - started) / 60

@@ -127,6 +127,6 @@ def step_flows() -> dict[str, Any]:
     return dict(STEP_FLOWS)
 
 
-def stage_flows() -> dict[str, Any]:
+def entry_flows() -> dict[str, Any]:
     """``{step name: its entry flow}`` (``metapt-<name>``, what its deployment serves)."""
     return dict(ENTRY_FLOWS)

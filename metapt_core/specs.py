@@ -33,7 +33,7 @@ from metapt_core.config import (
     PromptConfig,
     Protocol,
     ScoringConfig,
-    TaskSpec,
+    TargetTaskConfig,
 )
 
 T = TypeVar("T")
@@ -60,7 +60,7 @@ class PoolSpec:
 class TasksSpec:
     """Ingestion of the downstream tasks: every task's sources and split, and the cleaning."""
 
-    tasks: list[TaskSpec]
+    tasks: list[TargetTaskConfig]
     cleaning: CleaningConfig
 
     @classmethod
@@ -222,7 +222,7 @@ class EvalSpec:
     its protocols, the prompt, which initialisations, whether prompts train in one batched pass,
     whether this group also scores the zero-shot reference and the untuned prompts, the model."""
 
-    task: TaskSpec
+    task: TargetTaskConfig
     fewshot: FewShotTuning
     prompt: PromptConfig
     inits: list[InitMethod]
@@ -267,7 +267,7 @@ class EvalSpec:
         )
 
     @property
-    def tasks(self) -> list[TaskSpec]:
+    def tasks(self) -> list[TargetTaskConfig]:
         """The group's task, as the one-item list code that looks a task up by name reads."""
         return [self.task]
 

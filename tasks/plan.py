@@ -221,7 +221,7 @@ def source_refs(sources: Iterable[SourceConfig | None]) -> dict[str, ArtifactRef
 
 
 def task_sources(cfg: PipelineConfig) -> list[SourceConfig | None]:
-    return [source for spec in cfg.tasks for source in (spec.train, spec.test)]
+    return [source for task in cfg.tasks for source in (task.train, task.test)]
 
 
 def ingest_pool_plan(cfg: PipelineConfig, assets: ArtifactRef) -> StagePlan:
@@ -362,8 +362,8 @@ def eval_group_plan(
 def groups(cfg: PipelineConfig) -> list[tuple[str, int, int, int]]:
     """The grid's (task, shots, seed, pretrain_seed) groups, in the order the report gets them."""
     return [
-        (spec.name, shots, seed, pseed)
-        for spec in cfg.tasks
+        (task.name, shots, seed, pseed)
+        for task in cfg.tasks
         for shots in cfg.fewshot.shots
         for seed in cfg.fewshot.seeds
         for pseed in cfg.pretrain_seeds

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from metapt_core import assets
+from metapt_core.asset_builders import VADER_FILES
 from metapt_core.assets import is_valid, prepare_assets
 
 pytestmark = pytest.mark.slow
@@ -56,7 +57,7 @@ def test_data_files_have_documented_rows(prepared: assets.AssetPaths) -> None:
             for line in (prepared.vader / name).read_text("utf-8", "replace").splitlines()
             if line.strip()
         )
-        for name in assets.VADER_FILES
+        for name in VADER_FILES
     }
     assert rows == {
         "movieReviewSnippets_GroundTruth.txt": 10605,

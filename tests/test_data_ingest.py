@@ -16,7 +16,7 @@ from metapt_core.config import (
     PoolConfig,
     SourceConfig,
     SourceFormat,
-    TaskSpec,
+    TargetTaskConfig,
 )
 from metapt_core.data import (
     bin_index,
@@ -353,7 +353,7 @@ def _config(tmp_path: Path, pool_texts: list[str], **task_kw) -> PipelineConfig:
         label_map={"0": "negative", "2": "positive"},
         drop_unmapped=True,
     )
-    task = TaskSpec(name="mr", train=train, max_test=10, **task_kw)
+    task = TargetTaskConfig(name="mr", train=train, max_test=10, **task_kw)
     return PipelineConfig(pool=pool, tasks=[task])
 
 

@@ -33,7 +33,7 @@ TASKS = {
 }
 CLASSES = {"reviews": ["negative", "positive"], "tickets": ["billing", "technical"]}
 MAX_TEST = 16  # the config's tasks[*].max_test
-TEST_FRACTION = 0.3  # TaskSpec's default, which the config keeps
+TEST_FRACTION = 0.3  # TargetTaskConfig's default, which the config keeps
 
 
 def read_csv(name: str) -> list[dict[str, str]]:

@@ -19,7 +19,7 @@ from metapt_core.config import (
     Protocol,
     ScoringConfig,
     SourceConfig,
-    TaskSpec,
+    TargetTaskConfig,
 )
 from metapt_core.errors import ConfigError
 from metapt_core.fewshot.cells import (
@@ -82,7 +82,7 @@ def tasks_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def config(dev: int = 0, inits: list[InitMethod] | None = None) -> PipelineConfig:
     return PipelineConfig(
-        tasks=[TaskSpec(name="toy", train=SourceConfig(name="toy", path="toy"))],
+        tasks=[TargetTaskConfig(name="toy", train=SourceConfig(name="toy", path="toy"))],
         prompt=PromptConfig(length=3),
         fewshot=FewShotConfig(
             shots=[4],

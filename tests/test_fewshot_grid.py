@@ -14,7 +14,7 @@ from metapt_core.config import (
     PipelineConfig,
     Protocol,
     SourceConfig,
-    TaskSpec,
+    TargetTaskConfig,
 )
 from metapt_core.errors import DataError
 from metapt_core.fewshot.grid import Cell, build_grid, group_cells
@@ -39,7 +39,7 @@ def rows(per_class: tuple[int, ...] = (30, 25, 20)) -> pd.DataFrame:
 
 
 def config(**grid) -> PipelineConfig:
-    task = lambda name: TaskSpec(name=name, train=SourceConfig(name=name, path=name))  # noqa: E731
+    task = lambda name: TargetTaskConfig(name=name, train=SourceConfig(name=name, path=name))  # noqa: E731
     return PipelineConfig(
         tasks=[task("mr"), task("cr")],
         fewshot=FewShotConfig(shots=[2, 4], seeds=[0, 1, 2]),

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from metapt_core.config import PipelineConfig, SourceConfig, TaskSpec, from_dict, to_dict
+from metapt_core.config import PipelineConfig, SourceConfig, TargetTaskConfig, from_dict, to_dict
 
 CLASSES = ["negative", "neutral", "positive"]
 WORDS = {
@@ -68,7 +68,7 @@ def write_shards(root: Path, rows_per_shard: int = 30, n_shards: int = 4, seed: 
 def small_config(**meta: object) -> PipelineConfig:
     """A config with a tiny meta section (overridable) and the pool's 3-class verbalizer."""
     base = to_dict(
-        PipelineConfig(tasks=[TaskSpec(name="t", train=SourceConfig(name="t", path="x"))])
+        PipelineConfig(tasks=[TargetTaskConfig(name="t", train=SourceConfig(name="t", path="x"))])
     )
     base["meta"].update(
         {

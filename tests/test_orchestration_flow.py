@@ -184,9 +184,9 @@ def test_stored_stages_are_cached_states_and_runs_are_named(
 def test_a_stage_flow_alone_runs_what_it_needs_first(harness, fakes: Path, tmp_path: Path) -> None:
     """What a stage deployment does: with no refs handed down, the evaluate flow runs its
     upstream flows as subflows (everything, the first time), then only itself."""
-    from flows.steps import stage_flows
+    from flows.steps import entry_flows
 
-    cluster_flow, evaluate_flow = stage_flows()["cluster"], stage_flows()["evaluate"]
+    cluster_flow, evaluate_flow = entry_flows()["cluster"], entry_flows()["evaluate"]
 
     work = f"work_dir={tmp_path / 'work'}"
     refs = evaluate_flow(profile="smoke", overrides=[work])
@@ -204,9 +204,9 @@ def test_a_run_stored_whole_is_served_without_computing(
     import mlflow
 
     from flows.metapt import metapt_flow
-    from flows.steps import stage_flows
+    from flows.steps import entry_flows
 
-    evaluate_flow = stage_flows()["evaluate"]
+    evaluate_flow = entry_flows()["evaluate"]
 
     work = f"work_dir={tmp_path / 'work'}"
     refs = metapt_flow(profile="smoke", overrides=[work])
@@ -236,9 +236,9 @@ def test_the_configuration_is_resolved_once_per_run(
     import metapt_core.config as config
     from flows.context import RunRequest
     from flows.metapt import resolved_pipeline_flow
-    from flows.steps import stage_flows
+    from flows.steps import entry_flows
 
-    evaluate_flow = stage_flows()["evaluate"]
+    evaluate_flow = entry_flows()["evaluate"]
 
     resolved: list[str] = []
     real = config.load_config

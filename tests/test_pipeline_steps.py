@@ -50,9 +50,9 @@ def test_refresh_names_cover_every_step_and_stage() -> None:
 
 def test_the_flows_and_deployments_follow_the_plan() -> None:
     from deployments.serve import STAGE_DEPLOYMENTS
-    from flows.steps import stage_flows, step_flows
+    from flows.steps import entry_flows, step_flows
 
-    entries, steps = stage_flows(), step_flows()
+    entries, steps = entry_flows(), step_flows()
     names = [s.name for s in plan.PIPELINE]
     assert list(entries) == names == list(steps) == list(STAGE_DEPLOYMENTS)
     assert all(f.name == f"metapt-{name}" for name, f in entries.items())

@@ -9,7 +9,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from metapt_core.config import GridConfig, InitMethod, PipelineConfig, SourceConfig, TaskSpec
+from metapt_core.config import (
+    GridConfig,
+    InitMethod,
+    PipelineConfig,
+    SourceConfig,
+    TargetTaskConfig,
+)
 from metapt_core.errors import DataError
 from metapt_core.report import build_report, comparisons_table, results_frame, summary_table
 from metapt_core.report.stats import bootstrap_ci
@@ -40,7 +46,7 @@ def cell_rows() -> list[dict]:
 
 
 def config() -> PipelineConfig:
-    task = lambda name: TaskSpec(name=name, train=SourceConfig(name=name, path=name))  # noqa: E731
+    task = lambda name: TargetTaskConfig(name=name, train=SourceConfig(name=name, path=name))  # noqa: E731
     grid = GridConfig(
         inits=[InitMethod.RANDOM, InitMethod.PPT, InitMethod.METAPT_MAML], bootstrap=500
     )

@@ -8,7 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from metapt_core.config import GridConfig, InitMethod, PipelineConfig, SourceConfig, TaskSpec
+from metapt_core.config import (
+    GridConfig,
+    InitMethod,
+    PipelineConfig,
+    SourceConfig,
+    TargetTaskConfig,
+)
 from metapt_core.errors import DataError
 from metapt_core.report import build_report, results_frame
 from metapt_core.report.evidence import accuracy_table, comparison_table, design
@@ -18,7 +24,7 @@ INITS = [InitMethod.RANDOM, InitMethod.PPT, InitMethod.METAPT_MAML]
 
 
 def config(bootstrap: int = 400) -> PipelineConfig:
-    task = lambda name: TaskSpec(name=name, train=SourceConfig(name=name, path=name))  # noqa: E731
+    task = lambda name: TargetTaskConfig(name=name, train=SourceConfig(name=name, path=name))  # noqa: E731
     return PipelineConfig(
         tasks=[task("mr"), task("cr")], grid=GridConfig(inits=INITS, bootstrap=bootstrap)
     )

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from metapt_core.config.aux_tasks import ClusterConfig, EmbedConfig
 from metapt_core.config.coercion import deep_merge, flatten, from_dict, to_dict
-from metapt_core.config.data import CleaningConfig, PoolConfig, SourceConfig, TaskSpec
+from metapt_core.config.data import CleaningConfig, PoolConfig, SourceConfig, TargetTaskConfig
 from metapt_core.config.enums import (
     BackboneKind,
     ClusterMethod,
@@ -74,7 +74,7 @@ __all__ = [
     "SourceConfig",
     "SourceFormat",
     "TaskRunner",
-    "TaskSpec",
+    "TargetTaskConfig",
     "TrackingConfig",
     "apply_override",
     "deep_merge",

@@ -100,7 +100,7 @@ def _check_verbalizer(where: str, classes: list[str], verbalizer: list[str], tem
 
 
 @dataclass
-class TaskSpec:
+class TargetTaskConfig:
     """A downstream few-shot task: labelled train and test data, template and verbalizer.
 
     Without a ``test`` source, ``test_fraction`` of ``train`` (seeded, stratified) is held out.

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from metapt_core.config.aux_tasks import ClusterConfig, EmbedConfig
-from metapt_core.config.data import CleaningConfig, PoolConfig, SourceConfig, TaskSpec
+from metapt_core.config.data import CleaningConfig, PoolConfig, SourceConfig, TargetTaskConfig
 from metapt_core.config.enums import Protocol, SourceFormat
 from metapt_core.config.evaluation import FewShotConfig, GridConfig
 from metapt_core.config.model import BackboneConfig, PromptConfig, ScoringConfig
@@ -35,7 +35,7 @@ class PipelineConfig:
     assets_dir: str = ""  # empty: <work_dir>/assets
     pool: PoolConfig = field(default_factory=lambda: PoolConfig(sources=[_default_pool_source()]))
     cleaning: CleaningConfig = field(default_factory=CleaningConfig)
-    tasks: list[TaskSpec] = field(default_factory=list)
+    tasks: list[TargetTaskConfig] = field(default_factory=list)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)

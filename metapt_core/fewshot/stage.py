@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from metapt_core.config import InitMethod, Protocol
-from metapt_core.fewshot.cells import run_cell_group, task_spec, zero_shot
+from metapt_core.fewshot.cells import run_cell_group, target_task, zero_shot
 from metapt_core.fewshot.grid import Cell
 from metapt_core.lm import PromptModel
 from metapt_core.prompt import load_prompt
@@ -93,7 +93,7 @@ def evaluate_group(
         stats["pretrain_warnings"] = warnings
     if spec.zero_shot:
         zs = zero_shot(
-            model, task_spec(spec, task_name), tasks_ref.path, spec.fewshot.eval_batch_size
+            model, target_task(spec, task_name), tasks_ref.path, spec.fewshot.eval_batch_size
         )
         stats["zero_shot"] = {task_name: zs["accuracy"]}
         stats["zero_shot_macro_f1"] = {task_name: zs["macro_f1"]}
