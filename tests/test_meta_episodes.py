@@ -11,11 +11,12 @@ from test_meta_fixtures import CLASSES, write_shards
 from metapt_core.errors import DataError
 from metapt_core.pretraining.episodes import (
     TRAIN_STREAM,
+    VAL_STREAM,
+    fixed_episodes,
     load_aux_tasks,
     rng_for,
     sample_episode,
     sample_meta_batch,
-    validation_episodes,
 )
 
 
@@ -101,7 +102,7 @@ def test_validation_rows_are_held_out(tmp_path: Path) -> None:
     for episode in sample_meta_batch(tasks, 4, 3, 3, rng_for(0, TRAIN_STREAM, 1)):
         held = set(tasks[episode.task_index].val_rows)
         assert not held & (set(episode.support) | set(episode.query))
-    for episode in validation_episodes(tasks, 5, 3, 3, seed=0):
+    for episode in fixed_episodes(tasks, 5, 3, 3, seed=0, stream=VAL_STREAM, validation=True):
         held = set(tasks[episode.task_index].val_rows)
         assert set(episode.support) | set(episode.query) <= held
 

@@ -13,7 +13,12 @@ from metapt_core.config import MetaAlgorithm
 from metapt_core.meta.maml import Episode, meta_gradient
 from metapt_core.meta.toy import ToyPromptModel
 from metapt_core.objective import meta_objective_rows, verdict
-from metapt_core.pretraining.episodes import AuxTask, check_episodes, unseen_episodes
+from metapt_core.pretraining.episodes import (
+    UNSEEN_STREAM,
+    AuxTask,
+    check_episodes,
+    fixed_episodes,
+)
 from metapt_core.pretraining.objective import episode_losses
 
 CHANCE3 = math.log(3)
@@ -71,7 +76,7 @@ def _task(cluster: int, n: int, seed: int) -> AuxTask:
 
 def test_check_episodes_are_disjoint_from_the_selection_episodes() -> None:
     held = [_task(4, 60, 0), _task(7, 50, 1)]
-    used = unseen_episodes(held, 4, 4, 4, seed=0)
+    used = fixed_episodes(held, 4, 4, 4, seed=0, stream=UNSEEN_STREAM, validation=False)
     checked = check_episodes(held, used, 16, 4, 4, seed=0)
     assert len(checked) == 16
     taken = {(u.task_index, int(r)) for u in used for r in (*u.support, *u.query)}

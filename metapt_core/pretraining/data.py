@@ -21,12 +21,13 @@ from torch import Tensor
 from metapt_core.config import MetaConfig
 from metapt_core.meta.maml import Episode
 from metapt_core.pretraining.episodes import (
+    UNSEEN_STREAM,
+    VAL_STREAM,
     AuxTask,
     EpisodeRows,
+    fixed_episodes,
     hold_out_clusters,
     load_aux_tasks,
-    unseen_episodes,
-    validation_episodes,
 )
 from metapt_core.specs import EpisodeSettings, PoolFormat
 from metapt_core.store import ArtifactRef
@@ -132,10 +133,20 @@ def load_pretrain_data(
     fmt = pool_format(model, pool)
     encoded = EncodedTasks(model, tasks, fmt)
     sizes = (meta.support_size, meta.query_size, meta.seed, meta.balanced_episodes)
-    val_rows = validation_episodes(tasks, meta.val_episodes, *sizes)
-    unseen_rows = unseen_episodes(held_out, meta.val_episodes, *sizes)
+    val_rows = fixed_episodes(tasks, meta.val_episodes, *sizes, stream=VAL_STREAM, validation=True)
+    unseen_rows = unseen_episodes(held_out, meta, sizes)
     unseen = EncodedTasks(model, held_out, fmt).episodes(unseen_rows) if held_out else []
     return PretrainData(tasks, held_out, encoded, encoded.episodes(val_rows), unseen)
+
+
+def unseen_episodes(
+    held_out: list[AuxTask], meta: EpisodeSettings | MetaConfig, sizes: tuple[int, int, int, bool]
+) -> list[EpisodeRows]:
+    """The held-out clusters' fixed validation episodes (``meta.val_episodes``), which choose
+    alpha and the kept prompt; the check draws its own, disjoint from these."""
+    return fixed_episodes(
+        held_out, meta.val_episodes, *sizes, stream=UNSEEN_STREAM, validation=False
+    )
 
 
 def grouped_concat(model: PromptObjective, episodes: Sequence[Episode[Any]]) -> Any:

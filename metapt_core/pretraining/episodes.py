@@ -259,35 +259,29 @@ def fixed_episodes(
     support_size: int,
     query_size: int,
     seed: int,
+    balanced: bool = True,
+    *,
     stream: int,
     validation: bool,
-    balanced: bool = True,
 ) -> list[EpisodeRows]:
-    """A fixed set of ``count`` episodes (empty when ``count`` is 0 or there are no tasks),
+    """A fixed set of ``count`` episodes, the same at every step and in every run of a seed:
     drawn with ``rng(seed, stream, 0)`` from the tasks' validation rows (``validation``) or their
-    training rows: the same episodes at every step and in every run of a seed."""
-    if count <= 0 or not tasks:
+    training rows (all rows of a held-out cluster). Empty when no task keeps
+    ``support_size + query_size`` such rows.
+
+    The pre-training's two validation sets: ``stream=VAL_STREAM, validation=True`` on the
+    training clusters (their held-out rows), ``stream=UNSEEN_STREAM, validation=False`` on the
+    held-out clusters (``task_index`` then indexes those).
+    """
+    need = support_size + query_size
+    if count <= 0 or not any(
+        len(t.val_rows if validation else t.train_rows) >= need for t in tasks
+    ):
         return []
     rng = rng_for(seed, stream, 0)
     return sample_meta_batch(
         tasks, count, support_size, query_size, rng, validation=validation, balanced=balanced
     )
-
-
-def validation_episodes(
-    tasks: Sequence[AuxTask],
-    count: int,
-    support_size: int,
-    query_size: int,
-    seed: int,
-    balanced: bool = True,
-) -> list[EpisodeRows]:
-    """``count`` validation episodes from the training clusters' held-out rows (empty if none
-    fit)."""
-    if not any(len(t.val_rows) >= support_size + query_size for t in tasks):
-        return []
-    sizes = (support_size, query_size, seed)
-    return fixed_episodes(tasks, count, *sizes, VAL_STREAM, validation=True, balanced=balanced)
 
 
 def hold_out_clusters(
@@ -319,24 +313,6 @@ def hold_out_clusters(
         if i in picked
     ]
     return [t for i, t in enumerate(tasks) if i not in picked], held
-
-
-def unseen_episodes(
-    held_out: Sequence[AuxTask],
-    count: int,
-    support_size: int,
-    query_size: int,
-    seed: int,
-    balanced: bool = True,
-) -> list[EpisodeRows]:
-    """``count`` episodes from held-out clusters (all their rows; empty if none).
-
-    ``task_index`` indexes ``held_out``.
-    """
-    sizes = (support_size, query_size, seed)
-    return fixed_episodes(
-        held_out, count, *sizes, UNSEEN_STREAM, validation=False, balanced=balanced
-    )
 
 
 def check_episodes(

@@ -24,13 +24,13 @@ from metapt_core.objective import (
     support_prior_losses,
     write_rows,
 )
-from metapt_core.pretraining.data import EncodedTasks, PromptObjective, pool_format
-from metapt_core.pretraining.episodes import (
-    check_episodes,
-    hold_out_clusters,
-    load_aux_tasks,
+from metapt_core.pretraining.data import (
+    EncodedTasks,
+    PromptObjective,
+    pool_format,
     unseen_episodes,
 )
+from metapt_core.pretraining.episodes import check_episodes, hold_out_clusters, load_aux_tasks
 from metapt_core.specs import EpisodeSettings, PoolFormat
 
 
@@ -75,7 +75,7 @@ def check_set(
     every = load_aux_tasks(shards_dir, pool.classes, meta.val_fraction, episode_rows, meta.seed)
     _, held_out = hold_out_clusters(every, meta.val_clusters, meta.seed)
     sizes = (meta.support_size, meta.query_size, meta.seed, meta.balanced_episodes)
-    used = unseen_episodes(held_out, meta.val_episodes, *sizes)
+    used = unseen_episodes(held_out, meta, sizes)
     rows = check_episodes(held_out, used, count, *sizes)
     if not rows:
         return []
