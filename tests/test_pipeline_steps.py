@@ -123,3 +123,37 @@ def test_follow_stops_at_the_first_stage_it_cannot_serve() -> None:
 
     assert plan.follow(cfg, serve) is None
     assert asked == ["ingest-pool", "ingest-tasks", "embed", "cluster"]
+
+
+def test_a_failed_group_is_left_out_of_the_report_and_named_in_it() -> None:
+    """Answered None for one evaluation group (it failed), the evaluate walk makes the report
+    over the other groups, in the grid's order, and names the failed one; the report reads back
+    exactly those groups and each seed's check."""
+    cfg = load_config("default")
+    full = plan.follow(cfg, _stand_in)
+    assert full is not None
+    steps = plan.walk("evaluate", cfg, full)
+    groups = next(steps)
+    failed = groups[1][0]
+    answers: list[ArtifactRef | None] = list(_stand_in(groups))
+    answers[1] = None
+    ((label, report),) = steps.send(answers)
+    assert label == "report"
+    assert report.extra["failed"] == [failed]
+    read, checks = plan.report_inputs(report)
+    assert read == [ref for ref in answers if ref is not None]
+    assert checks == dict(full.objectives) and len(checks) == len(cfg.pretrain_seeds)
+    group = groups[0][1]
+    assert plan.prompt_inputs(group) == {
+        init.value: full.prompts[init, group.spec.pretrain_seed]
+        for init in cfg.grid.inits
+        if init.is_pretrained
+    }
+
+
+def test_a_stage_other_than_a_group_may_not_come_back_empty() -> None:
+    given = ArtifactRef(path="given", sha256="0" * 64)
+    steps = plan.walk("cluster", load_config("smoke"), plan.Outputs(pool=given, embed=given))
+    next(steps)
+    with pytest.raises(LookupError, match="evaluation group"):
+        steps.send([None])
