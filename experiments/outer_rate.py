@@ -16,6 +16,19 @@ PPT reads MetaPT's optimiser (``ppt.lr`` unset), so each rate trains its own PPT
 
     python experiments/outer_rate.py --rates 0.01 0.003 --profile study \\
         --set "grid.inits=[random,ppt,metapt_maml]"
+
+Other settings go in ``--set`` too; the two-held-out-cluster levers of ``docs/results.md`` ran
+
+    python experiments/outer_rate.py --rates 0.01 --profile study \\
+        --set "grid.inits=[random,ppt,metapt_maml]" --set cluster.n_clusters=12 \\
+        --set meta.val_clusters=2 --set meta.val_episodes=8 \\
+        --out held_out_2_steps30.csv
+    # and, seed 0 only, three times the budget:
+    python experiments/outer_rate.py --rates 0.01 --profile study \\
+        --set "grid.inits=[random,ppt,metapt_maml]" --set "grid.pretrain_seeds=[0]" \\
+        --set cluster.n_clusters=12 --set meta.val_clusters=2 --set meta.val_episodes=8 \\
+        --set meta.meta_steps=90 --set meta.val_every=10 --set meta.checkpoint_every=10 \\
+        --out held_out_2_steps90.csv
 """
 
 from __future__ import annotations
