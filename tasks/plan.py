@@ -50,6 +50,7 @@ OBJECTIVE_PREFIX = "objective:"
 CELLS_CORE = "metapt_core.fewshot.stage:evaluate_group"
 REPORT_CORE = "metapt_core.report:build_report"
 PROMPT_PREFIX = "prompt:"
+GROUP_PREFIX = "group:"  # a report's upstream: its groups by position
 GROUP_STAGE = "evaluate-cells"  # the evaluation groups' stage: one wave, run side by side
 
 
@@ -383,9 +384,6 @@ def group_prompts(
         init.value: (prompts[init, pretrain_seed] if init.is_pretrained else None)
         for init in cfg.grid.inits
     }
-
-
-GROUP_PREFIX = "group:"
 
 
 def report_plan(
