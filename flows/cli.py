@@ -7,6 +7,8 @@
     metapt assets                                    # prepare the embedded assets
     metapt report RUN_ID                             # reprint a run's report from MLflow
     metapt cache clear [STAGE]                       # drop stored stage outputs
+    metapt cache export --out store.tar.gz [STAGE...]  # stored stages, to carry to another machine
+    metapt cache import store.tar.gz                 # ... and into this machine's store
     metapt prompts export RUN_ID --out DIR           # a learned prompt as a peft adapter + card
 
 Configuration errors print ``error: <message>`` and exit with status 2 before any work starts.
@@ -85,6 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
     clear = cache_commands.add_parser("clear", help="remove stored stage outputs")
     clear.add_argument("stage", nargs="?", default=None)
     _config_args(clear)
+    carry = cache_commands.add_parser(
+        "export", help="write stored stages (and stopped stages' checkpoints) to a .tar.gz"
+    )
+    carry.add_argument("stages", nargs="*", metavar="STAGE", help="steps or stages; all if none")
+    carry.add_argument("--out", required=True, help="the archive to write")
+    _config_args(carry)
+    load = cache_commands.add_parser("import", help="check and add an exported archive's stages")
+    load.add_argument("archive")
+    _config_args(load)
     return parser
 
 
@@ -207,12 +218,45 @@ def cmd_cache(args: argparse.Namespace) -> int:
     from tasks.cache import clear
     from tasks.stage import REFRESH_GROUPS
 
+    if args.cache_command == "export":
+        return _cache_export(cfg, args.stages, args.out)
+    if args.cache_command == "import":
+        return _cache_import(cfg, args.archive)
     stages = list(REFRESH_GROUPS.get(args.stage, (args.stage,))) if args.stage else [None]
     removed = [path for stage in stages for path in clear(cfg.work_path, stage)]
     for path in removed:
         print(f"removed {path}")
     if not removed:
         print("nothing to remove")
+    return 0
+
+
+def _cache_export(cfg: PipelineConfig, names: list[str], out: str) -> int:
+    from tasks.cache_transfer import export_archive
+    from tasks.stage import REFRESH_GROUPS
+
+    stages = [stage for name in names for stage in REFRESH_GROUPS.get(name, (name,))]
+    entries = export_archive(cfg.work_path, out, stages or None)
+    for entry in entries:
+        print(f"exported {entry.label} ({entry.kind})")
+    print(f"wrote {out} ({len(entries)} entries, {Path(out).stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+def _cache_import(cfg: PipelineConfig, archive: str) -> int:
+    from tasks.cache_transfer import import_archive
+
+    if not Path(archive).is_file():
+        raise MetaptError(f"archive={archive!r}: no such file")
+    imported, present = import_archive(cfg.work_path, archive)
+    for entry in imported:
+        print(
+            f"imported {entry.label} ({entry.kind}{', computed ' + entry.created if entry.created else ''}"
+            f"{' on ' + entry.machine if entry.machine else ''})"
+        )
+    for entry in present:
+        print(f"already stored {entry.label}")
+    print(f"{len(imported)} imported, {len(present)} already stored, into {cfg.work_path}")
     return 0
 
 

@@ -196,6 +196,8 @@ def _compute(
     code: dict[str, Any],
 ) -> StageOutcome:
     """Compute ``spec`` in its partial folder under a fresh child run and commit it."""
+    from metapt_core.scoring.dtype_probe import cpu_model
+
     logger = run_logger()
     tracker = ctx.tracker
     work_dir = ctx.cfg.work_path
@@ -225,6 +227,8 @@ def _compute(
                 "upstream": {name: ref.sha256 for name, ref in sorted(spec.upstream.items())},
                 "code": code,
                 "flow_run_id": ctx.flow_run_id,
+                # where it ran: a store carried to another machine still says (cache export)
+                "machine": cpu_model(),
             },
         )
     except BaseException:

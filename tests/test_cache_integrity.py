@@ -147,6 +147,28 @@ def test_fully_cached_rerun_is_decided_before_torch_and_prefect(
     assert "report: computing" in again.output
 
 
+def test_a_real_store_carried_to_an_empty_work_dir_serves_the_whole_run(
+    real_store: Path, tmp_path: Path, assets_dir: Path
+) -> None:
+    """``metapt cache export`` on one machine, ``import`` on another (an empty work dir with its
+    own MLflow): the rerun computes nothing, and each stage's record says where it was computed."""
+    from flows.cli import main
+    from metapt_core.scoring.dtype_probe import cpu_model
+
+    archive = tmp_path / "store.tar.gz"
+    common = ["--profile", "smoke", "--set", f"assets_dir={assets_dir}", "--set"]
+    assert main(["cache", "export", "--out", str(archive), *common, f"work_dir={real_store}"]) == 0
+    work = tmp_path / "elsewhere"
+    assert main(["cache", "import", str(archive), *common, f"work_dir={work}"]) == 0
+    assert not (work / "mlflow").exists()  # nothing of the source's tracking came along
+    done = run(work, assets_dir, isolated_env(tmp_path / "home"), tmp_path / "rerun.log")
+    assert done.returncode == 0, done.output[-3000:]
+    assert "every stage (10) was served from the store" in done.output
+    for stage in STORE_STAGES:
+        for folder in stage_entries(work, stage):
+            assert json.loads((folder / RECORD).read_text())["machine"] == cpu_model()
+
+
 def test_tampered_real_outputs_are_recomputed_never_used(
     real_store: Path, tmp_path: Path, assets_dir: Path
 ) -> None:
