@@ -73,22 +73,17 @@ def stored_entries(
     work_dir: str | os.PathLike[str], stages: Iterable[str] | None = None
 ) -> list[Entry]:
     """The intact stored computations and the stopped computations' checkpoints under
-    ``work_dir``, for ``stages`` (all when None), sorted by stage and key.
-
-    Raises:
-        MetaptError: a named stage has nothing stored.
-    """
+    ``work_dir``, for ``stages`` (all when None; a stage with nothing stored adds nothing),
+    sorted by stage and key. A damaged output is left out: it would be recomputed here too."""
     root = artifacts_root(work_dir)
     names = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-    wanted = names if stages is None else list(stages)
-    entries: list[Entry] = []
-    for stage in wanted:
-        folder = root / stage
-        if not folder.is_dir():
-            raise MetaptError(f"stage={stage!r}: nothing is stored for it under {root}")
-        for child in sorted(folder.iterdir()):
-            entries.extend(_entries_of(work_dir, stage, child))
-    return entries
+    wanted = names if stages is None else [stage for stage in stages if stage in names]
+    return [
+        entry
+        for stage in wanted
+        for child in sorted((root / stage).iterdir())
+        for entry in _entries_of(work_dir, stage, child)
+    ]
 
 
 def _entries_of(work_dir: str | os.PathLike[str], stage: str, child: Path) -> list[Entry]:
@@ -128,9 +123,11 @@ def export_archive(
     Raises:
         MetaptError: nothing to export, or a named stage has nothing stored.
     """
-    entries = stored_entries(work_dir, stages)
+    chosen = None if stages is None else list(stages)
+    entries = stored_entries(work_dir, chosen)
     if not entries:
-        raise MetaptError(f"work_dir={str(work_dir)!r}: the store holds no stage output to export")
+        what = "no stage output" if chosen is None else f"nothing of {', '.join(chosen)}"
+        raise MetaptError(f"work_dir={str(work_dir)!r}: the store holds {what} to export")
     root = artifacts_root(work_dir)
     manifest = {
         "format": FORMAT,
@@ -175,8 +172,7 @@ def import_archive(
     try:
         entries = _unpack(path, scratch)
         for entry in entries:
-            if entry.kind == "stored":
-                _check_stored(path, scratch, entry)
+            _check(path, scratch, entry)
         imported: list[Entry] = []
         present: list[Entry] = []
         for entry in entries:
@@ -205,33 +201,46 @@ def _unpack(archive: Path, scratch: Path) -> list[Entry]:
                     )
             tar.extractall(scratch, filter="data")
         manifest = json.loads((scratch / MANIFEST).read_text("utf-8"))
-    except (OSError, tarfile.TarError, ValueError) as exc:
+        if manifest.get("format") != FORMAT:
+            raise ValueError(f"format {manifest.get('format')!r}, expected {FORMAT!r}")
+        entries = [Entry(**entry) for entry in manifest["entries"]]
+    except (OSError, tarfile.TarError, ValueError, KeyError, TypeError) as exc:
         reason = " ".join(str(exc).split()) or type(exc).__name__
         raise MetaptError(f"archive={str(archive)!r}: not a stage archive ({reason})") from None
-    if manifest.get("format") != FORMAT:
-        raise MetaptError(
-            f"archive={str(archive)!r}: format {manifest.get('format')!r}, expected {FORMAT!r}"
-        )
-    return [Entry(**entry) for entry in manifest.get("entries", [])]
+    for entry in entries:  # the manifest names folders: they must be the store's too
+        if entry.kind not in ("stored", "checkpoint") or not _MEMBER.match(
+            f"{entry.stage}/{entry.folder}"
+        ):
+            raise MetaptError(
+                f"archive={str(archive)!r}: manifest entry {entry.label!r} is not a stage"
+            )
+    return entries
 
 
-def _check_stored(archive: Path, scratch: Path, entry: Entry) -> None:
+def _check(archive: Path, scratch: Path, entry: Entry) -> None:
+    """A stored computation matches its record (as :func:`tasks.cache.lookup` checks with
+    ``verify``); a checkpoint entry holds at least one checkpoint folder."""
     folder = scratch / entry.stage / entry.folder
     try:
-        record = json.loads((folder / RECORD).read_text("utf-8"))
-        ok = (
-            record.get("key", "")[:16] == entry.folder
-            and record.get("stage") == entry.stage
-            and (folder / OUT).is_dir()
-            and fingerprint(folder / OUT) == record.get("out_sha256")
-            and fingerprint(folder / record["ref"]["rel"]) == record["ref"]["sha256"]
-        )
+        if entry.kind == "checkpoint":
+            partial = folder.with_name(folder.name + PARTIAL)
+            ok = any(p.is_dir() and p.name.endswith(CHECKPOINT_SUFFIX) for p in partial.iterdir())
+        else:
+            record = json.loads((folder / RECORD).read_text("utf-8"))
+            ok = (
+                record.get("key") == entry.key
+                and entry.key[:16] == entry.folder
+                and record.get("stage") == entry.stage
+                and (folder / OUT).is_dir()
+                and fingerprint(folder / OUT) == record.get("out_sha256")
+                and fingerprint(folder / record["ref"]["rel"]) == record["ref"]["sha256"]
+            )
     except (OSError, ValueError, KeyError, TypeError):
         ok = False
     if not ok:
         raise MetaptError(
             f"archive={str(archive)!r}: {entry.label} does not match its record "
-            "(altered or truncated); nothing was imported"
+            "(altered, truncated or missing); nothing was imported"
         )
 
 

@@ -74,7 +74,7 @@ def test_export_chooses_stages_and_leaves_out_damaged_outputs(tmp_path: Path) ->
     (damaged / "out" / "emb.txt").write_text("changed")
     entries = export_archive(tmp_path / "w", tmp_path / "all.tar.gz")
     assert [e.stage for e in entries] == ["embed"]
-    with pytest.raises(MetaptError, match="stage='ppt': nothing is stored"):
+    with pytest.raises(MetaptError, match="holds nothing of ppt to export"):
         export_archive(tmp_path / "w", tmp_path / "ppt.tar.gz", ["ppt"])
     assert not (tmp_path / "ppt.tar.gz").exists()
 
@@ -156,3 +156,16 @@ def test_the_cli_carries_a_store_and_names_bad_input(
         assert err.startswith("error: ") and err.count("\n") == 1, err
     with tarfile.open(tmp_path / "s.tar.gz") as tar:
         assert MANIFEST in tar.getnames()
+
+
+def test_a_manifest_naming_a_folder_outside_the_store_is_refused(tmp_path: Path) -> None:
+    stored(tmp_path / "a")
+    export_archive(tmp_path / "a", tmp_path / "good.tar.gz")
+    with tarfile.open(tmp_path / "good.tar.gz") as tar:
+        manifest = json.loads(tar.extractfile(MANIFEST).read())  # type: ignore[union-attr]
+    manifest["entries"][0]["stage"] = "../../outside"
+    bad = {MANIFEST: json.dumps(manifest).encode()}
+    _rewrite(tmp_path / "good.tar.gz", tmp_path / "bad.tar.gz", bad)
+    with pytest.raises(MetaptError, match="manifest entry '../../outside/.*' is not a stage"):
+        import_archive(tmp_path / "b", tmp_path / "bad.tar.gz")
+    assert [p.name for p in (tmp_path / "b" / "artifacts").iterdir()] == []
