@@ -49,6 +49,7 @@ from tasks.cache import (
 MANIFEST = "manifest.json"
 FORMAT = "metapt-stage-archive/1"
 # <stage>/<key[:16]>/... or <stage>/<key[:16]>.partial/<name>.ckpt/...
+_STAGE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 _MEMBER = re.compile(r"^[a-z0-9][a-z0-9_-]*/[0-9a-f]{16}(\.partial/[^/]+\.ckpt)?(/.*)?$")
 
 
@@ -76,7 +77,8 @@ def stored_entries(
     ``work_dir``, for ``stages`` (all when None; a stage with nothing stored adds nothing),
     sorted by stage and key. A damaged output is left out: it would be recomputed here too."""
     root = artifacts_root(work_dir)
-    names = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    found = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    names = [name for name in found if _STAGE.match(name)]  # not a killed import's scratch
     wanted = names if stages is None else [stage for stage in stages if stage in names]
     return [
         entry
@@ -121,7 +123,7 @@ def export_archive(
     ``.tar.gz`` ``out``, atomically; returns what it holds.
 
     Raises:
-        MetaptError: nothing to export, or a named stage has nothing stored.
+        MetaptError: nothing to export (of the named stages, when named).
     """
     chosen = None if stages is None else list(stages)
     entries = stored_entries(work_dir, chosen)

@@ -72,6 +72,7 @@ def test_export_chooses_stages_and_leaves_out_damaged_outputs(tmp_path: Path) ->
     stored(tmp_path / "w", "embed")
     damaged = stored(tmp_path / "w", "cluster", OTHER)
     (damaged / "out" / "emb.txt").write_text("changed")
+    (tmp_path / "w" / "artifacts" / ".import-killed" / "embed").mkdir(parents=True)
     entries = export_archive(tmp_path / "w", tmp_path / "all.tar.gz")
     assert [e.stage for e in entries] == ["embed"]
     with pytest.raises(MetaptError, match="holds nothing of ppt to export"):
