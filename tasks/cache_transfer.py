@@ -229,8 +229,11 @@ def _check(archive: Path, scratch: Path, entry: Entry) -> None:
             ok = any(p.is_dir() and p.name.endswith(CHECKPOINT_SUFFIX) for p in partial.iterdir())
         else:
             record = json.loads((folder / RECORD).read_text("utf-8"))
+            rel = PurePosixPath(record["ref"]["rel"])
             ok = (
-                record.get("key") == entry.key
+                rel.parts[:1] == (OUT,)  # the reference lies inside out/
+                and ".." not in rel.parts
+                and record.get("key") == entry.key
                 and entry.key[:16] == entry.folder
                 and record.get("stage") == entry.stage
                 and (folder / OUT).is_dir()

@@ -170,3 +170,15 @@ def test_a_manifest_naming_a_folder_outside_the_store_is_refused(tmp_path: Path)
     with pytest.raises(MetaptError, match="manifest entry '../../outside/.*' is not a stage"):
         import_archive(tmp_path / "b", tmp_path / "bad.tar.gz")
     assert [p.name for p in (tmp_path / "b" / "artifacts").iterdir()] == []
+
+
+def test_a_record_pointing_outside_its_output_is_refused(tmp_path: Path) -> None:
+    folder = stored(tmp_path / "a")
+    record = json.loads((folder / RECORD).read_text())
+    export_archive(tmp_path / "a", tmp_path / "good.tar.gz")
+    record["ref"]["rel"] = "../../../../a/artifacts/embed/" + KEY[:16] + "/out/emb.txt"
+    name = f"embed/{KEY[:16]}/{RECORD}"
+    _rewrite(tmp_path / "good.tar.gz", tmp_path / "bad.tar.gz", {name: json.dumps(record).encode()})
+    with pytest.raises(MetaptError, match="does not match its record"):
+        import_archive(tmp_path / "b", tmp_path / "bad.tar.gz")
+    assert [p.name for p in (tmp_path / "b" / "artifacts").iterdir()] == []
