@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from metapt_core.errors import MetaptError
-from metapt_core.store import atomic_path, atomic_write_json, fingerprint
+from metapt_core.store import atomic_path, atomic_write_json
 from tasks.cache import (
     CHECKPOINT_SUFFIX,
     OUT,
@@ -47,6 +47,7 @@ from tasks.cache import (
 )
 
 MANIFEST = "manifest.json"
+ARTIFACTS = "artifacts"  # the unpacked copy is a store of its own: <scratch>/artifacts/<stage>/...
 FORMAT = "metapt-stage-archive/1"
 # <stage>/<key[:16]>/... or <stage>/<key[:16]>.partial/<name>.ckpt/...
 _STAGE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
@@ -201,8 +202,8 @@ def _unpack(archive: Path, scratch: Path) -> list[Entry]:
                     raise MetaptError(
                         f"archive={str(archive)!r}: member {member.name!r} is not a stage file"
                     )
-            tar.extractall(scratch, filter="data")
-        manifest = json.loads((scratch / MANIFEST).read_text("utf-8"))
+            tar.extractall(scratch / ARTIFACTS, filter="data")
+        manifest = json.loads((scratch / ARTIFACTS / MANIFEST).read_text("utf-8"))
         if manifest.get("format") != FORMAT:
             raise ValueError(f"format {manifest.get('format')!r}, expected {FORMAT!r}")
         entries = [Entry(**entry) for entry in manifest["entries"]]
@@ -220,9 +221,10 @@ def _unpack(archive: Path, scratch: Path) -> list[Entry]:
 
 
 def _check(archive: Path, scratch: Path, entry: Entry) -> None:
-    """A stored computation matches its record (as :func:`tasks.cache.lookup` checks with
-    ``verify``); a checkpoint entry holds at least one checkpoint folder."""
-    folder = scratch / entry.stage / entry.folder
+    """A stored computation is intact by the store's own check (:func:`tasks.cache.lookup` with
+    ``verify``, run on the unpacked copy) and its reference lies inside its ``out/``; a
+    checkpoint entry holds at least one checkpoint folder."""
+    folder = scratch / ARTIFACTS / entry.stage / entry.folder
     try:
         if entry.kind == "checkpoint":
             partial = folder.with_name(folder.name + PARTIAL)
@@ -231,14 +233,11 @@ def _check(archive: Path, scratch: Path, entry: Entry) -> None:
             record = json.loads((folder / RECORD).read_text("utf-8"))
             rel = PurePosixPath(record["ref"]["rel"])
             ok = (
-                rel.parts[:1] == (OUT,)  # the reference lies inside out/
+                rel.parts[:1] == (OUT,)
                 and ".." not in rel.parts
-                and record.get("key") == entry.key
                 and entry.key[:16] == entry.folder
                 and record.get("stage") == entry.stage
-                and (folder / OUT).is_dir()
-                and fingerprint(folder / OUT) == record.get("out_sha256")
-                and fingerprint(folder / record["ref"]["rel"]) == record["ref"]["sha256"]
+                and lookup(scratch, entry.stage, entry.key, verify=True) is not None
             )
     except (OSError, ValueError, KeyError, TypeError):
         ok = False
@@ -257,7 +256,7 @@ def _place(work_dir: str | os.PathLike[str], scratch: Path, entry: Entry) -> boo
         if entry.kind == "stored":
             if lookup(work_dir, entry.stage, entry.key) is not None:
                 return False
-            source = scratch / entry.stage / entry.folder
+            source = scratch / ARTIFACTS / entry.stage / entry.folder
             record = json.loads((source / RECORD).read_text("utf-8"))
             # checked above; re-signed so the store trusts the copy without hashing it each time
             aside = final.with_name(f"{final.name}.old-{os.getpid()}-{time.time_ns()}")
@@ -273,7 +272,9 @@ def _place(work_dir: str | os.PathLike[str], scratch: Path, entry: Entry) -> boo
         partial = final.with_name(final.name + PARTIAL)
         partial.mkdir(exist_ok=True)
         moved = False
-        for ckpt in sorted((scratch / entry.stage / (entry.folder + PARTIAL)).iterdir()):
+        for ckpt in sorted(
+            (scratch / ARTIFACTS / entry.stage / (entry.folder + PARTIAL)).iterdir()
+        ):
             if not (partial / ckpt.name).exists():
                 os.replace(ckpt, partial / ckpt.name)
                 moved = True

@@ -176,7 +176,8 @@ def test_a_record_pointing_outside_its_output_is_refused(tmp_path: Path) -> None
     folder = stored(tmp_path / "a")
     record = json.loads((folder / RECORD).read_text())
     export_archive(tmp_path / "a", tmp_path / "good.tar.gz")
-    record["ref"]["rel"] = "../../../../a/artifacts/embed/" + KEY[:16] + "/out/emb.txt"
+    # from <b>/artifacts/.import-*/artifacts/embed/<key>/ up to tmp_path: the source store's file
+    record["ref"]["rel"] = "../../../../../../a/artifacts/embed/" + KEY[:16] + "/out/emb.txt"
     name = f"embed/{KEY[:16]}/{RECORD}"
     _rewrite(tmp_path / "good.tar.gz", tmp_path / "bad.tar.gz", {name: json.dumps(record).encode()})
     with pytest.raises(MetaptError, match="does not match its record"):
